@@ -1,0 +1,142 @@
+"""The `rotelab` command. Every config field is a flag: `--batch-size` sets FitConfig.batch_size."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .config import ConfigError, FitConfig, flag, load_config_file
+
+
+def parse_ints(text: str) -> list[int]:
+    if text.strip() == "":
+        return []
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,512, got {text!r}") from None
+
+
+def _field_type(f: dataclasses.Field):
+    t = str(f.type)
+    if f.metadata.get("type") == "ints":
+        return parse_ints
+    if t.startswith("bool"):
+        return bool
+    if "float" in t:
+        return float
+    if "int" in t:
+        return int
+    return str
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field. Defaults are SUPPRESSed so that we can tell which flags the
+    user gave (they override a --config file); the help text still shows the default."""
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_ = f"{f.metadata.get('help', '')} (default: {shown})"
+        kind = _field_type(f)
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        if kind is bool:
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(flag(f.name), type=kind, choices=f.metadata.get("choices"),
+                                metavar=f.name.upper() if not f.metadata.get("choices") else None, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, cls):
+    """defaults < --config file < flags given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return cls.from_dict(values)
+
+
+def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return [flag(k) for k in vars(args) if k in names]
+
+
+def cmd_fit(args) -> int:
+    from .protocols.fit import fit, resume
+    if args.resume:
+        extra = given_config_flags(args, FitConfig) + (["--config"] if args.config else [])
+        if args.out or extra:
+            raise ConfigError((["--out"] if args.out else extra)[0],
+                              f"--resume continues {args.resume} with its saved config.json; drop this flag, "
+                              "or start a new run with --out")
+        run = resume(args.resume)
+    else:
+        if not args.out:
+            raise ConfigError("--out", "say where the run goes, e.g. --out runs/my-run (or --resume runs/old-run)")
+        run = fit(config_from_args(args, FitConfig), args.out, overwrite=args.overwrite)
+    status = run.read_status()
+    final = status.get("final", {})
+    print(f"{run.path}: {status.get('state')} after {status.get('epochs_completed')} epochs; "
+          f"train acc {final.get('train_acc', float('nan')):.4f}, test acc {final.get('test_acc', float('nan')):.4f}"
+          + (f"; train set fit at epoch {status['fit_epoch']}" if status.get("fit_epoch") else ""))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_runs
+    for path in plot_runs(args.runs):
+        print(path)
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "datasets":
+        from .data.sources import SOURCES
+        for name, fn in sorted(SOURCES.items()):
+            print(f"{name:15s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+    else:
+        from .models import MODELS
+        for name in MODELS:
+            print(name)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rotelab", description="Experiments on how deep networks memorize.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="train on data with corrupted labels or pixels",
+                       description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).")
+    f.add_argument("--out", help="run directory to create")
+    f.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, with its saved config")
+    f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
+    add_config_flags(f, FitConfig)
+    f.set_defaults(func=cmd_fit)
+
+    pl = sub.add_parser("plot", help="figures of finished or running runs")
+    pl.add_argument("runs", nargs="+", help="run directories")
+    pl.set_defaults(func=cmd_plot)
+
+    for what in ("datasets", "models"):
+        s = sub.add_parser(what, help=f"list the {what}")
+        s.set_defaults(func=cmd_list, what=what)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"rotelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rotelab: interrupted; continue with `rotelab fit --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Data: a source (sources.py), then normalization, a fixed subset and a corruption (corruption.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from ..seeding import generator
+from . import corruption
+from .sources import SOURCES, Source
+
+
+@dataclass
+class Split:
+    x: torch.Tensor          # inputs as used (possibly corrupted)
+    y: torch.Tensor          # labels as used (possibly corrupted)
+    y_true: torch.Tensor     # original labels
+    corrupted: torch.Tensor  # bool: this example's input or label was changed
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device) -> "Split":
+        return Split(*(t.to(device) for t in (self.x, self.y, self.y_true, self.corrupted)))
+
+
+@dataclass
+class Data:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def to(self, device) -> "Data":
+        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes)
+
+
+def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Indices of a fixed subset of n examples with (as nearly as possible) equal counts per class."""
+    if n > len(y):
+        raise ConfigError("--subset", f"asks for {n} examples but the training set has {len(y)}")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    by_class = [order[y[order] == c] for c in range(num_classes)]
+    counts = [0] * num_classes
+    left = n
+    while left:  # water-filling: small classes give their share to the others
+        open_ = [c for c in range(num_classes) if counts[c] < len(by_class[c])]
+        share = max(left // len(open_), 1)
+        for c in open_:
+            take = min(share, len(by_class[c]) - counts[c], left)
+            counts[c] += take
+            left -= take
+            if not left:
+                break
+    return torch.cat([by_class[c][:k] for c, k in enumerate(counts)]).sort().values
+
+
+def load_source(cfg) -> Source:
+    if cfg.dataset not in SOURCES:
+        raise ConfigError("--dataset", f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(SOURCES))}")
+    return SOURCES[cfg.dataset](cfg)
+
+
+def corrupt_split(x, y, num_classes, kind, p, gen, label_mode, perm=None, stats=None):
+    """Apply one corruption kind to (x, y); returns (x, y, corrupted mask)."""
+    if kind == "labels":
+        y_new, mask = corruption.corrupt_labels(y, p, num_classes, gen, label_mode)
+        return x, y_new, mask
+    if kind == "shuffled-pixels":
+        x_new, mask = corruption.shuffle_pixels(x, p, gen, perm)
+    elif kind == "random-pixels":
+        x_new, mask = corruption.random_pixels(x, p, gen)
+    elif kind == "gaussian":
+        x_new, mask = corruption.gaussian_inputs(x, p, gen, stats)
+    else:
+        return x, y, torch.zeros(len(y), dtype=torch.bool)
+    return x_new, y, mask
+
+
+def load_data(cfg) -> Data:
+    """The data set of a config: normalized, subset, corrupted; deterministic from cfg.seed."""
+    src = load_source(cfg)
+    x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
+    if src.normalize:
+        mean, std = corruption.channel_stats(x_train)
+        shape = (1, -1) + (1,) * (x_train.dim() - 2) if x_train.dim() > 2 else (1, 1)
+        std = std.clamp_min(1e-8)
+        x_train = (x_train - mean.reshape(shape)) / std.reshape(shape)
+        x_test = (x_test - mean.reshape(shape)) / std.reshape(shape)
+    if cfg.subset is not None:
+        idx = balanced_subset(y_train, cfg.subset, src.num_classes)
+        x_train, y_train = x_train[idx], y_train[idx]
+
+    kind, p = cfg.corruption
+    perm = corruption.pixel_permutation(x_train, generator(cfg.seed, "pixel-permutation"))
+    stats = corruption.channel_stats(x_train)
+    xtr, ytr, mtr = corrupt_split(x_train, y_train, src.num_classes, kind, p,
+                                  generator(cfg.seed, "corrupt", "train"), cfg.label_noise_mode, perm, stats)
+    if cfg.corrupt_test:
+        xte, yte, mte = corrupt_split(x_test, y_test, src.num_classes, kind, p,
+                                      generator(cfg.seed, "corrupt", "test"), cfg.label_noise_mode, perm, stats)
+    else:
+        xte, yte, mte = x_test, y_test, torch.zeros(len(y_test), dtype=torch.bool)
+    return Data(cfg.dataset, Split(xtr, ytr, y_train, mtr), Split(xte, yte, y_test, mte), src.num_classes)

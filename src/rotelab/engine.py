@@ -1,0 +1,231 @@
+"""One training/evaluation loop, composed with hooks.
+
+Data live on the device as tensors; a batch is an index slice of a per-epoch permutation. Every
+random draw of epoch e comes from streams named by (seed, e), so a run resumed from the checkpoint
+of epoch e-1 repeats exactly what an uninterrupted run would do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError
+from .seeding import derive_seed, generator
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("--device", f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+# -- pure pieces ------------------------------------------------------------------------------
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError("--optimizer", f"unknown optimizer {cfg.optimizer!r}; use sgd or adam")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg):
+    """Per-epoch lr schedules. exp multiplies by lr_gamma each epoch (Zhang et al.'s decay)."""
+    s = torch.optim.lr_scheduler
+    if cfg.schedule == "constant":
+        return s.LambdaLR(opt, lambda epoch: 1.0)
+    if cfg.schedule == "step":
+        return s.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    if cfg.schedule == "exp":
+        return s.ExponentialLR(opt, gamma=cfg.lr_gamma)
+    if cfg.schedule == "cosine":
+        return s.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    raise ConfigError("--schedule", f"unknown schedule {cfg.schedule!r}; use constant, step, exp or cosine")
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding by `pad`, and random horizontal flip, for a batch (N, C, H, W)
+    in one gather: the flip is folded into the column indices."""
+    n, c, h, w = x.shape
+    dev = x.device
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen).to(dev)
+    flip = (torch.rand(n, 1, generator=gen) < 0.5).to(dev)
+    rows = dy + torch.arange(h, device=dev)
+    cols = dx + torch.arange(w, device=dev)
+    cols = torch.where(flip, cols.flip(1), cols)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    return xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+              rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True-class logit minus the largest other logit (positive iff correct, ties aside)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return true - other
+
+
+@dataclass
+class Evaluation:
+    loss: torch.Tensor      # per-example cross-entropy
+    pred: torch.Tensor      # predicted class
+    correct: torch.Tensor   # bool, pred == label used
+    margin: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evaluation:
+    """A clean pass (eval mode) over (x, y), per example."""
+    model.eval()
+    losses, preds, margs = [], [], []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size]).float()
+        yb = y[i:i + batch_size]
+        losses.append(F.cross_entropy(logits, yb, reduction="none"))
+        preds.append(logits.argmax(dim=1))
+        if with_margins:
+            margs.append(margins(logits, yb))
+    pred = torch.cat(preds)
+    return Evaluation(torch.cat(losses), pred, pred == y, torch.cat(margs) if with_margins else None)
+
+
+def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
+                augment_gen: torch.Generator | None = None, record: bool = False):
+    """One pass of SGD over x in the given order. Returns (presented loss, presented accuracy,
+    per-example correctness at presentation or None). Sums stay on the device: one sync per epoch."""
+    model.train()
+    n = len(order)
+    loss_sum = torch.zeros((), device=x.device)
+    hits = torch.zeros((), device=x.device, dtype=torch.long)
+    presented = torch.zeros(len(y), dtype=torch.bool, device=x.device) if record else None
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        xb, yb = x[idx], y[idx]
+        if augment_gen is not None:
+            xb = crop_flip(xb, augment_gen)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            hit = logits.argmax(dim=1) == yb
+            loss_sum += loss.detach() * len(idx)
+            hits += hit.sum()
+            if presented is not None:
+                presented[idx] = hit
+    return loss_sum.item() / n, hits.item() / n, presented
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor | None = None):
+    if mask is not None:
+        values = values[mask]
+    return values.float().mean().item() if values.numel() else None
+
+
+def split_metrics(prefix: str, ev: Evaluation, split) -> dict:
+    """Loss and accuracy of a split, and accuracy on its corrupted and clean examples
+    (None where a part is empty). `_acc_true` scores predictions against the original labels."""
+    return {
+        f"{prefix}_loss": _mean(ev.loss),
+        f"{prefix}_acc": _mean(ev.correct),
+        f"{prefix}_acc_clean": _mean(ev.correct, ~split.corrupted),
+        f"{prefix}_acc_corrupted": _mean(ev.correct, split.corrupted),
+        f"{prefix}_acc_true": _mean(ev.pred == split.y_true),
+    }
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+@dataclass
+class EpochResult:
+    epoch: int
+    metrics: dict                      # what goes to metrics.jsonl (hooks may add keys)
+    train: Evaluation
+    test: Evaluation
+    presented: torch.Tensor | None     # per-example correctness during the training passes
+
+
+class Hook:
+    """Override what you need. Hooks run in the order given; each sees what earlier ones added."""
+
+    def on_start(self, loop: "Loop"): ...
+    def on_epoch_end(self, loop: "Loop", result: EpochResult): ...
+    def on_end(self, loop: "Loop"): ...
+
+
+class Loop:
+    """Train `model` on `data` (already on `device`) for cfg.epochs, calling hooks each epoch."""
+
+    def __init__(self, model, data, cfg, hooks=(), device="cpu"):
+        if cfg.augment and data.train.x.dim() != 4:
+            raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
+                                           f"of shape {tuple(data.train.x.shape[1:])}; drop --augment")
+        self.model, self.data, self.cfg, self.hooks = model, data, cfg, list(hooks)
+        self.device = torch.device(device)
+        self.opt = build_optimizer(model, cfg)
+        self.sched = build_scheduler(self.opt, cfg)
+        self.epoch = 0              # epochs completed
+        self.fit_epoch = None       # first epoch whose clean train accuracy reached cfg.until_train_acc
+        self.last_metrics = None
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs or (self.cfg.until_train_acc is not None and self.fit_epoch is not None)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "epoch": self.epoch, "fit_epoch": self.fit_epoch}
+
+    def load_state_dict(self, state: dict):
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.epoch, self.fit_epoch = state["epoch"], state["fit_epoch"]
+
+    def run_epoch(self) -> EpochResult:
+        cfg, train, test = self.cfg, self.data.train, self.data.test
+        e = self.epoch + 1
+        t0 = time.perf_counter()
+        order = torch.randperm(len(train), generator=generator(cfg.seed, "order", e)).to(self.device)
+        torch.manual_seed(derive_seed(cfg.seed, "torch", e))  # dropout and any other global draws
+        aug = generator(cfg.seed, "augment", e) if cfg.augment else None
+        lr = self.opt.param_groups[0]["lr"]
+        loss_p, acc_p, presented = train_epoch(self.model, self.opt, train.x, train.y, cfg.batch_size, order,
+                                               aug, record=cfg.example_record == "presentation")
+        t_train = time.perf_counter() - t0
+        ev_train = evaluate(self.model, train.x, train.y, cfg.eval_batch_size, cfg.example_margins)
+        ev_test = evaluate(self.model, test.x, test.y, cfg.eval_batch_size, cfg.example_margins)
+        self.sched.step()
+        self.epoch = e
+        metrics = {"epoch": e, "lr": lr, **split_metrics("train", ev_train, train),
+                   **split_metrics("test", ev_test, test),
+                   "train_loss_presented": loss_p, "train_acc_presented": acc_p}
+        if cfg.until_train_acc is not None and self.fit_epoch is None and metrics["train_acc"] >= cfg.until_train_acc:
+            self.fit_epoch = e
+        metrics["seconds_train"] = t_train
+        metrics["seconds"] = time.perf_counter() - t0
+        return EpochResult(e, metrics, ev_train, ev_test, presented)
+
+    def run(self):
+        for h in self.hooks:
+            h.on_start(self)
+        while not self.done:
+            result = self.run_epoch()
+            for h in self.hooks:
+                h.on_epoch_end(self, result)
+            self.last_metrics = result.metrics
+        for h in self.hooks:
+            h.on_end(self)
+        return self

@@ -1,0 +1,163 @@
+"""Hooks that record a run into its run directory. Protocols compose them around engine.Loop.
+
+Order matters at the end of an epoch: examples and metrics first, then the checkpoint, then the
+status. A run killed between two of these resumes from the checkpoint and drops what came after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .engine import EpochResult, Hook, Loop
+from .measures.examples import consecutive_overlap, pack, unpack
+from .store import RunDir
+
+
+class ExampleRecorder(Hook):
+    """Per-example correctness bits per epoch (and margins) into examples.npz; adds the
+    intersection/union of consecutive epochs' correct sets to the epoch's metrics."""
+
+    def __init__(self, run: RunDir, data, source: str = "evaluation", margins: bool = False):
+        self.run, self.source, self.with_margins = run, source, margins
+        tr, te = data.train, data.test
+        self.static = {
+            "n_train": np.int64(len(tr)), "n_test": np.int64(len(te)),
+            "train_labels_used": tr.y.cpu().numpy(), "train_labels_true": tr.y_true.cpu().numpy(),
+            "train_corrupted": tr.corrupted.cpu().numpy(),
+            "test_labels_used": te.y.cpu().numpy(), "test_labels_true": te.y_true.cpu().numpy(),
+            "test_corrupted": te.corrupted.cpu().numpy(),
+            "source": np.array(source),
+        }
+        self.rows = {"epochs": [], "train_correct": [], "test_correct": []}
+        if margins:
+            self.rows.update(train_margin=[], test_margin=[])
+        self.prev = {}
+
+    def on_start(self, loop: Loop):
+        if loop.epoch == 0 or not self.run.examples_file.is_file():
+            return
+        saved = self.run.read_examples()
+        keep = saved["epochs"] <= loop.epoch
+        for k in self.rows:
+            if k in saved:
+                self.rows[k] = list(saved[k][keep])
+        for split in ("train", "test"):
+            if self.rows[f"{split}_correct"]:
+                n = int(self.static[f"n_{split}"])
+                self.prev[split] = unpack(self.rows[f"{split}_correct"][-1], n)
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        train = result.presented if self.source == "presentation" else result.train.correct
+        current = {"train": train.cpu().numpy(), "test": result.test.correct.cpu().numpy()}
+        for split, correct in current.items():
+            if split in self.prev:
+                inter, union = consecutive_overlap(np.stack([self.prev[split], correct]))
+                result.metrics[f"{split}_intersection"] = float(inter[0])
+                result.metrics[f"{split}_union"] = float(union[0])
+            self.prev[split] = correct
+            self.rows[f"{split}_correct"].append(pack(correct))
+        self.rows["epochs"].append(result.epoch)
+        if self.with_margins:
+            self.rows["train_margin"].append(result.train.margin.cpu().numpy().astype(np.float16))
+            self.rows["test_margin"].append(result.test.margin.cpu().numpy().astype(np.float16))
+        self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})
+
+
+class MetricsWriter(Hook):
+    """One JSON line per epoch in metrics.jsonl."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_start(self, loop: Loop):
+        if loop.epoch > 0 or self.run.metrics_file.exists():
+            self.run.truncate_metrics(loop.epoch)
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        self.run.append_metrics(result.metrics)
+
+
+def tb_tag(key: str) -> str:
+    """'train_acc_clean' -> 'acc_clean/train', so TensorBoard puts train and test side by side."""
+    for split in ("train", "test", "val"):
+        if key.startswith(split + "_"):
+            return f"{key[len(split) + 1:]}/{split}"
+    return key
+
+
+class TensorBoardWriter(Hook):
+    """Scalars for every number in the epoch's metrics; weight histograms at chosen epochs."""
+
+    def __init__(self, run: RunDir, hist_every: int = 10):
+        self.run, self.hist_every, self.writer = run, hist_every, None
+        self.last_hist = None
+
+    def on_start(self, loop: Loop):
+        from torch.utils.tensorboard import SummaryWriter
+        # purge_step drops events a killed run wrote after its last checkpoint.
+        self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if loop.epoch else None)
+
+    def histograms(self, loop: Loop, epoch: int):
+        for name, p in loop.model.named_parameters():
+            self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
+        self.last_hist = epoch
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        for k, v in result.metrics.items():
+            if k != "epoch" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                self.writer.add_scalar(tb_tag(k), v, result.epoch)
+        if self.hist_every and (result.epoch == 1 or result.epoch % self.hist_every == 0):
+            self.histograms(loop, result.epoch)
+        self.writer.flush()
+
+    def on_end(self, loop: Loop):
+        if self.hist_every and loop.epoch and self.last_hist != loop.epoch:
+            self.histograms(loop, loop.epoch)
+        self.writer.close()
+
+
+class Checkpointer(Hook):
+    """checkpoints/last.pt every epoch (atomically), plus epoch_NNNN.pt for chosen epochs."""
+
+    def __init__(self, run: RunDir, keep_epochs=(), extra=None):
+        self.run, self.keep, self.extra = run, set(keep_epochs), extra or {}
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        state = {**loop.state_dict(), **self.extra}
+        self.run.save_checkpoint(state)
+        if result.epoch in self.keep:
+            self.run.save_checkpoint(state, f"epoch_{result.epoch:04d}.pt")
+
+
+class StatusWriter(Hook):
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        self.run.write_status("running", epochs_completed=loop.epoch, fit_epoch=loop.fit_epoch)
+
+    def on_end(self, loop: Loop):
+        final = loop.last_metrics or {}
+        self.run.write_status("done", epochs_completed=loop.epoch, fit_epoch=loop.fit_epoch,
+                              final={k: v for k, v in final.items() if not k.startswith("seconds")})
+
+
+class ProgressBar(Hook):
+    def __init__(self, total: int, enabled: bool = True, desc: str = "epochs"):
+        self.total, self.enabled, self.desc, self.bar = total, enabled, desc, None
+
+    def on_start(self, loop: Loop):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, disable=not self.enabled,
+                        unit="ep", dynamic_ncols=True)
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        m = result.metrics
+        self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", train=f"{m['train_acc']:.3f}", test=f"{m['test_acc']:.3f}")
+        self.bar.update(1)
+
+    def on_end(self, loop: Loop):
+        self.bar.close()

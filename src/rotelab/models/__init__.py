@@ -1,0 +1,69 @@
+"""Model registry: name -> builder(cfg, input_shape, num_classes) -> nn.Module.
+
+Builders say which inputs they fit; `build_model` turns a mismatch into one clear error.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ConfigError
+from ..seeding import derive_seed
+from .convnets import AlexNetSmall, InceptionSmall
+from .mlp import MLP
+from .wrn import WideResNet
+
+ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
+
+
+def _image_shape(name, shape):
+    if len(shape) != 3 or min(shape[1:]) < 4:
+        raise ConfigError("--model", f"{name} needs images (C, H, W) of at least 4x4, but the data has shape {shape}; "
+                                     "use --model mlp for this dataset")
+    return shape
+
+
+def _mlp(cfg, shape, k):
+    return MLP(shape, cfg.widths, k, ACTIVATIONS[cfg.activation or "relu"])
+
+
+def _tishby(cfg, shape, k):
+    """The 12-10-7-5-4-3-2 net of Shwartz-Ziv & Tishby (hidden widths 10-7-5-4-3), tanh by default."""
+    return MLP(shape, [10, 7, 5, 4, 3], k, ACTIVATIONS[cfg.activation or "tanh"])
+
+
+def _alexnet(cfg, shape, k):
+    model = AlexNetSmall(_image_shape("alexnet-small", shape)[0], k)
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))  # materialize the lazy first linear layer for this image size
+    return model
+
+
+def _inception(cfg, shape, k):
+    return InceptionSmall(_image_shape("inception-small", shape)[0], k)
+
+
+def _wrn(cfg, shape, k):
+    if (cfg.depth - 4) % 6 or cfg.depth < 10:
+        raise ConfigError("--depth", f"a Wide ResNet has depth 6n+4 (10, 16, 22, 28, ...), got {cfg.depth}")
+    if cfg.widen < 1:
+        raise ConfigError("--widen", f"must be >= 1, got {cfg.widen}")
+    return WideResNet(_image_shape("wrn", shape)[0], k, cfg.depth, cfg.widen)
+
+
+MODELS = {
+    "mlp": _mlp,
+    "tishby": _tishby,
+    "alexnet-small": _alexnet,
+    "inception-small": _inception,
+    "wrn": _wrn,
+}
+
+
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
+    """Build cfg.model for the data; initialization is deterministic from cfg.seed."""
+    if cfg.model not in MODELS:
+        raise ConfigError("--model", f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        return MODELS[cfg.model](cfg, tuple(input_shape), num_classes)

@@ -1,0 +1,28 @@
+"""Multilayer perceptrons (also the 12-10-7-5-4-3-2 net of Shwartz-Ziv & Tishby)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Flatten, then Linear+activation per hidden width, then a linear classifier.
+
+    `layers` holds the hidden blocks in order, so activation-capture hooks can find each layer.
+    """
+
+    def __init__(self, input_shape, widths, num_classes, activation=nn.ReLU):
+        super().__init__()
+        dims = [math.prod(input_shape), *widths]
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(a, b), activation()) for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)

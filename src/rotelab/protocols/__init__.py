@@ -1,0 +1,1 @@
+"""Protocols: each a function from a config to a run directory."""

@@ -1,0 +1,168 @@
+"""The run directory: the one contract between protocols, plots and reports.
+
+    config.json  metrics.jsonl  examples.npz  status.json  checkpoints/  tb/  figures/
+
+Files that are rewritten (status, examples, checkpoints) are written to a temporary name and
+renamed, so a run killed at any moment leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import ConfigError
+
+
+def atomic_write_bytes(path: Path, data: bytes):
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(o):
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def environment(device) -> dict:
+    """Versions and device, so a run says what produced it."""
+    env = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version(), "device": str(device)}
+    if torch.device(device).type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0:
+            env["git"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return env
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    # -- layout -------------------------------------------------------------------------------
+    config_file = property(lambda self: self.path / "config.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    status_file = property(lambda self: self.path / "status.json")
+    examples_file = property(lambda self: self.path / "examples.npz")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    tb = property(lambda self: self.path / "tb")
+    figures = property(lambda self: self.path / "figures")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+
+    # -- creation -----------------------------------------------------------------------------
+    @classmethod
+    def check_new(cls, path, overwrite: bool = False) -> "RunDir":
+        """Refuse a non-empty folder unless overwrite; touches nothing (call before any work)."""
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise ConfigError("--out", f"{run.path} exists and is not a folder; choose another --out")
+        if run.path.is_dir() and any(run.path.iterdir()) and not overwrite:
+            raise ConfigError("--out", f"{run.path} is not empty; pass --resume {run.path} to continue it, "
+                                       "--overwrite to replace it, or choose another --out")
+        return run
+
+    def create(self, config: dict, env: dict, overwrite: bool = False):
+        if overwrite and self.path.is_dir():
+            shutil.rmtree(self.path)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_file, {**config, "environment": env})
+        self.write_status("running", epochs_completed=0)
+
+    # -- config and status --------------------------------------------------------------------
+    def read_config(self) -> dict:
+        if not self.config_file.is_file():
+            raise ConfigError("--resume", f"{self.path} has no config.json; is it a rotelab run directory?")
+        try:
+            cfg = json.loads(self.config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError("--resume", f"{self.config_file} is not valid JSON ({e})") from None
+        cfg.pop("environment", None)
+        return cfg
+
+    def write_status(self, state: str, **extra):
+        old = self.read_status()
+        status = {**old, "state": state, **extra, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if state != "failed":
+            status.pop("error", None)
+        atomic_write_json(self.status_file, status)
+
+    def read_status(self) -> dict:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    # -- metrics ------------------------------------------------------------------------------
+    def append_metrics(self, record: dict):
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        """Every complete line of metrics.jsonl (a line cut by a kill is ignored)."""
+        if not self.metrics_file.is_file():
+            return []
+        out = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def truncate_metrics(self, upto_epoch: int, key: str = "epoch"):
+        """Keep the records of epochs <= upto_epoch (before resuming from that epoch's checkpoint)."""
+        keep = [r for r in self.read_metrics() if r.get(key, 0) <= upto_epoch]
+        atomic_write_bytes(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+    # -- arrays and checkpoints ---------------------------------------------------------------
+    def write_examples(self, arrays: dict):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(self.examples_file, buf.getvalue())
+
+    def read_examples(self) -> dict:
+        with np.load(self.examples_file) as z:
+            return {k: z[k] for k in z.files}
+
+    def save_checkpoint(self, state: dict, name: str = "last.pt"):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.checkpoints / name, buf.getvalue())
+
+    def load_checkpoint(self, path=None, map_location="cpu") -> dict:
+        path = Path(path) if path is not None else self.last_checkpoint
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:
+            raise ConfigError("--resume", f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete it to "
+                                          "restart the run from scratch, or pass --overwrite") from None
