@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from rotelab.config import ConfigError, FitConfig
+from rotelab.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_every_model_fits_every_image_shape(name, shape):
+    net = build_model(FitConfig(model=name, depth=10, widen=1), shape, 7)
+    out = net(torch.randn(3, *shape))
+    assert out.shape == (3, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", ["alexnet-small", "inception-small", "wrn"])
+def test_conv_models_refuse_vectors_with_a_clear_error(name):
+    with pytest.raises(ConfigError, match="--model.*mlp"):
+        build_model(FitConfig(model=name), (40,), 10)
+
+
+def test_init_is_deterministic_from_the_seed():
+    a = build_model(FitConfig(seed=1), (1, 8, 8), 10)
+    b = build_model(FitConfig(seed=1), (1, 8, 8), 10)
+    c = build_model(FitConfig(seed=2), (1, 8, 8), 10)
+    sa, sb, sc = (m.state_dict() for m in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["head.weight"], sc["head.weight"])
+
+
+def test_mlp_widths_and_tishby_shape():
+    net = build_model(FitConfig(model="mlp", widths=[20, 30]), (12,), 2)
+    assert [l[0].out_features for l in net.layers] == [20, 30]
+    t = build_model(FitConfig(model="tishby"), (12,), 2)
+    dims = [l[0].in_features for l in t.layers] + [t.head.in_features, t.head.out_features]
+    assert dims == [12, 10, 7, 5, 4, 3, 2]
+    assert isinstance(t.layers[0][1], torch.nn.Tanh)
+
+
+def test_zhang_parameter_counts():
+    # Zhang et al. (Table 1): small AlexNet 1,387,786 parameters on 28x28x3 crops
+    alex = build_model(FitConfig(model="alexnet-small"), (3, 28, 28), 10)
+    assert sum(p.numel() for p in alex.parameters()) == 1_387_786
+
+
+def test_wrn_depth_must_be_6n_plus_4():
+    with pytest.raises(ConfigError, match="--depth"):
+        build_model(FitConfig(model="wrn", depth=15), (3, 32, 32), 10)
+
+
+def test_unknown_model():
+    with pytest.raises(ConfigError, match="--model.*mlp"):
+        build_model(FitConfig(model="resnet9000"), (3, 32, 32), 10)
