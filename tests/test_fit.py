@@ -1,0 +1,149 @@
+"""End-to-end behaviour of `fit` on small real data (scikit-learn digits)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rotelab.engine import Hook
+from rotelab.measures.examples import unpack
+from rotelab.protocols.fit import build_loop, fit, resume
+from rotelab.store import RunDir
+
+
+def test_mlp_memorizes_random_labels_and_stops_when_fit(tmp_path, small_cfg):
+    cfg = small_cfg(corrupt="labels=1.0", epochs=300, until_train_acc=1.0)
+    run = fit(cfg, tmp_path / "rand")
+    m = run.read_metrics()
+    status = run.read_status()
+    assert status["state"] == "done"
+    assert m[-1]["train_acc"] == 1.0
+    assert status["fit_epoch"] == m[-1]["epoch"] == len(m) < 300
+    assert all(r["train_acc"] < 1.0 for r in m[:-1])
+    assert m[-1]["test_acc"] < 0.25          # chance is 0.1
+    assert m[-1]["train_acc_corrupted"] == 1.0  # the corrupted labels themselves are memorized
+
+
+def test_mlp_generalizes_on_true_labels(tmp_path, small_cfg):
+    run = fit(small_cfg(epochs=15), tmp_path / "true")
+    last = run.read_metrics()[-1]
+    assert last["test_acc"] > 0.9
+    assert last["train_acc_corrupted"] is None and last["train_acc_clean"] == last["train_acc"]
+
+
+def test_metrics_split_clean_and_corrupted_examples(tmp_path, small_cfg):
+    run = fit(small_cfg(corrupt="labels=0.5", epochs=3, example_margins=True), tmp_path / "half")
+    ex = run.read_examples()
+    m = run.read_metrics()
+    n = int(ex["n_train"])
+    corrupted = ex["train_corrupted"]
+    assert np.array_equal(corrupted, ex["train_labels_used"] != ex["train_labels_true"])
+    for row, rec in zip(ex["train_correct"], m):
+        c = unpack(row, n)
+        assert rec["train_acc"] == pytest.approx(c.mean(), abs=1e-6)
+        assert rec["train_acc_clean"] == pytest.approx(c[~corrupted].mean(), abs=1e-6)
+        assert rec["train_acc_corrupted"] == pytest.approx(c[corrupted].mean(), abs=1e-6)
+    assert ex["train_margin"].dtype == np.float16 and ex["train_margin"].shape == (3, n)
+    # a positive margin means correct (float16 rounding aside)
+    c = unpack(ex["train_correct"][-1], n)
+    assert np.all(c[ex["train_margin"][-1] > 0.01]) and not np.any(c[ex["train_margin"][-1] < -0.01])
+
+
+def test_intersection_and_union_bracket_the_accuracies(tmp_path, small_cfg):
+    run = fit(small_cfg(corrupt="labels=1.0", epochs=8, lr=0.05), tmp_path / "osc")
+    m = run.read_metrics()
+    ex = run.read_examples()
+    assert "train_intersection" not in m[0]
+    for split in ("train", "test"):
+        n = int(ex[f"n_{split}"])
+        bits = unpack(ex[f"{split}_correct"], n)
+        for prev, cur, rec in zip(m[:-1], m[1:], range(1, len(m))):
+            inter, union = cur[f"{split}_intersection"], cur[f"{split}_union"]
+            assert inter <= min(prev[f"{split}_acc"], cur[f"{split}_acc"]) + 1e-9
+            assert max(prev[f"{split}_acc"], cur[f"{split}_acc"]) <= union + 1e-9
+            assert inter == pytest.approx((bits[rec - 1] & bits[rec]).mean())
+    # oscillation is real while memorizing: some examples flip each epoch
+    assert any(r["train_union"] - r["train_intersection"] > 0.05 for r in m[1:])
+
+
+def test_presentation_record_comes_from_the_training_passes(tmp_path, small_cfg):
+    run = fit(small_cfg(epochs=3, example_record="presentation"), tmp_path / "pres")
+    ex = run.read_examples()
+    m = run.read_metrics()
+    assert str(ex["source"]) == "presentation"
+    for row, rec in zip(ex["train_correct"], m):
+        assert unpack(row, int(ex["n_train"])).mean() == pytest.approx(rec["train_acc_presented"], abs=1e-6)
+
+
+def test_no_example_record(tmp_path, small_cfg):
+    run = fit(small_cfg(epochs=2, example_record="none"), tmp_path / "none")
+    assert not run.examples_file.exists()
+    assert "train_intersection" not in run.read_metrics()[-1]
+
+
+class Crash(Hook):
+    """Simulates a kill after the checkpoint of epoch k was written."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_end(self, loop, result):
+        if result.epoch == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def strip_times(records):
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
+
+
+@pytest.mark.parametrize("kw", [dict(corrupt="labels=0.5"), dict(corrupt="random-pixels=0.5", augment=True,
+                                                                   optimizer="adam", lr=0.003, schedule="cosine")])
+def test_resume_equals_an_uninterrupted_run(tmp_path, small_cfg, kw):
+    cfg = small_cfg(epochs=6, example_margins=True, **kw)
+    full = fit(cfg, tmp_path / "full")
+
+    run = RunDir.check_new(tmp_path / "cut")
+    loop = build_loop(cfg, run)
+    loop.hooks.append(Crash(3))   # after checkpoint and status of epoch 3
+    run.create(cfg.to_dict(), {})
+    with pytest.raises(RuntimeError):
+        loop.run()
+    assert run.read_status()["state"] != "done"
+    # simulate a kill that came after metrics/examples of epoch 4 but before its checkpoint
+    run.append_metrics({"epoch": 4, "train_acc": -1})
+    resumed = resume(tmp_path / "cut")
+    assert strip_times(resumed.read_metrics()) == strip_times(full.read_metrics())
+    a, b = full.read_examples(), resumed.read_examples()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    sa = torch.load(full.last_checkpoint)["model"]
+    sb = torch.load(resumed.last_checkpoint)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert resumed.read_status()["state"] == "done"
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, small_cfg):
+    run = fit(small_cfg(epochs=2), tmp_path / "r")
+    before = run.metrics_file.read_bytes()
+    resume(tmp_path / "r")
+    assert run.metrics_file.read_bytes() == before
+
+
+def test_run_directory_contents(tmp_path, small_cfg):
+    run = fit(small_cfg(epochs=4, hist_every=2, save_epochs=[2]), tmp_path / "r")
+    cfg = json.loads(run.config_file.read_text())
+    assert cfg["dataset"] == "digits" and cfg["epochs"] == 4
+    assert cfg["environment"]["torch"] == torch.__version__
+    assert (run.checkpoints / "epoch_0002.pt").is_file() and run.last_checkpoint.is_file()
+    required = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds",
+                "train_acc_clean", "train_acc_corrupted"}
+    assert required <= set(run.read_metrics()[0])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run.tb), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    assert {"acc/train", "acc/test", "loss/train", "intersection/train", "union/test", "lr"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("acc/train")] == [1, 2, 3, 4]
+    assert [e.value for e in acc.Scalars("acc/test")] == pytest.approx([r["test_acc"] for r in run.read_metrics()])
+    hist_steps = {e.step for e in acc.Histograms("weights/head.weight")}
+    assert hist_steps == {1, 2, 4}
