@@ -151,7 +151,7 @@ class ProgressBar(Hook):
 
     def on_start(self, loop: Loop):
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, disable=not self.enabled,
+        self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, disable=None if self.enabled else True,  # None: off when not a terminal
                         unit="ep", dynamic_ncols=True)
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
