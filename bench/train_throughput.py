@@ -112,8 +112,8 @@ def loop_epochs(cfg: FitConfig, data, tmp: Path, rounds: int) -> dict[str, float
         run = RunDir(tmp / f"loop-{record}")
         run.path.mkdir(parents=True)
         c = FitConfig(**{**cfg.to_dict(), "example_record": record, "epochs": rounds + 1})
-        hooks = [MetricsWriter(run)] if record == "none" else [ExampleRecorder(run, data, record), MetricsWriter(run)]
-        loops[record] = Loop(build_model(c, data.input_shape, 10), data, c, hooks)
+        hooks = [MetricsWriter(run)] if record == "none" else [ExampleRecorder(run, data.splits, record), MetricsWriter(run)]
+        loops[record] = Loop(build_model(c, data.input_shape, 10), data.splits, c, hooks)
         loops[record].run_epoch()  # warm-up
     best = {k: float("inf") for k in loops}
     for _ in range(rounds):

@@ -158,10 +158,18 @@ def split_metrics(prefix: str, ev: Evaluation, split) -> dict:
 @dataclass
 class EpochResult:
     epoch: int
-    metrics: dict                      # what goes to metrics.jsonl (hooks may add keys)
-    train: Evaluation
-    test: Evaluation
-    presented: torch.Tensor | None     # per-example correctness during the training passes
+    metrics: dict                          # what goes to metrics.jsonl (hooks may add keys)
+    evals: dict[str, Evaluation]           # a clean pass over each named split
+    presented: dict[str, torch.Tensor]     # per-example correctness during the training passes, per
+                                           # split trained on (empty unless example_record == presentation)
+
+    @property
+    def train(self) -> Evaluation:
+        return self.evals["train"]
+
+    @property
+    def test(self) -> Evaluation:
+        return self.evals["test"]
 
 
 class Hook:
@@ -173,23 +181,32 @@ class Hook:
 
 
 class Loop:
-    """Train `model` on `data` (already on `device`) for cfg.epochs, calling hooks each epoch."""
+    """Train `model` on the union of the splits named in `fit_on`, evaluate every split each epoch,
+    call hooks. Splits are already on `device`. Runs until epoch `end_epoch` (default cfg.epochs)
+    or until every trained-on split reaches accuracy `until` (default cfg.until_train_acc)."""
 
-    def __init__(self, model, data, cfg, hooks=(), device="cpu"):
-        if cfg.augment and data.train.x.dim() != 4:
+    def __init__(self, model, splits: dict, cfg, hooks=(), device="cpu", fit_on=("train",),
+                 end_epoch: int | None = None, until: float | None = None):
+        x = splits[fit_on[0]].x
+        if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
-                                           f"of shape {tuple(data.train.x.shape[1:])}; drop --augment")
-        self.model, self.data, self.cfg, self.hooks = model, data, cfg, list(hooks)
+                                           f"of shape {tuple(x.shape[1:])}; drop --augment")
+        self.model, self.splits, self.cfg, self.hooks = model, splits, cfg, list(hooks)
+        self.fit_on = tuple(fit_on)
+        self.fit_x = torch.cat([splits[n].x for n in fit_on]) if len(fit_on) > 1 else x
+        self.fit_y = torch.cat([splits[n].y for n in fit_on]) if len(fit_on) > 1 else splits[fit_on[0]].y
+        self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
+        self.until = cfg.until_train_acc if until is None else until
         self.device = torch.device(device)
         self.opt = build_optimizer(model, cfg)
         self.sched = build_scheduler(self.opt, cfg)
         self.epoch = 0              # epochs completed
-        self.fit_epoch = None       # first epoch whose clean train accuracy reached cfg.until_train_acc
+        self.fit_epoch = None       # first epoch at which every trained-on split reached `until`
         self.last_metrics = None
 
     @property
     def done(self) -> bool:
-        return self.epoch >= self.cfg.epochs or (self.cfg.until_train_acc is not None and self.fit_epoch is not None)
+        return self.epoch >= self.end_epoch or (self.until is not None and self.fit_epoch is not None)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -202,28 +219,36 @@ class Loop:
         self.epoch, self.fit_epoch = state["epoch"], state["fit_epoch"]
 
     def run_epoch(self) -> EpochResult:
-        cfg, train, test = self.cfg, self.data.train, self.data.test
+        cfg = self.cfg
         e = self.epoch + 1
         t0 = time.perf_counter()
-        order = torch.randperm(len(train), generator=generator(cfg.seed, "order", e)).to(self.device)
+        order = torch.randperm(len(self.fit_y), generator=generator(cfg.seed, "order", e)).to(self.device)
         torch.manual_seed(derive_seed(cfg.seed, "torch", e))  # dropout and any other global draws
         aug = generator(cfg.seed, "augment", e) if cfg.augment else None
         lr = self.opt.param_groups[0]["lr"]
-        loss_p, acc_p, presented = train_epoch(self.model, self.opt, train.x, train.y, cfg.batch_size, order,
+        loss_p, acc_p, presented = train_epoch(self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order,
                                                aug, record=cfg.example_record == "presentation")
         t_train = time.perf_counter() - t0
-        ev_train = evaluate(self.model, train.x, train.y, cfg.eval_batch_size, cfg.example_margins)
-        ev_test = evaluate(self.model, test.x, test.y, cfg.eval_batch_size, cfg.example_margins)
+        evals = {name: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
+                 for name, s in self.splits.items()}
         self.sched.step()
         self.epoch = e
-        metrics = {"epoch": e, "lr": lr, **split_metrics("train", ev_train, train),
-                   **split_metrics("test", ev_test, test),
-                   "train_loss_presented": loss_p, "train_acc_presented": acc_p}
-        if cfg.until_train_acc is not None and self.fit_epoch is None and metrics["train_acc"] >= cfg.until_train_acc:
+        metrics = {"epoch": e, "lr": lr}
+        for name, s in self.splits.items():
+            metrics.update(split_metrics(name, evals[name], s))
+        metrics.update(train_loss_presented=loss_p, train_acc_presented=acc_p)
+        if self.until is not None and self.fit_epoch is None and \
+                all(metrics[f"{n}_acc"] >= self.until for n in self.fit_on):
             self.fit_epoch = e
         metrics["seconds_train"] = t_train
         metrics["seconds"] = time.perf_counter() - t0
-        return EpochResult(e, metrics, ev_train, ev_test, presented)
+        by_split = {}
+        if presented is not None:
+            start = 0
+            for n in self.fit_on:
+                by_split[n] = presented[start:start + len(self.splits[n])]
+                start += len(self.splits[n])
+        return EpochResult(e, metrics, evals, by_split)
 
     def run(self):
         for h in self.hooks:

@@ -17,23 +17,24 @@ from .store import RunDir
 
 
 class ExampleRecorder(Hook):
-    """Per-example correctness bits per epoch (and margins) into examples.npz; adds the
-    intersection/union of consecutive epochs' correct sets to the epoch's metrics."""
+    """Per-example correctness bits of every split per epoch (and margins) into examples.npz; adds the
+    intersection/union of consecutive epochs' correct sets to the epoch's metrics.
 
-    def __init__(self, run: RunDir, data, source: str = "evaluation", margins: bool = False):
+    With source 'presentation' the bits of the splits being trained on come from the training
+    passes; the other splits (test, or a split no longer trained on) always from the clean pass."""
+
+    def __init__(self, run: RunDir, splits: dict, source: str = "evaluation", margins: bool = False):
         self.run, self.source, self.with_margins = run, source, margins
-        tr, te = data.train, data.test
-        self.static = {
-            "n_train": np.int64(len(tr)), "n_test": np.int64(len(te)),
-            "train_labels_used": tr.y.cpu().numpy(), "train_labels_true": tr.y_true.cpu().numpy(),
-            "train_corrupted": tr.corrupted.cpu().numpy(),
-            "test_labels_used": te.y.cpu().numpy(), "test_labels_true": te.y_true.cpu().numpy(),
-            "test_corrupted": te.corrupted.cpu().numpy(),
-            "source": np.array(source),
-        }
-        self.rows = {"epochs": [], "train_correct": [], "test_correct": []}
-        if margins:
-            self.rows.update(train_margin=[], test_margin=[])
+        self.names = list(splits)
+        self.static = {"source": np.array(source)}
+        self.rows = {"epochs": []}
+        for name, s in splits.items():
+            self.static.update({f"n_{name}": np.int64(len(s)), f"{name}_labels_used": s.y.cpu().numpy(),
+                                f"{name}_labels_true": s.y_true.cpu().numpy(),
+                                f"{name}_corrupted": s.corrupted.cpu().numpy()})
+            self.rows[f"{name}_correct"] = []
+            if margins:
+                self.rows[f"{name}_margin"] = []
         self.prev = {}
 
     def on_start(self, loop: Loop):
@@ -44,25 +45,23 @@ class ExampleRecorder(Hook):
         for k in self.rows:
             if k in saved:
                 self.rows[k] = list(saved[k][keep])
-        for split in ("train", "test"):
-            if self.rows[f"{split}_correct"]:
-                n = int(self.static[f"n_{split}"])
-                self.prev[split] = unpack(self.rows[f"{split}_correct"][-1], n)
+        for name in self.names:
+            if self.rows[f"{name}_correct"]:
+                self.prev[name] = unpack(self.rows[f"{name}_correct"][-1], int(self.static[f"n_{name}"]))
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
-        train = result.presented if self.source == "presentation" else result.train.correct
-        current = {"train": train.cpu().numpy(), "test": result.test.correct.cpu().numpy()}
-        for split, correct in current.items():
-            if split in self.prev:
-                inter, union = consecutive_overlap(np.stack([self.prev[split], correct]))
-                result.metrics[f"{split}_intersection"] = float(inter[0])
-                result.metrics[f"{split}_union"] = float(union[0])
-            self.prev[split] = correct
-            self.rows[f"{split}_correct"].append(pack(correct))
+        for name in self.names:
+            bits = result.presented.get(name) if self.source == "presentation" else None
+            correct = (bits if bits is not None else result.evals[name].correct).cpu().numpy()
+            if name in self.prev:
+                inter, union = consecutive_overlap(np.stack([self.prev[name], correct]))
+                result.metrics[f"{name}_intersection"] = float(inter[0])
+                result.metrics[f"{name}_union"] = float(union[0])
+            self.prev[name] = correct
+            self.rows[f"{name}_correct"].append(pack(correct))
+            if self.with_margins:
+                self.rows[f"{name}_margin"].append(result.evals[name].margin.cpu().numpy().astype(np.float16))
         self.rows["epochs"].append(result.epoch)
-        if self.with_margins:
-            self.rows["train_margin"].append(result.train.margin.cpu().numpy().astype(np.float16))
-            self.rows["test_margin"].append(result.test.margin.cpu().numpy().astype(np.float16))
         self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})
 
 
@@ -151,8 +150,9 @@ class ProgressBar(Hook):
 
     def on_start(self, loop: Loop):
         from tqdm.auto import tqdm
-        self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, disable=None if self.enabled else True,  # None: off when not a terminal
-                        unit="ep", dynamic_ncols=True)
+        # disable=None: no bar when the output is not a terminal
+        self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, unit="ep", dynamic_ncols=True,
+                        disable=None if self.enabled else True)
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
         m = result.metrics

@@ -32,13 +32,24 @@ class Data:
     train: Split
     test: Split
     num_classes: int
+    val: Split | None = None  # a held-out part of the training set (the forget protocol's)
+
+    @property
+    def splits(self) -> dict[str, Split]:
+        """The named splits, in the order metrics list them."""
+        out = {"train": self.train}
+        if self.val is not None:
+            out["val"] = self.val
+        out["test"] = self.test
+        return out
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
     def to(self, device) -> "Data":
-        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes)
+        val = self.val.to(device) if self.val is not None else None
+        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes, val)
 
 
 def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:

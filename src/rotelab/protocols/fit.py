@@ -19,10 +19,10 @@ def build_loop(cfg: FitConfig, run: RunDir, extra_hooks=()) -> Loop:
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     hooks = []
     if cfg.example_record != "none":
-        hooks.append(ExampleRecorder(run, data, cfg.example_record, cfg.example_margins))
+        hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
     hooks += [*extra_hooks, MetricsWriter(run), TensorBoardWriter(run, cfg.hist_every),
               Checkpointer(run, cfg.save_epochs), StatusWriter(run), ProgressBar(cfg.epochs, cfg.progress)]
-    return Loop(model, data, cfg, hooks, device)
+    return Loop(model, data.splits, cfg, hooks, device)
 
 
 def _train(run: RunDir, loop: Loop) -> RunDir:
