@@ -8,7 +8,8 @@ import torch
 
 from rotelab.engine import Hook
 from rotelab.measures.examples import unpack
-from rotelab.protocols.fit import build_loop, fit, resume
+from rotelab.protocols import resume
+from rotelab.protocols.fit import build_loop, fit
 from rotelab.store import RunDir
 
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from .config import ConfigError, FitConfig, flag, load_config_file
+from .config import ConfigError, FitConfig, ForgetConfig, flag, load_config_file
 
 
 def parse_ints(text: str) -> list[int]:
@@ -41,9 +41,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         kind = _field_type(f)
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
         if kind is bool:
-            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(flag(f.name), *f.metadata.get("aliases", ()), action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            parser.add_argument(flag(f.name), type=kind, choices=f.metadata.get("choices"),
+            parser.add_argument(flag(f.name), *f.metadata.get("aliases", ()), type=kind, choices=f.metadata.get("choices"),
                                 metavar=f.name.upper() if not f.metadata.get("choices") else None, **kwargs)
 
 
@@ -62,24 +62,64 @@ def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
     return [flag(k) for k in vars(args) if k in names]
 
 
-def cmd_fit(args) -> int:
-    from .protocols.fit import fit, resume
+def _report(run) -> None:
+    status = run.read_status()
+    final = status.get("final", {})
+    line = (f"{run.path}: {status.get('state')} after {status.get('epochs_completed')} epochs; "
+            + ", ".join(f"{k.replace('_', ' ')} {final[k]:.4f}" for k in ("train_acc", "val_acc", "test_acc")
+                        if final.get(k) is not None))
+    if status.get("fit_epoch"):
+        line += f"; fit at epoch {status['fit_epoch']}"
+    for split, events in status.get("summary", {}).get("collapses", {}).items():
+        for e in events:
+            line += f"\n  collapse of {split} at epoch {e['epoch']}: {e['before']:.3f} -> {e['lowest']:.3f}"
+    print(line)
+
+
+def _resume_or_out(args, cls) -> bool:
+    """True for --resume (checking no new config is given with it), False for a new run in --out."""
     if args.resume:
-        extra = given_config_flags(args, FitConfig) + (["--config"] if args.config else [])
+        extra = given_config_flags(args, cls) + (["--config"] if args.config else [])
         if args.out or extra:
             raise ConfigError((["--out"] if args.out else extra)[0],
                               f"--resume continues {args.resume} with its saved config.json; drop this flag, "
                               "or start a new run with --out")
+        return True
+    if not args.out:
+        raise ConfigError("--out", "say where the run goes, e.g. --out runs/my-run (or --resume runs/old-run)")
+    return False
+
+
+def cmd_fit(args) -> int:
+    from .protocols import resume
+    from .protocols.fit import fit
+    run = resume(args.resume) if _resume_or_out(args, FitConfig) else \
+        fit(config_from_args(args, FitConfig), args.out, overwrite=args.overwrite)
+    _report(run)
+    return 0
+
+
+def cmd_forget(args) -> int:
+    from .protocols import resume
+    from .protocols.forget import forget, stage2_from
+    if getattr(args, "stage2_from", None):
+        if not args.out:
+            raise ConfigError("--out", "--stage2-from starts a new run; say where with --out")
+        names = {f.name for f in dataclasses.fields(ForgetConfig)}
+        overrides = {k: v for k, v in vars(args).items() if k in names and k != "stage2_from"}
+        run = stage2_from(args.stage2_from, args.out, overrides, overwrite=args.overwrite)
+    elif _resume_or_out(args, ForgetConfig):
         run = resume(args.resume)
     else:
-        if not args.out:
-            raise ConfigError("--out", "say where the run goes, e.g. --out runs/my-run (or --resume runs/old-run)")
-        run = fit(config_from_args(args, FitConfig), args.out, overwrite=args.overwrite)
-    status = run.read_status()
-    final = status.get("final", {})
-    print(f"{run.path}: {status.get('state')} after {status.get('epochs_completed')} epochs; "
-          f"train acc {final.get('train_acc', float('nan')):.4f}, test acc {final.get('test_acc', float('nan')):.4f}"
-          + (f"; train set fit at epoch {status['fit_epoch']}" if status.get("fit_epoch") else ""))
+        run = forget(config_from_args(args, ForgetConfig), args.out, overwrite=args.overwrite)
+    _report(run)
+    return 0
+
+
+def cmd_examples(args) -> int:
+    from .analysis import examples_report
+    for path in examples_report(args.runs, args.figure):
+        print(path)
     return 0
 
 
@@ -106,14 +146,29 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rotelab", description="Experiments on how deep networks memorize.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fit", help="train on data with corrupted labels or pixels",
-                       description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).")
-    f.add_argument("--out", help="run directory to create")
-    f.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, with its saved config")
-    f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
-    add_config_flags(f, FitConfig)
-    f.set_defaults(func=cmd_fit)
+    def run_parser(name, cls, func, **kw):
+        f = sub.add_parser(name, **kw)
+        f.add_argument("--out", help="run directory to create")
+        f.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, with its saved config")
+        f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+        f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
+        add_config_flags(f, cls)
+        f.set_defaults(func=func)
+        return f
+
+    run_parser("fit", FitConfig, cmd_fit, help="train on data with corrupted labels or pixels",
+               description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).")
+    run_parser("forget", ForgetConfig, cmd_forget, help="memorize train + val parts, then train on the train part alone",
+               description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 "
+                           "continues on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run "
+                           "from a stage-1 checkpoint of another (only stage-2 options may be given then).")
+
+    ex = sub.add_parser("examples", help="per-example analysis: forgetting events, first-learned epochs, oscillation")
+    ex.add_argument("runs", nargs="+", help="run directories with examples.npz")
+    ex.add_argument("--figure", default=None,
+                    help="where the figure comparing the runs' intersection/union curves goes (default: "
+                         "figures/overlap_runs.png in the first run)")
+    ex.set_defaults(func=cmd_examples)
 
     pl = sub.add_parser("plot", help="figures of finished or running runs")
     pl.add_argument("runs", nargs="+", help="run directories")

@@ -17,9 +17,9 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def opt(default, help: str, choices=None, flag_type=None):
-    """A config field with its CLI help text (and optional choices)."""
-    meta = {"help": help}
+def opt(default, help: str, choices=None, flag_type=None, aliases=()):
+    """A config field with its CLI help text (and optional choices and extra flag names)."""
+    meta = {"help": help, "aliases": tuple(aliases)}
     if choices is not None:
         meta["choices"] = choices
     if flag_type is not None:
@@ -120,28 +120,78 @@ class FitConfig:
         return cls(**d)
 
 
+@dataclass
+class ForgetConfig(FitConfig):
+    """Stage 1 trains on train part + val part until both are fit (or --epochs1), stage 2 on the train
+    part alone for --epochs2. Stage-1 training options are FitConfig's; stage-2 ones default to them."""
+
+    corrupt: str = opt("none", "corruption of the train part, KIND=P as for fit", aliases=["--train-corrupt"])
+    epochs: int = opt(100, "maximum epochs of stage 1 (train + val parts)", aliases=["--epochs1"])
+    until_train_acc: float | None = opt(1.0, "end stage 1 once train and val parts both reach this accuracy", aliases=["--until-fit"])
+    val_size: int | None = opt(None, "examples split off the training set as the val part (default: a sixth of it)")
+    val_corrupt: str = opt("none", "corruption of the val part, KIND=P")
+    epochs2: int = opt(100, "epochs of stage 2 (train part only)")
+    optimizer2: str | None = opt(None, "stage-2 optimizer (default: stage 1's)", ("sgd", "adam"))
+    lr2: float | None = opt(None, "stage-2 learning rate (default: stage 1's last, with its schedule going on)")
+    schedule2: str | None = opt(None, "stage-2 lr schedule (default: stage 1's)", SCHEDULES)
+    reset_lr: bool = opt(False, "restart the lr schedule at stage 2 (momentum buffers are kept when the optimizer is the same)")
+    collapse_drop: float = opt(0.2, "a collapse: accuracy falls by more than this below its best of the previous --collapse-window epochs")
+    collapse_window: int = opt(5, "epochs looked back by the collapse detector")
+    stage2_from: str | None = opt(None, "(set by --stage2-from) the stage-1 checkpoint stage 2 started from")
+
+    STAGE2_FIELDS = ("epochs2", "optimizer2", "lr2", "schedule2", "reset_lr", "collapse_drop", "collapse_window")
+
+    @property
+    def resets_stage2(self) -> bool:
+        """Stage 2 gets a fresh schedule (and lr) rather than going on with stage 1's."""
+        return self.reset_lr or any(v is not None for v in (self.optimizer2, self.lr2, self.schedule2))
+
+    def stage2(self) -> "ForgetConfig":
+        """The training options of stage 2 as a config the engine reads."""
+        return dataclasses.replace(self, optimizer=self.optimizer2 or self.optimizer, lr=self.lr2 or self.lr,
+                                   schedule=self.schedule2 or self.schedule, epochs=self.epochs2)
+
+    def validate(self) -> "ForgetConfig":
+        super().validate()
+        parse_corruption(self.val_corrupt, "--val-corrupt")
+        if self.val_size is not None and self.val_size < 1:
+            raise ConfigError("--val-size", f"must be >= 1, got {self.val_size}")
+        if self.epochs2 < 0:
+            raise ConfigError("--epochs2", f"must be >= 0, got {self.epochs2}")
+        if self.lr2 is not None and not self.lr2 > 0:
+            raise ConfigError("--lr2", f"must be a positive number, got {self.lr2}")
+        if not 0 < self.collapse_drop < 1:
+            raise ConfigError("--collapse-drop", f"must be in (0, 1), got {self.collapse_drop}")
+        if self.collapse_window < 1:
+            raise ConfigError("--collapse-window", f"must be >= 1, got {self.collapse_window}")
+        return self
+
+
+PROTOCOL_CONFIGS = {"fit": FitConfig, "forget": ForgetConfig}
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_corruption(spec: str) -> tuple[str, float]:
+def parse_corruption(spec: str, name: str = "--corrupt") -> tuple[str, float]:
     """'labels=0.5' -> ('labels', 0.5); a pixel kind without =P means all examples."""
     kind, _, p = spec.partition("=")
     kind = kind.strip()
     if kind not in CORRUPTIONS:
-        raise ConfigError("--corrupt", f"unknown kind {kind!r}; use one of {', '.join(CORRUPTIONS)}, e.g. labels=0.5")
+        raise ConfigError(name, f"unknown kind {kind!r}; use one of {', '.join(CORRUPTIONS)}, e.g. labels=0.5")
     if kind == "none":
         return "none", 0.0
     if not p:
         if kind == "labels":
-            raise ConfigError("--corrupt", "labels needs a probability, e.g. labels=0.5")
+            raise ConfigError(name, "labels needs a probability, e.g. labels=0.5")
         return kind, 1.0
     try:
         value = float(p)
     except ValueError:
-        raise ConfigError("--corrupt", f"{p!r} is not a number; write e.g. {kind}=0.5") from None
+        raise ConfigError(name, f"{p!r} is not a number; write e.g. {kind}=0.5") from None
     if not 0.0 <= value <= 1.0:
-        raise ConfigError("--corrupt", f"p must be in [0, 1], got {value}")
+        raise ConfigError(name, f"p must be in [0, 1], got {value}")
     return kind, value
 
 

@@ -192,9 +192,7 @@ class Loop:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
         self.model, self.splits, self.cfg, self.hooks = model, splits, cfg, list(hooks)
-        self.fit_on = tuple(fit_on)
-        self.fit_x = torch.cat([splits[n].x for n in fit_on]) if len(fit_on) > 1 else x
-        self.fit_y = torch.cat([splits[n].y for n in fit_on]) if len(fit_on) > 1 else splits[fit_on[0]].y
+        self.set_fit(fit_on)
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
         self.until = cfg.until_train_acc if until is None else until
         self.device = torch.device(device)
@@ -203,6 +201,13 @@ class Loop:
         self.epoch = 0              # epochs completed
         self.fit_epoch = None       # first epoch at which every trained-on split reached `until`
         self.last_metrics = None
+
+    def set_fit(self, fit_on):
+        """Train on the union of these splits from the next epoch on."""
+        self.fit_on = tuple(fit_on)
+        parts = [self.splits[n] for n in self.fit_on]
+        self.fit_x = torch.cat([p.x for p in parts]) if len(parts) > 1 else parts[0].x
+        self.fit_y = torch.cat([p.y for p in parts]) if len(parts) > 1 else parts[0].y
 
     @property
     def done(self) -> bool:

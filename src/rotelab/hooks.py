@@ -90,14 +90,22 @@ def tb_tag(key: str) -> str:
 class TensorBoardWriter(Hook):
     """Scalars for every number in the epoch's metrics; weight histograms at chosen epochs."""
 
-    def __init__(self, run: RunDir, hist_every: int = 10):
-        self.run, self.hist_every, self.writer = run, hist_every, None
+    def __init__(self, run: RunDir, hist_every: int = 10, backfill: bool = False):
+        self.run, self.hist_every, self.backfill, self.writer = run, hist_every, backfill, None
         self.last_hist = None
 
     def on_start(self, loop: Loop):
         from torch.utils.tensorboard import SummaryWriter
         # purge_step drops events a killed run wrote after its last checkpoint.
         self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if loop.epoch else None)
+        if self.backfill:  # a run that starts from another run's epochs shows them too
+            for record in self.run.read_metrics():
+                self.scalars(record)
+
+    def scalars(self, metrics: dict):
+        for k, v in metrics.items():
+            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(tb_tag(k), v, metrics["epoch"])
 
     def histograms(self, loop: Loop, epoch: int):
         for name, p in loop.model.named_parameters():
@@ -105,9 +113,7 @@ class TensorBoardWriter(Hook):
         self.last_hist = epoch
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
-        for k, v in result.metrics.items():
-            if k != "epoch" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                self.writer.add_scalar(tb_tag(k), v, result.epoch)
+        self.scalars(result.metrics)
         if self.hist_every and (result.epoch == 1 or result.epoch % self.hist_every == 0):
             self.histograms(loop, result.epoch)
         self.writer.flush()

@@ -18,11 +18,7 @@ def _series(metrics: list[dict], key: str):
 
 
 def _save(fig, run: RunDir, name: str) -> Path:
-    run.figures.mkdir(exist_ok=True)
-    path = run.figures / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save_to(fig, run.figures / f"{name}.png")
 
 
 def plot_curves(run: RunDir) -> Path:
@@ -68,6 +64,83 @@ def plot_overlap(run: RunDir) -> Path:
     return _save(fig, run, "overlap")
 
 
+def _save_to(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_forget(run: RunDir) -> Path:
+    """Accuracy of the train part, the val part and the test set over both stages, with the stage
+    boundary and the collapses the detector finds."""
+    from .protocols.forget import SPLITS, summarize
+    m = run.read_metrics()
+    summary = summarize(run)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = {"train": "C0", "val": "C1", "test": "C2"}
+    for split in SPLITS:
+        x, y = _series(m, f"{split}_acc")
+        ax.plot(x, y, color=colors[split], label=f"{split} accuracy")
+        for e in summary["collapses"].get(split, []):
+            ax.annotate("", xy=(e["lowest_epoch"], e["lowest"]), xytext=(e["epoch"], e["before"]),
+                        arrowprops=dict(arrowstyle="->", color=colors[split], lw=1.2))
+            ax.plot([e["lowest_epoch"]], [e["lowest"]], "v", color=colors[split], ms=7)
+    if summary["stage1_end"] is not None:
+        ax.axvline(summary["stage1_end"] + 0.5, color="k", ls="--", lw=1, label="stage 1 | stage 2")
+    ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02),
+           title=f"{run.path.name}: train+val, then train only (collapses marked)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, run, "forget")
+
+
+def plot_example_dynamics(run: RunDir) -> list[Path]:
+    """Histogram of forgetting events and the distribution of first-learned epochs, clean vs
+    corrupted examples, for each trained split."""
+    import numpy as np
+    from .analysis import correctness, split_names
+    from .measures.examples import first_correct, forgetting_events
+    ex = run.read_examples()
+    splits = [s for s in split_names(ex) if s != "test"]
+    fig, axes = plt.subplots(2, len(splits), figsize=(5.5 * len(splits), 7), squeeze=False)
+    epochs = ex["epochs"]
+    for j, split in enumerate(splits):
+        c = correctness(ex, split)
+        corrupted = ex[f"{split}_corrupted"].astype(bool)
+        events, first = forgetting_events(c), first_correct(c)
+        bins = np.arange(events.max() + 2) - 0.5
+        for name, mask, color in (("clean", ~corrupted, "C0"), ("corrupted", corrupted, "C3")):
+            if mask.any():
+                axes[0, j].hist(events[mask], bins=bins, alpha=0.6, color=color, label=f"{name} ({mask.sum()})")
+                learned = np.sort(epochs[first[mask & (first >= 0)]])
+                axes[1, j].step(learned, np.arange(1, len(learned) + 1) / mask.sum(), where="post", color=color,
+                                label=name)
+        axes[0, j].set(xlabel="forgetting events (correct at t-1, wrong at t)", ylabel="examples", title=split)
+        axes[1, j].set(xlabel="epoch first classified correctly", ylabel="fraction of examples learned", ylim=(0, 1.02))
+        for ax in axes[:, j]:
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+    return [_save(fig, run, "examples")]
+
+
+def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> Path:
+    """Intersection and union of consecutive epochs' correct sets for several runs in one figure
+    (the accuracy-oscillation figure)."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, run in enumerate(runs):
+        m = run.read_metrics()
+        x_u, union = _series(m, f"{split}_union")
+        x_i, inter = _series(m, f"{split}_intersection")
+        ax.plot(x_u, union, color=f"C{i}", lw=1, label=f"{run.path.name}: union")
+        ax.plot(x_i, inter, color=f"C{i}", lw=1, ls="--", label=f"{run.path.name}: intersection")
+    ax.set(xlabel="epoch", ylabel=f"fraction of {split} examples", ylim=(0, 1.02),
+           title=f"{split}: examples correct at epoch t-1 and t (intersection) or at either (union)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save_to(fig, Path(path))
+
+
 def plot_runs(paths) -> list[Path]:
     out = []
     for p in paths:
@@ -76,4 +149,6 @@ def plot_runs(paths) -> list[Path]:
             from .config import ConfigError
             raise ConfigError("runs", f"{run.path} has no metrics.jsonl; give a rotelab run directory")
         out += [plot_curves(run), plot_overlap(run)]
+        if run.read_protocol() == "forget":
+            out.append(plot_forget(run))
     return out

@@ -88,23 +88,31 @@ class RunDir:
                                        "--overwrite to replace it, or choose another --out")
         return run
 
-    def create(self, config: dict, env: dict, overwrite: bool = False):
+    def create(self, config: dict, env: dict, overwrite: bool = False, protocol: str = "fit"):
         if overwrite and self.path.is_dir():
             shutil.rmtree(self.path)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config_file, {**config, "environment": env})
+        atomic_write_json(self.config_file, {"protocol": protocol, **config, "environment": env})
         self.write_status("running", epochs_completed=0)
 
     # -- config and status --------------------------------------------------------------------
-    def read_config(self) -> dict:
+    def _config_json(self) -> dict:
         if not self.config_file.is_file():
             raise ConfigError("--resume", f"{self.path} has no config.json; is it a rotelab run directory?")
         try:
-            cfg = json.loads(self.config_file.read_text())
+            return json.loads(self.config_file.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError("--resume", f"{self.config_file} is not valid JSON ({e})") from None
+
+    def read_config(self) -> dict:
+        """The config fields (without the protocol name and the environment)."""
+        cfg = self._config_json()
         cfg.pop("environment", None)
+        cfg.pop("protocol", None)
         return cfg
+
+    def read_protocol(self) -> str:
+        return self._config_json().get("protocol", "fit")
 
     def write_status(self, state: str, **extra):
         old = self.read_status()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError
-from ..seeding import generator
+from ..seeding import derive_seed, generator
 from . import corruption
 from .sources import SOURCES, Source
 
@@ -95,8 +95,12 @@ def corrupt_split(x, y, num_classes, kind, p, gen, label_mode, perm=None, stats=
     return x_new, y, mask
 
 
-def load_data(cfg) -> Data:
-    """The data set of a config: normalized, subset, corrupted; deterministic from cfg.seed."""
+def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none") -> Data:
+    """The data set of a config: normalized, subset, corrupted; deterministic from cfg.seed.
+
+    With val_size (a count, or a fraction below 1), a class-balanced part of the training set drawn
+    from the seed is split off as `val`, corrupted by `val_corrupt` with its own random stream."""
+    from ..config import parse_corruption
     src = load_source(cfg)
     x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
     if src.normalize:
@@ -109,14 +113,30 @@ def load_data(cfg) -> Data:
         idx = balanced_subset(y_train, cfg.subset, src.num_classes)
         x_train, y_train = x_train[idx], y_train[idx]
 
-    kind, p = cfg.corruption
+    k = src.num_classes
     perm = corruption.pixel_permutation(x_train, generator(cfg.seed, "pixel-permutation"))
     stats = corruption.channel_stats(x_train)
-    xtr, ytr, mtr = corrupt_split(x_train, y_train, src.num_classes, kind, p,
-                                  generator(cfg.seed, "corrupt", "train"), cfg.label_noise_mode, perm, stats)
+
+    def split(x, y, spec, stream):
+        kind, p = parse_corruption(spec)
+        xc, yc, mask = corrupt_split(x, y, k, kind, p, generator(cfg.seed, "corrupt", stream),
+                                     cfg.label_noise_mode, perm, stats)
+        return Split(xc, yc, y, mask)
+
+    val = None
+    if val_size is not None:
+        if val_size < 1:
+            val_size = max(1, int(len(y_train) * val_size))
+        if val_size >= len(y_train):
+            raise ConfigError("--val-size", f"must be below the training set's {len(y_train)} examples, got {val_size}")
+        val_idx = balanced_subset(y_train, val_size, k, seed=derive_seed(cfg.seed, "val-split"))
+        keep = torch.ones(len(y_train), dtype=torch.bool)
+        keep[val_idx] = False
+        val = split(x_train[val_idx], y_train[val_idx], val_corrupt, "val")
+        x_train, y_train = x_train[keep], y_train[keep]
+    train = split(x_train, y_train, cfg.corrupt, "train")
     if cfg.corrupt_test:
-        xte, yte, mte = corrupt_split(x_test, y_test, src.num_classes, kind, p,
-                                      generator(cfg.seed, "corrupt", "test"), cfg.label_noise_mode, perm, stats)
+        test = split(x_test, y_test, cfg.corrupt, "test")
     else:
-        xte, yte, mte = x_test, y_test, torch.zeros(len(y_test), dtype=torch.bool)
-    return Data(cfg.dataset, Split(xtr, ytr, y_train, mtr), Split(xte, yte, y_test, mte), src.num_classes)
+        test = Split(x_test, y_test, y_test, torch.zeros(len(y_test), dtype=torch.bool))
+    return Data(cfg.dataset, train, test, k, val)
