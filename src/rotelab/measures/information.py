@@ -1,0 +1,193 @@
+"""Mutual-information estimators for the information plane, I(X;T) and I(T;Y), in bits.
+
+Pure functions of arrays: `t` is (N, d) activations of one layer on N samples, `x_ids` gives each
+sample's input identity (equal inputs share an id), `y` the integer labels.
+
+- binning (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018): activations replaced by their bin, each
+  binned row one discrete symbol T'. I(X;T') = H(T') - H(T'|X) and I(T';Y) = H(T') - H(T'|Y) over the
+  empirical distribution of the N samples. Fixed edges (np.linspace(lo, hi, n_bins), the original
+  code's default -1, 1, 30) or a bin size (floor(t / size), unbounded, as Saxe et al. use for ReLU).
+- kde (Kolchinsky & Tracey 2017, used by Saxe et al.): T + Gaussian noise of variance sigma^2; upper
+  (pairwise KL) and lower (pairwise Bhattacharyya) bounds on the entropy of the resulting Gaussian
+  mixture give bounds on I(X;T) and I(T;Y). Pairwise distances are computed in row blocks, so
+  N = 10,000 needs O(block * N) memory.
+- ksg (Kraskov, Stoegbauer & Grassberger 2004, estimator 1) for two continuous variables, and its
+  mixed continuous/discrete form (Ross 2014) for I(T;Y): consistent for continuous variables.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+LOG2 = math.log(2.0)
+
+
+# -- discrete ---------------------------------------------------------------------------------
+
+def row_ids(a: np.ndarray) -> np.ndarray:
+    """An integer id per row; equal rows get equal ids (exactly, via a byte view of each row)."""
+    a = np.ascontiguousarray(a)
+    if a.ndim == 1:
+        a = a[:, None]
+    rows = a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
+    return np.unique(rows, return_inverse=True)[1].ravel()
+
+
+def entropy_of_ids(ids: np.ndarray) -> float:
+    """Entropy (bits) of the empirical distribution of integer symbols."""
+    counts = np.bincount(np.asarray(ids).ravel())
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def joint_ids(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One id per distinct pair (a_i, b_i) of integer ids."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    return np.unique(a * (b.max() + 1) + b, return_inverse=True)[1]
+
+
+def discrete_mi(a: np.ndarray, b: np.ndarray) -> float:
+    """I(A;B) = H(A) + H(B) - H(A,B) in bits, for integer symbols."""
+    return entropy_of_ids(a) + entropy_of_ids(b) - entropy_of_ids(joint_ids(a, b))
+
+
+def bin_activations(t: np.ndarray, edges: np.ndarray | None = None, bin_size: float | None = None) -> np.ndarray:
+    """Bin indices of activations: np.digitize against fixed edges, or floor(t / bin_size)."""
+    if (edges is None) == (bin_size is None):
+        raise ValueError("give exactly one of edges and bin_size")
+    if edges is not None:
+        return np.digitize(t, edges).astype(np.int32)
+    return np.floor(np.asarray(t, dtype=np.float64) / bin_size).astype(np.int64)
+
+
+def binning_mi(t: np.ndarray, x_ids: np.ndarray, y: np.ndarray, edges=None, bin_size=None) -> tuple[float, float]:
+    """(I(X;T), I(T;Y)) in bits of the binned layer."""
+    t_ids = row_ids(bin_activations(np.asarray(t), edges, bin_size))
+    return discrete_mi(x_ids, t_ids), discrete_mi(t_ids, np.asarray(y))
+
+
+def binning_mi_reference(t, x_ids, y, edges=None, bin_size=None) -> tuple[float, float]:
+    """A direct, unvectorized implementation of the same definitions (for tests and benchmarks):
+    H(T) - sum_x p(x) H(T|X=x), looping over the distinct x as the original code does."""
+    b = bin_activations(np.asarray(t), edges, bin_size)
+    symbols = [tuple(r) for r in b]
+    n = len(symbols)
+
+    def entropy(items):
+        counts = {}
+        for s in items:
+            counts[s] = counts.get(s, 0) + 1
+        m = len(items)
+        return -sum(c / m * math.log2(c / m) for c in counts.values())
+
+    h_t = entropy(symbols)
+    cond = {}
+    for s, xi in zip(symbols, np.asarray(x_ids).tolist()):
+        cond.setdefault(xi, []).append(s)
+    h_t_x = sum(len(v) / n * entropy(v) for v in cond.values())
+    by_y = {}
+    for s, yi in zip(symbols, np.asarray(y).tolist()):
+        by_y.setdefault(yi, []).append(s)
+    h_t_y = sum(len(v) / n * entropy(v) for v in by_y.values())
+    return h_t - h_t_x, h_t - h_t_y
+
+
+# -- KDE bounds -------------------------------------------------------------------------------
+
+def _mixture_entropy_kl(t: torch.Tensor, var: float, block: int) -> float:
+    """Pairwise-KL upper bound (nats) on the entropy of (1/N) sum_j N(t_j, var I):
+    -mean_i log mean_j exp(-||t_i - t_j||^2 / (2 var)) + d/2 log(2 pi var) + d/2."""
+    n, d = t.shape
+    sq = (t * t).sum(dim=1)
+    lse = torch.empty(n, dtype=t.dtype)
+    for i in range(0, n, block):
+        tb = t[i:i + block]
+        dist = (sq[i:i + block, None] + sq[None, :] - 2.0 * tb @ t.T).clamp_min_(0)
+        lse[i:i + block] = torch.logsumexp(-dist / (2 * var), dim=1)
+    return float(-(lse - math.log(n)).mean() + d / 2 * math.log(2 * math.pi * var) + d / 2)
+
+
+def kde_entropy_bounds(t, var: float, block: int = 1024) -> tuple[float, float]:
+    """(lower, upper) bounds in nats on the entropy of T + N(0, var I) with T uniform on the rows of t.
+    The lower bound uses Bhattacharyya distances: the KL form at 4 var, plus d/2 log(1/4)."""
+    t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
+    d = t.shape[1]
+    upper = _mixture_entropy_kl(t, var, block)
+    lower = _mixture_entropy_kl(t, 4 * var, block) + d / 2 * math.log(0.25)
+    return lower, upper
+
+
+def kde_mi(t, y, var: float, block: int = 1024) -> dict:
+    """Lower and upper bounds (bits) on I(X;T) and I(T;Y) for T with additive Gaussian noise of
+    variance var (Saxe et al.). H(T|X) is the noise entropy d/2 log(2 pi e var); H(T|Y) is the
+    label-weighted mixture entropy within each class (bounded the same way)."""
+    t = np.asarray(t, dtype=np.float64)
+    y = np.asarray(y)
+    d = t.shape[1]
+    h_noise = d / 2 * (math.log(2 * math.pi * var) + 1)
+    lo, up = kde_entropy_bounds(t, var, block)
+    lo_y = up_y = 0.0
+    for c in np.unique(y):
+        mask = y == c
+        p = mask.mean()
+        l_c, u_c = kde_entropy_bounds(t[mask], var, block)
+        lo_y += p * l_c
+        up_y += p * u_c
+    return {"ixt_lower": (lo - h_noise) / LOG2, "ixt_upper": (up - h_noise) / LOG2,
+            "ity_lower": (lo - lo_y) / LOG2, "ity_upper": (up - up_y) / LOG2}
+
+
+# -- k nearest neighbours ---------------------------------------------------------------------
+
+def _jitter(a: np.ndarray, seed: int, scale: float = 1e-10) -> np.ndarray:
+    """Break exact ties (kNN estimators assume continuous data) with noise far below any real distance."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    rng = np.random.default_rng(seed)
+    return a + scale * (1 + np.abs(a).max()) * rng.standard_normal(a.shape)
+
+
+def ksg_mi(a, b, k: int = 3, seed: int = 0) -> float:
+    """KSG estimator 1 of I(A;B) in bits for continuous A (N, da) and B (N, db), max-norm:
+    psi(k) + psi(N) - mean(psi(n_a + 1) + psi(n_b + 1))."""
+    from scipy.spatial import cKDTree
+    from scipy.special import digamma
+    a, b = _jitter(a, seed), _jitter(b, seed + 1)
+    n = len(a)
+    joint = np.hstack([a, b])
+    eps = cKDTree(joint).query(joint, k=k + 1, p=np.inf)[0][:, -1]
+    # neighbours strictly closer than eps in each marginal space (the point itself excluded)
+    n_a = cKDTree(a).query_ball_point(a, eps * (1 - 1e-12), p=np.inf, return_length=True) - 1
+    n_b = cKDTree(b).query_ball_point(b, eps * (1 - 1e-12), p=np.inf, return_length=True) - 1
+    mi = digamma(k) + digamma(n) - np.mean(digamma(n_a + 1) + digamma(n_b + 1))
+    return float(max(mi, 0.0) / LOG2)
+
+
+def mixed_ksg_mi(t, y, k: int = 3, seed: int = 0) -> float:
+    """I(T;Y) in bits for continuous T and discrete Y (Ross 2014):
+    psi(N) - mean(psi(N_y)) + psi(k) - mean(psi(m)), where the k-th neighbour of each sample is taken
+    within its class and m counts all samples within that distance."""
+    from scipy.spatial import cKDTree
+    from scipy.special import digamma
+    t = _jitter(t, seed)
+    y = np.asarray(y)
+    n = len(t)
+    tree = cKDTree(t)
+    radius = np.empty(n)
+    n_class = np.empty(n)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        kk = min(k, len(idx) - 1)
+        if kk < 1:
+            radius[idx], n_class[idx] = 0.0, 1
+            continue
+        radius[idx] = cKDTree(t[idx]).query(t[idx], k=kk + 1, p=np.inf)[0][:, -1]
+        n_class[idx] = len(idx)
+    m = tree.query_ball_point(t, radius, p=np.inf, return_length=True) - 1
+    ks = np.array([min(k, c - 1) if c > 1 else 1 for c in n_class])
+    mi = digamma(n) - np.mean(digamma(n_class)) + np.mean(digamma(ks)) - np.mean(digamma(np.maximum(m, 1)))
+    return float(max(mi, 0.0) / LOG2)
