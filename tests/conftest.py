@@ -15,7 +15,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 def small_cfg():
     """A fast config on digits; tests override what they study."""
     def make(**kw):
-        base = dict(dataset="digits", epochs=5, lr=0.1, batch_size=128, progress=False, hist_every=0)
+        base = dict(dataset="digits", epochs=5, lr=0.1, batch_size=128, progress=False, hist_every=0,
+                    checkpoint_every=0)
         base.update(kw)
         return FitConfig(**base)
     return make

@@ -107,7 +107,7 @@ def test_resume_refuses_new_config_flags(tmp_path, capsys):
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """A real kill -9 in the middle of training; `--resume` finishes with identical metrics."""
     args = ["fit", "--dataset", "digits", "--corrupt", "labels=0.3", "--epochs", "25", "--lr", "0.05",
-            "--no-progress", "--hist-every", "0"]
+            "--no-progress", "--hist-every", "0", "--checkpoint-every", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "rotelab.cli"]
     subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)

@@ -148,3 +148,27 @@ def test_run_directory_contents(tmp_path, small_cfg):
     assert [e.value for e in acc.Scalars("acc/test")] == pytest.approx([r["test_acc"] for r in run.read_metrics()])
     hist_steps = {e.step for e in acc.Histograms("weights/head.weight")}
     assert hist_steps == {1, 2, 4}
+
+
+def test_checkpoints_follow_the_interval_and_resume_still_matches(tmp_path, small_cfg):
+    cfg = small_cfg(epochs=6, checkpoint_every=1e9, save_epochs=[2], corrupt="labels=0.5")
+    full = fit(cfg, tmp_path / "full")
+    run = RunDir.check_new(tmp_path / "cut")
+    loop = build_loop(cfg, run)
+    saved = []
+
+    class Watch(Hook):
+        def on_epoch_end(self, loop, result):
+            saved.append(loop.persist)
+
+    loop.hooks += [Watch(), Crash(4)]
+    run.create(cfg.to_dict(), {})
+    with pytest.raises(RuntimeError):
+        loop.run()
+    assert saved == [False, True, False, False]       # only the chosen epoch so far
+    assert torch.load(run.last_checkpoint)["epoch"] == 2
+    assert run.read_examples()["epochs"].tolist() == [1, 2]
+    assert len(run.read_metrics()) == 4               # appended every epoch, cut back on resume
+    resumed = resume(tmp_path / "cut")
+    assert strip_times(resumed.read_metrics()) == strip_times(full.read_metrics())
+    assert full.read_examples()["epochs"].tolist() == list(range(1, 7))

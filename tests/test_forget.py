@@ -16,7 +16,8 @@ from rotelab.store import RunDir
 
 def cfg_of(**kw):
     base = dict(dataset="digits", corrupt="labels=1.0", val_corrupt="none", val_size=200, epochs=8,
-                epochs2=5, lr=0.1, progress=False, hist_every=0, until_train_acc=None)
+                epochs2=5, lr=0.1, progress=False, hist_every=0, until_train_acc=None,
+                checkpoint_every=0)
     base.update(kw)
     return ForgetConfig(**base)
 

@@ -71,6 +71,7 @@ class FitConfig:
     example_margins: bool = opt(False, "also store each example's margin (true logit minus largest other) per epoch, float16")
     hist_every: int = opt(10, "TensorBoard weight histograms every N epochs (and at the first and last); 0 disables")
     save_epochs: list[int] = opt([], "also keep checkpoints of these epochs, comma-separated", flag_type="ints")
+    checkpoint_every: float = opt(30.0, "seconds between checkpoints (with examples.npz and status.json); the last epoch is always saved; 0: every epoch")
     progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
@@ -103,6 +104,8 @@ class FitConfig:
             raise ConfigError("--until-train-acc", f"must be in (0, 1], got {self.until_train_acc}")
         if not self.widths or min(self.widths) < 1:
             raise ConfigError("--widths", f"needs positive widths such as 512 or 512,512, got {self.widths}")
+        if self.checkpoint_every < 0:
+            raise ConfigError("--checkpoint-every", f"must be >= 0 seconds, got {self.checkpoint_every}")
         if self.hist_every < 0:
             raise ConfigError("--hist-every", f"must be >= 0, got {self.hist_every}")
         return self

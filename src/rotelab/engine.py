@@ -201,6 +201,12 @@ class Loop:
         self.epoch = 0              # epochs completed
         self.fit_epoch = None       # first epoch at which every trained-on split reached `until`
         self.last_metrics = None
+        # Hooks that write state (checkpoint, examples.npz, status) do so only when `persist` is
+        # set: every cfg.checkpoint_every seconds, at chosen epochs and at the end, so that short
+        # epochs are not dominated by writing files. metrics.jsonl is appended every epoch and cut
+        # back to the checkpoint on resume.
+        self.persist = False
+        self._last_persist = time.perf_counter()
 
     def set_fit(self, fit_on):
         """Train on the union of these splits from the next epoch on."""
@@ -255,13 +261,20 @@ class Loop:
                 start += len(self.splits[n])
         return EpochResult(e, metrics, evals, by_split)
 
+    def persist_due(self) -> bool:
+        return (self.done or self.epoch in self.cfg.save_epochs
+                or time.perf_counter() - self._last_persist >= self.cfg.checkpoint_every)
+
     def run(self):
         for h in self.hooks:
             h.on_start(self)
         while not self.done:
             result = self.run_epoch()
+            self.persist = self.persist_due()
             for h in self.hooks:
                 h.on_epoch_end(self, result)
+            if self.persist:
+                self._last_persist = time.perf_counter()
             self.last_metrics = result.metrics
         for h in self.hooks:
             h.on_end(self)

@@ -62,7 +62,8 @@ class ExampleRecorder(Hook):
             if self.with_margins:
                 self.rows[f"{name}_margin"].append(result.evals[name].margin.cpu().numpy().astype(np.float16))
         self.rows["epochs"].append(result.epoch)
-        self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})
+        if loop.persist:
+            self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})
 
 
 class MetricsWriter(Hook):
@@ -97,7 +98,8 @@ class TensorBoardWriter(Hook):
     def on_start(self, loop: Loop):
         from torch.utils.tensorboard import SummaryWriter
         # purge_step drops events a killed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if loop.epoch else None)
+        self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if loop.epoch else None,
+                                    flush_secs=10)
         if self.backfill:  # a run that starts from another run's epochs shows them too
             for record in self.run.read_metrics():
                 self.scalars(record)
@@ -116,7 +118,6 @@ class TensorBoardWriter(Hook):
         self.scalars(result.metrics)
         if self.hist_every and (result.epoch == 1 or result.epoch % self.hist_every == 0):
             self.histograms(loop, result.epoch)
-        self.writer.flush()
 
     def on_end(self, loop: Loop):
         if self.hist_every and loop.epoch and self.last_hist != loop.epoch:
@@ -125,12 +126,14 @@ class TensorBoardWriter(Hook):
 
 
 class Checkpointer(Hook):
-    """checkpoints/last.pt every epoch (atomically), plus epoch_NNNN.pt for chosen epochs."""
+    """checkpoints/last.pt when the loop persists (atomically), plus epoch_NNNN.pt for chosen epochs."""
 
     def __init__(self, run: RunDir, keep_epochs=(), extra=None):
         self.run, self.keep, self.extra = run, set(keep_epochs), extra or {}
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
+        if not loop.persist:
+            return
         state = {**loop.state_dict(), **self.extra}
         self.run.save_checkpoint(state)
         if result.epoch in self.keep:
@@ -142,7 +145,8 @@ class StatusWriter(Hook):
         self.run = run
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
-        self.run.write_status("running", epochs_completed=loop.epoch, fit_epoch=loop.fit_epoch)
+        if loop.persist:
+            self.run.write_status("running", epochs_completed=loop.epoch, fit_epoch=loop.fit_epoch)
 
     def on_end(self, loop: Loop):
         final = loop.last_metrics or {}

@@ -129,10 +129,9 @@ class RunDir:
 
     # -- metrics ------------------------------------------------------------------------------
     def append_metrics(self, record: dict):
+        # No fsync: a killed process loses nothing the OS has; resume cuts back to the checkpoint.
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict]:
         """Every complete line of metrics.jsonl (a line cut by a kill is ignored)."""
