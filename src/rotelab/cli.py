@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from .config import ConfigError, FitConfig, ForgetConfig, flag, load_config_file
+from .config import ConfigError, FitConfig, ForgetConfig, InfoPlaneConfig, flag, load_config_file
 
 
 def parse_ints(text: str) -> list[int]:
@@ -116,6 +116,21 @@ def cmd_forget(args) -> int:
     return 0
 
 
+def cmd_infoplane(args) -> int:
+    from .protocols import resume
+    from .protocols.infoplane import infoplane, seed_dirs
+    if _resume_or_out(args, InfoPlaneConfig):
+        dirs = seed_dirs(args.resume)
+        if not dirs:
+            raise ConfigError("--resume", f"{args.resume} has no seed-N runs; is it an infoplane output folder?")
+        runs = [resume(d) for d in dirs]
+    else:
+        runs = infoplane(config_from_args(args, InfoPlaneConfig), args.out, overwrite=args.overwrite)
+    for run in runs:
+        _report(run)
+    return 0
+
+
 def cmd_examples(args) -> int:
     from .analysis import examples_report
     for path in examples_report(args.runs, args.figure):
@@ -162,6 +177,10 @@ def make_parser() -> argparse.ArgumentParser:
                description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 "
                            "continues on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run "
                            "from a stage-1 checkpoint of another (only stage-2 options may be given then).")
+
+    run_parser("infoplane", InfoPlaneConfig, cmd_infoplane, help="information planes of every layer, for several seeds",
+               description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at "
+                           "log-spaced epochs and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).")
 
     ex = sub.add_parser("examples", help="per-example analysis: forgetting events, first-learned epochs, oscillation")
     ex.add_argument("runs", nargs="+", help="run directories with examples.npz")

@@ -170,7 +170,81 @@ class ForgetConfig(FitConfig):
         return self
 
 
-PROTOCOL_CONFIGS = {"fit": FitConfig, "forget": ForgetConfig}
+ESTIMATORS = ("binning", "kde", "ksg")
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-9' -> [0..9]; '0,3,7' -> [0, 3, 7]; ranges and lists mix: '0-2,10'."""
+    seeds = []
+    try:
+        for part in str(spec).split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ConfigError("--seeds", f"expected seeds such as 0-9 or 0,3,7, got {spec!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError("--seeds", f"expected distinct non-negative seeds such as 0-9, got {spec!r}")
+    return seeds
+
+
+@dataclass
+class InfoPlaneConfig(FitConfig):
+    """fit, plus capture of every layer at log-spaced epochs and mutual-information estimates."""
+
+    seeds: str = opt("0", "seeds to run, e.g. 0-9 or 0,3,7; each is its own run directory OUT/seed-N")
+    captures: int = opt(200, "about this many log-spaced epochs at which layers are captured (epoch 0 and the last always)")
+    eval_size: int | None = opt(None, "evaluation samples: default all data for tishby (train and test), else 2000 class-balanced training examples")
+    estimators: str = opt("binning", "comma-separated estimators: binning, kde, ksg")
+    bin_range: str = opt("-1,1", "lo,hi of the fixed binning edges")
+    n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)")
+    bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges (as Saxe et al. for ReLU)")
+    kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)")
+    ksg_k: int = opt(3, "neighbours of the KSG estimator")
+    save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
+
+    @property
+    def estimator_list(self) -> list[str]:
+        names = [e.strip() for e in self.estimators.split(",") if e.strip()]
+        for e in names:
+            if e not in ESTIMATORS:
+                raise ConfigError("--estimators", f"unknown estimator {e!r}; use any of {', '.join(ESTIMATORS)}")
+        return names
+
+    @property
+    def edges(self):
+        import numpy as np
+        try:
+            lo, hi = (float(v) for v in self.bin_range.split(","))
+        except ValueError:
+            raise ConfigError("--bin-range", f"expected lo,hi such as -1,1, got {self.bin_range!r}") from None
+        if not lo < hi:
+            raise ConfigError("--bin-range", f"needs lo < hi, got {self.bin_range!r}")
+        return np.linspace(lo, hi, self.n_bins)
+
+    def resolved_kde_var(self) -> float:
+        return self.kde_var if self.kde_var is not None else (1e-3 if self.dataset == "tishby" else 1e-1)
+
+    def validate(self) -> "InfoPlaneConfig":
+        super().validate()
+        parse_seeds(self.seeds)
+        self.estimator_list
+        self.edges
+        if self.captures < 2:
+            raise ConfigError("--captures", f"must be >= 2, got {self.captures}")
+        if self.n_bins < 2:
+            raise ConfigError("--n-bins", f"must be >= 2, got {self.n_bins}")
+        for name in ("bin_size", "kde_var"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(flag(name), f"must be positive, got {v}")
+        if self.eval_size is not None and self.eval_size < 10:
+            raise ConfigError("--eval-size", f"must be >= 10, got {self.eval_size}")
+        if self.model not in ("mlp", "tishby"):
+            raise ConfigError("--model", f"infoplane captures the layers of mlp and tishby models, not {self.model}")
+        return self
+
+
+PROTOCOL_CONFIGS = {"fit": FitConfig, "forget": ForgetConfig, "infoplane": InfoPlaneConfig}
 
 
 def flag(name: str) -> str:

@@ -141,14 +141,68 @@ def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> P
     return _save_to(fig, Path(path))
 
 
-def plot_runs(paths) -> list[Path]:
+def plot_infoplane(paths) -> list[Path]:
+    """Per estimator: the information plane of each run or seed group (mean over seeds; one line per
+    captured epoch joining the layers, colored by epoch on a log scale), and I(X;T) of each layer
+    against epoch (mean and min-max over seeds). Groups side by side; figures go to the first path."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+    from .protocols.infoplane import read_info
+    rows = read_info(paths)
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    first = Path(paths[0])
     out = []
-    for p in paths:
-        run = RunDir(p)
-        if not run.metrics_file.is_file():
-            from .config import ConfigError
-            raise ConfigError("runs", f"{run.path} has no metrics.jsonl; give a rotelab run directory")
-        out += [plot_curves(run), plot_overlap(run)]
-        if run.read_protocol() == "forget":
-            out.append(plot_forget(run))
+    for est in sorted({r["estimator"] for r in rows}):
+        sel = [r for r in rows if r["estimator"] == est]
+        layers = sorted({r["layer"] for r in sel})
+        last = max(r["epoch"] for r in sel)
+        norm = LogNorm(vmin=1, vmax=last + 1)
+        fig_p, axes_p = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+        fig_x, axes_x = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
+        for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], groups):
+            mine = [r for r in sel if r["group"] == g]
+            epochs = sorted({r["epoch"] for r in mine})
+            # table[e][layer] -> list over seeds of (ixt, ity)
+            table = {}
+            for r in mine:
+                table.setdefault(r["epoch"], {}).setdefault(r["layer"], []).append((r["ixt"], r["ity"]))
+            for e in epochs:
+                pts = np.array([np.mean(table[e][l], axis=0) for l in layers if l in table[e]])
+                color = plt.cm.viridis(norm(e + 1))
+                ax_p.plot(pts[:, 0], pts[:, 1], "-", color=color, lw=0.5, alpha=0.6)
+                ax_p.scatter(pts[:, 0], pts[:, 1], color=color, s=8, zorder=3)
+            ax_p.set(xlabel="I(X;T) bits", ylabel="I(T;Y) bits", title=f"{g} ({est})")
+            for l in layers:
+                xs = [e for e in epochs if l in table[e]]
+                vals = [np.array(table[e][l])[:, 0] for e in xs]
+                x1 = np.array(xs) + 1
+                ax_x.plot(x1, [v.mean() for v in vals], label=f"layer {l + 1}" if l < max(layers) else "output")
+                ax_x.fill_between(x1, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2)
+            ax_x.set(xscale="log", xlabel="epoch + 1", ylabel="I(X;T) bits", title=f"{g} ({est})")
+            ax_x.grid(alpha=0.3)
+            ax_x.legend(fontsize=7)
+        fig_p.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes_p[0].tolist(), label="epoch + 1")
+        out.append(_save_to(fig_p, first / "figures" / f"infoplane-{est}.png"))
+        out.append(_save_to(fig_x, first / "figures" / f"ixt-{est}.png"))
+    return out
+
+
+def plot_runs(paths) -> list[Path]:
+    """Curves of every run (each seed of an infoplane group), the forget figure where it applies,
+    and information planes of every infoplane run or group given, side by side."""
+    from .config import ConfigError
+    from .protocols.infoplane import seed_dirs
+    out, info_paths = [], []
+    for p in map(Path, paths):
+        seeds = seed_dirs(p)
+        for run in map(RunDir, seeds or [p]):
+            if not run.metrics_file.is_file():
+                raise ConfigError("runs", f"{run.path} has no metrics.jsonl; give a rotelab run directory")
+            out += [plot_curves(run), plot_overlap(run)]
+            if run.read_protocol() == "forget":
+                out.append(plot_forget(run))
+        if seeds or (p / "info.jsonl").is_file():
+            info_paths.append(p)
+    if info_paths:
+        out += plot_infoplane(info_paths)
     return out

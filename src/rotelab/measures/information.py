@@ -97,16 +97,35 @@ def binning_mi_reference(t, x_ids, y, edges=None, bin_size=None) -> tuple[float,
 
 # -- KDE bounds -------------------------------------------------------------------------------
 
-def _mixture_entropy_kl(t: torch.Tensor, var: float, block: int) -> float:
-    """Pairwise-KL upper bound (nats) on the entropy of (1/N) sum_j N(t_j, var I):
-    -mean_i log mean_j exp(-||t_i - t_j||^2 / (2 var)) + d/2 log(2 pi var) + d/2."""
-    n, d = t.shape
+def _logsumexp_kernels(t: torch.Tensor, groups: torch.Tensor, variances: tuple[float, ...], block: int):
+    """For every row i and variance v: log sum_j exp(-||t_i - t_j||^2 / (2 v)) over all rows j
+    ("all") and over the rows of i's group ("group"). Rows are sorted by group so that each group's
+    columns are one slice; the sum over all rows is the log-sum of the per-group sums. Squared
+    distances are computed once per block of rows: memory O(block * N)."""
+    n = len(t)
+    order = torch.argsort(groups, stable=True)
+    t, g = t[order], groups[order]
+    bounds = torch.searchsorted(g, torch.unique(g), right=False).tolist() + [n]
     sq = (t * t).sum(dim=1)
-    lse = torch.empty(n, dtype=t.dtype)
+    per_group = {v: torch.empty(n, len(bounds) - 1, dtype=t.dtype) for v in variances}
     for i in range(0, n, block):
-        tb = t[i:i + block]
-        dist = (sq[i:i + block, None] + sq[None, :] - 2.0 * tb @ t.T).clamp_min_(0)
-        lse[i:i + block] = torch.logsumexp(-dist / (2 * var), dim=1)
+        dist = torch.addmm(sq[i:i + block, None] + sq[None, :], t[i:i + block], t.T, alpha=-2.0).clamp_min_(0)
+        for v in variances:
+            k = dist * (-1 / (2 * v))
+            for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+                per_group[v][i:i + block, c] = torch.logsumexp(k[:, a:b], dim=1)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    out = {}
+    for v, lse in per_group.items():
+        out["all", v] = torch.logsumexp(lse, dim=1)[inverse]
+        out["group", v] = lse.gather(1, torch.searchsorted(torch.unique(g), g)[:, None]).squeeze(1)[inverse]
+    return out
+
+
+def _kl_entropy(lse: torch.Tensor, n: int, d: int, var: float) -> float:
+    """Pairwise-KL upper bound (nats) on the entropy of (1/n) sum_j N(t_j, var I), given each row's
+    log sum_j exp(-||t_i - t_j||^2 / (2 var)): -mean_i (lse_i - log n) + d/2 log(2 pi var) + d/2."""
     return float(-(lse - math.log(n)).mean() + d / 2 * math.log(2 * math.pi * var) + d / 2)
 
 
@@ -114,30 +133,34 @@ def kde_entropy_bounds(t, var: float, block: int = 1024) -> tuple[float, float]:
     """(lower, upper) bounds in nats on the entropy of T + N(0, var I) with T uniform on the rows of t.
     The lower bound uses Bhattacharyya distances: the KL form at 4 var, plus d/2 log(1/4)."""
     t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
-    d = t.shape[1]
-    upper = _mixture_entropy_kl(t, var, block)
-    lower = _mixture_entropy_kl(t, 4 * var, block) + d / 2 * math.log(0.25)
-    return lower, upper
+    n, d = t.shape
+    lse = _logsumexp_kernels(t, torch.zeros(n, dtype=torch.long), (var, 4 * var), block)
+    return (_kl_entropy(lse["all", 4 * var], n, d, 4 * var) + d / 2 * math.log(0.25),
+            _kl_entropy(lse["all", var], n, d, var))
 
 
 def kde_mi(t, y, var: float, block: int = 1024) -> dict:
     """Lower and upper bounds (bits) on I(X;T) and I(T;Y) for T with additive Gaussian noise of
     variance var (Saxe et al.). H(T|X) is the noise entropy d/2 log(2 pi e var); H(T|Y) is the
-    label-weighted mixture entropy within each class (bounded the same way)."""
-    t = np.asarray(t, dtype=np.float64)
+    label-weighted mixture entropy within each class, bounded the same way."""
+    t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
     y = np.asarray(y)
-    d = t.shape[1]
+    n, d = t.shape
+    classes, y_idx = np.unique(y, return_inverse=True)
+    groups = torch.as_tensor(y_idx)
+    lse = _logsumexp_kernels(t, groups, (var, 4 * var), block)
+    bd = d / 2 * math.log(0.25)
     h_noise = d / 2 * (math.log(2 * math.pi * var) + 1)
-    lo, up = kde_entropy_bounds(t, var, block)
-    lo_y = up_y = 0.0
-    for c in np.unique(y):
-        mask = y == c
-        p = mask.mean()
-        l_c, u_c = kde_entropy_bounds(t[mask], var, block)
-        lo_y += p * l_c
-        up_y += p * u_c
-    return {"ixt_lower": (lo - h_noise) / LOG2, "ixt_upper": (up - h_noise) / LOG2,
-            "ity_lower": (lo - lo_y) / LOG2, "ity_upper": (up - up_y) / LOG2}
+    upper = _kl_entropy(lse["all", var], n, d, var)
+    lower = _kl_entropy(lse["all", 4 * var], n, d, 4 * var) + bd
+    upper_y = lower_y = 0.0
+    for c in range(len(classes)):
+        rows = groups == c
+        n_c = int(rows.sum())
+        upper_y += n_c / n * _kl_entropy(lse["group", var][rows], n_c, d, var)
+        lower_y += n_c / n * (_kl_entropy(lse["group", 4 * var][rows], n_c, d, 4 * var) + bd)
+    return {"ixt_lower": (lower - h_noise) / LOG2, "ixt_upper": (upper - h_noise) / LOG2,
+            "ity_lower": (lower - lower_y) / LOG2, "ity_upper": (upper - upper_y) / LOG2}
 
 
 # -- k nearest neighbours ---------------------------------------------------------------------
@@ -159,10 +182,10 @@ def ksg_mi(a, b, k: int = 3, seed: int = 0) -> float:
     a, b = _jitter(a, seed), _jitter(b, seed + 1)
     n = len(a)
     joint = np.hstack([a, b])
-    eps = cKDTree(joint).query(joint, k=k + 1, p=np.inf)[0][:, -1]
+    eps = cKDTree(joint).query(joint, k=k + 1, p=np.inf, workers=-1)[0][:, -1]
     # neighbours strictly closer than eps in each marginal space (the point itself excluded)
-    n_a = cKDTree(a).query_ball_point(a, eps * (1 - 1e-12), p=np.inf, return_length=True) - 1
-    n_b = cKDTree(b).query_ball_point(b, eps * (1 - 1e-12), p=np.inf, return_length=True) - 1
+    n_a = cKDTree(a).query_ball_point(a, eps * (1 - 1e-12), p=np.inf, return_length=True, workers=-1) - 1
+    n_b = cKDTree(b).query_ball_point(b, eps * (1 - 1e-12), p=np.inf, return_length=True, workers=-1) - 1
     mi = digamma(k) + digamma(n) - np.mean(digamma(n_a + 1) + digamma(n_b + 1))
     return float(max(mi, 0.0) / LOG2)
 
@@ -185,9 +208,9 @@ def mixed_ksg_mi(t, y, k: int = 3, seed: int = 0) -> float:
         if kk < 1:
             radius[idx], n_class[idx] = 0.0, 1
             continue
-        radius[idx] = cKDTree(t[idx]).query(t[idx], k=kk + 1, p=np.inf)[0][:, -1]
+        radius[idx] = cKDTree(t[idx]).query(t[idx], k=kk + 1, p=np.inf, workers=-1)[0][:, -1]
         n_class[idx] = len(idx)
-    m = tree.query_ball_point(t, radius, p=np.inf, return_length=True) - 1
+    m = tree.query_ball_point(t, radius, p=np.inf, return_length=True, workers=-1) - 1
     ks = np.array([min(k, c - 1) if c > 1 else 1 for c in n_class])
     mi = digamma(n) - np.mean(digamma(n_class)) + np.mean(digamma(ks)) - np.mean(digamma(np.maximum(m, 1)))
     return float(max(mi, 0.0) / LOG2)

@@ -26,3 +26,12 @@ class MLP(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.head(x)
+
+    def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each hidden layer's output and the softmax output (the layers of an information plane)."""
+        out, x = [], x.flatten(1)
+        for layer in self.layers:
+            x = layer(x)
+            out.append(x)
+        out.append(torch.softmax(self.head(x).float(), dim=1))
+        return out

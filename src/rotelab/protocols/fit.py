@@ -16,16 +16,16 @@ from . import train_run
 CONFIG = FitConfig
 
 
-def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hooks=()) -> Loop:
-    """Data, model and the standard hooks of a run, at the checkpoint `state` if given.
-    Raises ConfigError before anything is written."""
+def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hooks=None) -> Loop:
+    """Data, model and the standard hooks of a run, at the checkpoint `state` if given;
+    `extra_hooks(data)` adds a protocol's own hooks. Raises ConfigError before anything is written."""
     device = resolve_device(cfg.device)
     data = load_data(cfg).to(device)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     hooks = []
     if cfg.example_record != "none":
         hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
-    hooks += [*extra_hooks, MetricsWriter(run), TensorBoardWriter(run, cfg.hist_every),
+    hooks += [*(extra_hooks(data) if extra_hooks else []), MetricsWriter(run), TensorBoardWriter(run, cfg.hist_every),
               Checkpointer(run, cfg.save_epochs), StatusWriter(run), ProgressBar(cfg.epochs, cfg.progress)]
     loop = Loop(model, data.splits, cfg, hooks, device)
     if state is not None:
