@@ -1,0 +1,120 @@
+"""The infoplane protocol on small real data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import VAR_U
+from rotelab.cli import main
+from rotelab.config import ConfigError, InfoPlaneConfig, parse_seeds
+from rotelab.engine import Hook
+from rotelab.measures.information import entropy_of_ids
+from rotelab.protocols import resume
+from rotelab.protocols.infoplane import build_loop, capture_epochs, infoplane
+from rotelab.store import RunDir
+
+
+def cfg_of(**kw):
+    base = dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-3, batch_size=256, epochs=30,
+                captures=10, progress=False, hist_every=0, checkpoint_every=0)
+    base.update(kw)
+    return InfoPlaneConfig(**base)
+
+
+def info(run):
+    return [json.loads(l) for l in (run.path / "info.jsonl").read_text().splitlines()]
+
+
+def test_capture_epochs():
+    e = capture_epochs(8000, 200)
+    assert {0, 1, 8000} <= e and 150 <= len(e) <= 202
+    assert capture_epochs(5, 200) == {0, 1, 2, 3, 4, 5}
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    for bad in ("a-b", "1,1", ""):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_tishby_run_writes_bounded_information_per_layer_and_epoch(tmp_path):
+    runs = infoplane(cfg_of(seeds="0-1"), tmp_path / "ib")
+    assert [r.path.name for r in runs] == ["seed-0", "seed-1"]
+    rows = info(runs[0])
+    epochs = sorted({r["epoch"] for r in rows})
+    assert epochs == sorted(capture_epochs(30, 10))
+    assert {r["layer"] for r in rows} == set(range(6))            # 5 hidden layers and the output
+    assert {r["seed"] for r in info(runs[1])} == {1}
+    y = np.concatenate([np.load(runs[0].examples_file)["train_labels_used"], np.load(runs[0].examples_file)["test_labels_used"]])
+    h_y = entropy_of_ids(y)
+    for r in rows:
+        assert -1e-9 <= r["ity"] <= h_y + 1e-9 and -1e-9 <= r["ixt"] <= 12 + 1e-9
+    first = [r for r in rows if r["epoch"] == 0 and r["layer"] == 0][0]
+    assert first["ixt"] > 11.5            # the first tanh layer keeps nearly every one of 4096 inputs apart
+    # the metrics of a fit run come with it
+    assert runs[0].read_metrics()[-1]["train_acc"] > 0.6
+
+
+def test_every_estimator_runs_in_the_protocol(tmp_path):
+    cfg = cfg_of(dataset="digits", model="mlp", widths=[16, 8], activation="tanh", lr=0.01, epochs=3, captures=3,
+                 eval_size=200, estimators="binning,kde,ksg", save_activations=True)
+    run = infoplane(cfg, tmp_path / "d")[0]
+    rows = info(run)
+    assert {r["estimator"] for r in rows} == {"binning", "kde-upper", "kde-lower", "ksg"}
+    for e in {r["epoch"] for r in rows}:
+        for layer in range(3):
+            up = [r for r in rows if r["epoch"] == e and r["layer"] == layer and r["estimator"] == "kde-upper"][0]
+            lo = [r for r in rows if r["epoch"] == e and r["layer"] == layer and r["estimator"] == "kde-lower"][0]
+            assert lo["ixt"] <= up["ixt"] + 1e-9
+            assert up["ixt"] <= math.log2(200) + 1e-9
+    acts = np.load(run.path / "activations" / "epoch_00003.npz")
+    assert acts["layer0"].shape == (200, 16) and acts["layer0"].dtype == np.float16
+    assert acts["layer2"].shape == (200, 10)
+    sized = infoplane(cfg_of(dataset="digits", model="mlp", widths=[16], epochs=2, captures=2, eval_size=100,
+                             bin_size=0.5), tmp_path / "s")[0]
+    assert {r["estimator"] for r in info(sized)} == {"binning-size"}
+
+
+class Crash(Hook):
+    def on_epoch_end(self, loop, result):
+        if result.epoch == 12:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_gives_the_same_information(tmp_path):
+    cfg = cfg_of(epochs=20)
+    full = infoplane(cfg, tmp_path / "full")[0]
+    run = RunDir(tmp_path / "cut" / "seed-0")
+    loop = build_loop(cfg, run)
+    loop.hooks.append(Crash())
+    run.create(cfg.to_dict(), {}, protocol="infoplane")
+    with pytest.raises(RuntimeError):
+        loop.run()
+    with open(run.path / "info.jsonl", "a") as f:     # lines written after the checkpoint are dropped
+        f.write(json.dumps({"epoch": 13, "layer": 0, "estimator": "binning", "ixt": -1, "ity": -1}) + "\n")
+    resumed = resume(run.path)
+    assert info(resumed) == info(full)
+
+
+def test_cli_infoplane_plot_and_errors(tmp_path, capsys):
+    out = tmp_path / "ib"
+    args = ["infoplane", "--dataset", "tishby", "--model", "tishby", "--optimizer", "adam", "--lr", "0.004",
+            "--epochs", "5", "--captures", "3", "--seeds", "0-1", "--no-progress", "--hist-every", "0"]
+    if VAR_U.is_file():
+        args += ["--data-file", str(VAR_U)]
+    assert main(args + ["--out", str(out)]) == 0
+    rand = tmp_path / "ib-rand"
+    assert main(args + ["--corrupt", "labels=1.0", "--out", str(rand)]) == 0
+    assert main(["plot", str(out), str(rand)]) == 0
+    for name in ("infoplane-binning.png", "ixt-binning.png"):
+        assert (out / "figures" / name).stat().st_size > 10_000
+    assert main(["infoplane", "--resume", str(out)]) == 0
+    capsys.readouterr()
+    for bad, field in ((["--estimators", "mine"], "--estimators"), (["--model", "wrn"], "--model"),
+                       (["--seeds", "x"], "--seeds")):
+        assert main(args + bad + ["--out", str(tmp_path / "bad")]) == 2
+        assert capsys.readouterr().err.startswith("rotelab: error: " + field)
+    assert not (tmp_path / "bad").exists()
