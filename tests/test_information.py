@@ -123,3 +123,13 @@ def test_mixed_ksg_against_an_independent_implementation():
     theirs = mutual_info_classif(t[:, None], y, discrete_features=False, n_neighbors=3, random_state=0)[0] / math.log(2)
     assert ours == pytest.approx(theirs, abs=0.01)
     assert mixed_ksg_mi(rng.standard_normal((2000, 2)), y) < 0.05   # independent: near 0
+
+
+def test_row_ids_packed_and_byte_paths_agree():
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 4, (500, 6))            # packed into int64
+    wide = small.astype(np.float64) + 0.5            # byte view
+    a, b = row_ids(small), row_ids(wide)
+    # the same partition of rows (ids may be numbered differently)
+    assert len(np.unique(a)) == len(np.unique(b))
+    assert np.array_equal(a[:, None] == a[None, :], b[:, None] == b[None, :])

@@ -28,10 +28,16 @@ LOG2 = math.log(2.0)
 # -- discrete ---------------------------------------------------------------------------------
 
 def row_ids(a: np.ndarray) -> np.ndarray:
-    """An integer id per row; equal rows get equal ids (exactly, via a byte view of each row)."""
+    """An integer id per row; equal rows get equal ids (exactly). Small non-negative integer rows
+    are packed into one int64 each; anything else is compared through a byte view of each row."""
     a = np.ascontiguousarray(a)
     if a.ndim == 1:
         a = a[:, None]
+    if a.dtype.kind in "iu" and a.size and a.min() >= 0:
+        bits = max(int(a.max()).bit_length(), 1)
+        if bits * a.shape[1] <= 63:
+            packed = (a.astype(np.int64) << (bits * np.arange(a.shape[1], dtype=np.int64))).sum(axis=1)
+            return np.unique(packed, return_inverse=True)[1].ravel()
     rows = a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
     return np.unique(rows, return_inverse=True)[1].ravel()
 
