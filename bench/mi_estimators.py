@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import print_figures
 
 from rotelab.config import FitConfig, InfoPlaneConfig
-from rotelab.data import load_data
 from rotelab.measures.information import binning_mi, row_ids
 from rotelab.protocols import fit as fit_protocol
 from rotelab.protocols import infoplane as ip
@@ -144,10 +143,7 @@ def main():
         "capture_seconds_accounted": round(own, 2),
         "capture_share_accounted": round(own / plain, 3),
     }
-    width = max(map(len, figures))
-    for k, v in figures.items():
-        print(f"{k:{width}s}  {v}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

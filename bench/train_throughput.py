@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import resource
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import print_figures
 import torch.nn.functional as F
 
 from rotelab.config import FitConfig
@@ -184,10 +184,7 @@ def main():
         "peak_rss_gib": round(peak_gib, 2),
         "threads": torch.get_num_threads(),
     }
-    width = max(map(len, figures))
-    for k, v in figures.items():
-        print(f"{k:{width}s}  {v}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from rotelab.config import FitConfig
+from rotelab.engine import Hook
 
 REPO = Path(__file__).resolve().parents[1]
 VAR_U = REPO.parent / "shared" / "data" / "var_u.mat"
@@ -20,3 +21,19 @@ def small_cfg():
         base.update(kw)
         return FitConfig(**base)
     return make
+
+
+class Crash(Hook):
+    """Simulates a kill at the end of epoch `at` (after the hooks before it have run)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_end(self, loop, result):
+        if result.epoch == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def strip_times(records):
+    """Metrics without the wall-clock fields, which differ between equal runs."""
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Crash, strip_times
 from rotelab.engine import Hook
 from rotelab.measures.examples import unpack
 from rotelab.protocols import resume
@@ -81,21 +82,6 @@ def test_no_example_record(tmp_path, small_cfg):
     run = fit(small_cfg(epochs=2, example_record="none"), tmp_path / "none")
     assert not run.examples_file.exists()
     assert "train_intersection" not in run.read_metrics()[-1]
-
-
-class Crash(Hook):
-    """Simulates a kill after the checkpoint of epoch k was written."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_epoch_end(self, loop, result):
-        if result.epoch == self.at:
-            raise RuntimeError("simulated crash")
-
-
-def strip_times(records):
-    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
 
 
 @pytest.mark.parametrize("kw", [dict(corrupt="labels=0.5"), dict(corrupt="random-pixels=0.5", augment=True,

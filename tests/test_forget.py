@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Crash, strip_times
 from rotelab.cli import main
 from rotelab.config import ForgetConfig
 from rotelab.engine import Hook
@@ -30,10 +31,6 @@ class Spy(Hook):
 
     def on_epoch_end(self, loop, result):
         self.sizes.append(len(loop.fit_y))
-
-
-def strip(records):
-    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
 
 
 def test_stages_epochs_and_what_each_stage_trains_on(tmp_path):
@@ -74,7 +71,7 @@ def test_stage2_goes_on_with_the_schedule_or_restarts_it(tmp_path):
     assert [r["lr"] for r in go_on] == pytest.approx([0.1 * 0.8 ** i for i in range(13)])
     reset = forget(cfg_of(schedule="exp", lr_gamma=0.8, lr2=0.05, schedule2="constant"), tmp_path / "b").read_metrics()
     assert [r["lr"] for r in reset[8:]] == pytest.approx([0.05] * 5)
-    assert strip(reset[:8]) == strip(go_on[:8])
+    assert strip_times(reset[:8]) == strip_times(go_on[:8])
 
 
 def test_reset_keeps_the_momentum_buffers(tmp_path):
@@ -91,15 +88,6 @@ def test_reset_keeps_the_momentum_buffers(tmp_path):
     assert loop.opt.param_groups[0]["lr"] == 0.1 and loop.sched.last_epoch == 0
 
 
-class Crash(Hook):
-    def __init__(self, at):
-        self.at = at
-
-    def on_epoch_end(self, loop, result):
-        if result.epoch == self.at:
-            raise RuntimeError("simulated crash")
-
-
 @pytest.mark.parametrize("crash_at", [5, 8, 11])   # in stage 1, at the boundary, in stage 2
 @pytest.mark.parametrize("kw", [{}, dict(reset_lr=True, optimizer2="adam", lr2=0.001)])
 def test_resume_equals_uninterrupted(tmp_path, crash_at, kw):
@@ -112,7 +100,7 @@ def test_resume_equals_uninterrupted(tmp_path, crash_at, kw):
     with pytest.raises(RuntimeError):
         loop.run()
     resumed = resume(tmp_path / "cut")
-    assert strip(resumed.read_metrics()) == strip(full.read_metrics())
+    assert strip_times(resumed.read_metrics()) == strip_times(full.read_metrics())
     a, b = full.read_examples(), resumed.read_examples()
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert resumed.read_status()["summary"] == full.read_status()["summary"]
@@ -121,7 +109,7 @@ def test_resume_equals_uninterrupted(tmp_path, crash_at, kw):
 def test_stage2_from_a_stage1_checkpoint_equals_the_original_stage2(tmp_path):
     full = forget(cfg_of(save_epochs=[6]), tmp_path / "full")
     again = stage2_from(full.checkpoints / "stage1.pt", tmp_path / "again", {})
-    assert strip(again.read_metrics()) == strip(full.read_metrics())
+    assert strip_times(again.read_metrics()) == strip_times(full.read_metrics())
     cfg = json.loads(again.config_file.read_text())
     assert cfg["stage2_from"].endswith("stage1.pt")
     # an earlier stage-1 checkpoint with other stage-2 options: stage 2 starts at epoch 7
@@ -129,7 +117,7 @@ def test_stage2_from_a_stage1_checkpoint_equals_the_original_stage2(tmp_path):
     m = other.read_metrics()
     assert [r["epoch"] for r in m] == list(range(1, 10))
     assert [r["stage"] for r in m] == [1] * 6 + [2] * 3
-    assert strip(m[:6]) == strip(full.read_metrics()[:6])
+    assert strip_times(m[:6]) == strip_times(full.read_metrics()[:6])
     assert [r["lr"] for r in m[6:]] == [0.01] * 3
     assert other.read_examples()["train_correct"].shape[0] == 9
 

@@ -6,10 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import VAR_U
+from conftest import VAR_U, Crash
 from rotelab.cli import main
 from rotelab.config import ConfigError, InfoPlaneConfig, parse_seeds
-from rotelab.engine import Hook
 from rotelab.measures.information import entropy_of_ids
 from rotelab.protocols import resume
 from rotelab.protocols.infoplane import build_loop, capture_epochs, infoplane
@@ -78,18 +77,12 @@ def test_every_estimator_runs_in_the_protocol(tmp_path):
     assert {r["estimator"] for r in info(sized)} == {"binning-size"}
 
 
-class Crash(Hook):
-    def on_epoch_end(self, loop, result):
-        if result.epoch == 12:
-            raise RuntimeError("simulated crash")
-
-
 def test_resume_gives_the_same_information(tmp_path):
     cfg = cfg_of(epochs=20)
     full = infoplane(cfg, tmp_path / "full")[0]
     run = RunDir(tmp_path / "cut" / "seed-0")
     loop = build_loop(cfg, run)
-    loop.hooks.append(Crash())
+    loop.hooks.append(Crash(12))
     run.create(cfg.to_dict(), {}, protocol="infoplane")
     with pytest.raises(RuntimeError):
         loop.run()

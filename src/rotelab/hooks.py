@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .engine import EpochResult, Hook, Loop
 from .measures.examples import consecutive_overlap, pack, unpack
