@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..config import FitConfig
 from ..data import load_data
 from ..engine import Loop, resolve_device
