@@ -64,6 +64,16 @@ class FitConfig:
     lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step")
     lr_step: int = opt(30, "epochs between lr drops for --schedule step")
     augment: bool = opt(False, "random crop (pad 4) and horizontal flip, on batched tensors")
+    # weight noise and the information in the weights
+    weight_noise: str = opt("none", "lognormal: multiplicative log-normal noise on every Linear and Conv weight", ("none", "lognormal"))
+    noise_alpha: float = opt(1e-3, "initial alpha = Var[log eps] of the weight noise")
+    noise_granularity: str = opt("layer", "one alpha per weight, per output unit or per layer", ("weight", "unit", "layer"))
+    learn_alpha: bool = opt(False, "learn log alpha with the weights")
+    noise_sampling: str = opt("lrt", "lrt: Gaussian pre-activations with the exact moments (Linear); weights: exact draws shared by a batch", ("lrt", "weights"))
+    info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)")
+    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant")
+    fisher_every: int = opt(0, "log the trace of the Fisher information per layer every N epochs (0: never)")
+    fisher_samples: int = opt(256, "training examples of the Monte Carlo Fisher trace (labels sampled from the model)")
     # bookkeeping
     seed: int = opt(0, "one seed for corruption, init, batch order and augmentation")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
@@ -104,6 +114,16 @@ class FitConfig:
             raise ConfigError("--until-train-acc", f"must be in (0, 1], got {self.until_train_acc}")
         if not self.widths or min(self.widths) < 1:
             raise ConfigError("--widths", f"needs positive widths such as 512 or 512,512, got {self.widths}")
+        if not self.noise_alpha > 0:
+            raise ConfigError("--noise-alpha", f"must be positive, got {self.noise_alpha}")
+        if not self.alpha_ref > 0:
+            raise ConfigError("--alpha-ref", f"must be positive, got {self.alpha_ref}")
+        if self.info_weight < 0:
+            raise ConfigError("--info-weight", f"must be >= 0, got {self.info_weight}")
+        if self.info_weight > 0 and self.weight_noise == "none":
+            raise ConfigError("--info-weight", "penalizes the information in noisy weights; add --weight-noise lognormal")
+        if self.fisher_every < 0 or self.fisher_samples < 1:
+            raise ConfigError("--fisher-every", "needs --fisher-every >= 0 and --fisher-samples >= 1")
         if self.checkpoint_every < 0:
             raise ConfigError("--checkpoint-every", f"must be >= 0 seconds, got {self.checkpoint_every}")
         if self.hist_every < 0:

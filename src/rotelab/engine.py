@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
+from .models.noisy import noise_off
 from .seeding import derive_seed, generator
 
 
@@ -108,9 +109,10 @@ def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evalua
 
 
 def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
-                augment_gen: torch.Generator | None = None, record: bool = False):
-    """One pass of SGD over x in the given order. Returns (presented loss, presented accuracy,
-    per-example correctness at presentation or None). Sums stay on the device: one sync per epoch."""
+                augment_gen: torch.Generator | None = None, record: bool = False, penalty=None):
+    """One pass of SGD over x in the given order, minimizing cross-entropy + penalty() if given.
+    Returns (presented cross-entropy, presented accuracy, per-example correctness at presentation
+    or None). Sums stay on the device: one sync per epoch."""
     model.train()
     n = len(order)
     loss_sum = torch.zeros((), device=x.device)
@@ -122,13 +124,14 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
         if augment_gen is not None:
             xb = crop_flip(xb, augment_gen)
         logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
+        ce = F.cross_entropy(logits, yb)
+        loss = ce if penalty is None else ce + penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
             hit = logits.argmax(dim=1) == yb
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += ce.detach() * len(idx)
             hits += hit.sum()
             if presented is not None:
                 presented[idx] = hit
@@ -186,12 +189,13 @@ class Loop:
     or until every trained-on split reaches accuracy `until` (default cfg.until_train_acc)."""
 
     def __init__(self, model, splits: dict, cfg, hooks=(), device="cpu", fit_on=("train",),
-                 end_epoch: int | None = None, until: float | None = None):
+                 end_epoch: int | None = None, until: float | None = None, penalty=None):
         x = splits[fit_on[0]].x
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
         self.model, self.splits, self.cfg, self.hooks = model, splits, cfg, list(hooks)
+        self.penalty = penalty      # a callable added to each batch's loss
         self.set_fit(fit_on)
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
         self.until = cfg.until_train_acc if until is None else until
@@ -238,10 +242,11 @@ class Loop:
         aug = generator(cfg.seed, "augment", e) if cfg.augment else None
         lr = self.opt.param_groups[0]["lr"]
         loss_p, acc_p, presented = train_epoch(self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order,
-                                               aug, record=cfg.example_record == "presentation")
+                                               aug, record=cfg.example_record == "presentation", penalty=self.penalty)
         t_train = time.perf_counter() - t0
-        evals = {name: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
-                 for name, s in self.splits.items()}
+        with noise_off(self.model):   # evaluation passes use the weights' means
+            evals = {name: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
+                     for name, s in self.splits.items()}
         self.sched.step()
         self.epoch = e
         metrics = {"epoch": e, "lr": lr}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from .engine import EpochResult, Hook, Loop
 from .measures.examples import consecutive_overlap, pack, unpack
@@ -170,3 +171,41 @@ class ProgressBar(Hook):
 
     def on_end(self, loop: Loop):
         self.bar.close()
+
+
+class WeightNoiseStats(Hook):
+    """The information in noisy weights per epoch: KL under both priors (bits), mean -1/2 ln alpha
+    (nats) and mean log10 alpha, in total and per layer (keys `name/layer`)."""
+
+    def __init__(self, alpha_ref: float = 1.0):
+        self.alpha_ref = alpha_ref
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        from .models.noisy import weight_information
+        info = weight_information(loop.model, self.alpha_ref)
+        m = result.metrics
+        for key in ("kl_loguniform_bits", "kl_lognormal_bits", "neg_half_log_alpha"):
+            m[key] = info[key]
+        for name, layer in info["layers"].items():
+            for key in ("kl_loguniform_bits", "kl_lognormal_bits", "mean_log10_alpha"):
+                m[f"{key}/{name}"] = layer[key]
+
+
+class FisherTrace(Hook):
+    """Trace of the Fisher information per layer every `every` epochs (and the first), on a fixed
+    sample of training examples; keys `fisher_trace` and `fisher_trace/layer`."""
+
+    def __init__(self, x: torch.Tensor, every: int, seed: int):
+        self.x, self.every, self.seed = x, every, seed
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        if result.epoch != 1 and result.epoch % self.every:
+            return
+        from .measures.fisher import fisher_trace
+        from .models.noisy import noise_off
+        from .seeding import generator
+        with noise_off(loop.model):
+            traces = fisher_trace(loop.model, self.x, generator(self.seed, "fisher", result.epoch))
+        result.metrics["fisher_trace"] = sum(traces.values())
+        for name, v in traces.items():
+            result.metrics[f"fisher_trace/{name}"] = v

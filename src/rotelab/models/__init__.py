@@ -11,6 +11,7 @@ from ..config import ConfigError
 from ..seeding import derive_seed
 from .convnets import AlexNetSmall, InceptionSmall
 from .mlp import MLP
+from .noisy import add_weight_noise
 from .wrn import WideResNet
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
@@ -66,4 +67,7 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn
         raise ConfigError("--model", f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        return MODELS[cfg.model](cfg, tuple(input_shape), num_classes)
+        model = MODELS[cfg.model](cfg, tuple(input_shape), num_classes)
+    if getattr(cfg, "weight_noise", "none") == "lognormal":
+        add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling)
+    return model

@@ -22,6 +22,7 @@ from ..measures.curves import find_collapses
 from ..models import build_model
 from ..store import RunDir, environment
 from . import train_run
+from .fit import information_penalty, measurement_hooks
 
 SPLITS = ("train", "val", "test")
 
@@ -90,10 +91,11 @@ def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None, backfill_tb
     hooks = []
     if cfg.example_record != "none":
         hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
-    hooks += [switch, MetricsWriter(run), TensorBoardWriter(run, cfg.hist_every, backfill=backfill_tb),
+    hooks += [switch, *measurement_hooks(cfg, data), MetricsWriter(run), TensorBoardWriter(run, cfg.hist_every, backfill=backfill_tb),
               StageCheckpointer(run, cfg.save_epochs, switch), StatusWriter(run),
               ProgressBar(cfg.epochs + cfg.epochs2, cfg.progress)]
-    loop = Loop(model, data.splits, cfg, hooks, device, fit_on=("train", "val"))
+    loop = Loop(model, data.splits, cfg, hooks, device, fit_on=("train", "val"),
+                penalty=information_penalty(cfg, model, len(data.train) + len(data.val)))
     if state is not None:
         if state.get("stage") == 2:
             switch.apply(loop, state["stage1_end"])
