@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
-from .config import ConfigError, FitConfig, ForgetConfig, InfoPlaneConfig, flag, load_config_file
+from .config import ConfigError, FitConfig, ForgetConfig, InfoPlaneConfig, NoiseConfig, flag, load_config_file
 
 
 def parse_ints(text: str) -> list[int]:
@@ -31,10 +32,12 @@ def _field_type(f: dataclasses.Field):
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """One flag per dataclass field. Defaults are SUPPRESSed so that we can tell which flags the
     user gave (they override a --config file); the help text still shows the default."""
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         help_ = f"{f.metadata.get('help', '')} (default: {shown})"
@@ -131,6 +134,30 @@ def cmd_infoplane(args) -> int:
     return 0
 
 
+def cmd_noise(args) -> int:
+    from .protocols import resume
+    from .protocols.noise import ramp, ramp_dirs, write_summary
+    if args.resume:
+        if args.runs or args.out or given_config_flags(args, NoiseConfig):
+            raise ConfigError("--resume", f"continues {args.resume} with its saved configs; give no runs or flags with it")
+        dirs = ramp_dirs(args.resume)
+        if not dirs:
+            raise ConfigError("--resume", f"{args.resume} holds no noise-ramp runs")
+        runs = [resume(d) for d in dirs]
+        print(write_summary(args.resume))
+    else:
+        if not args.out:
+            raise ConfigError("--out", "say where the ramp goes, e.g. --out runs/ramp")
+        runs = ramp(args.runs, config_from_args(args, NoiseConfig), args.out, overwrite=args.overwrite)
+        print(Path(args.out) / "summary.json")
+    for run in runs:
+        half = run.read_status().get("summary", {}).get("half_acc")
+        print(f"{run.path}: " + (f"train accuracy below half of its noise-free value at alpha {half['alpha']:.3g} "
+                                  f"(epoch {half['epoch']}, log-uniform KL {half['kl_loguniform_bits']:.4g} bits)"
+                                  if half else "train accuracy stayed above half of its noise-free value"))
+    return 0
+
+
 def cmd_examples(args) -> int:
     from .analysis import examples_report
     for path in examples_report(args.runs, args.figure):
@@ -181,6 +208,17 @@ def make_parser() -> argparse.ArgumentParser:
     run_parser("infoplane", InfoPlaneConfig, cmd_infoplane, help="information planes of every layer, for several seeds",
                description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at "
                            "log-spaced epochs and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).")
+
+    nz = sub.add_parser("noise", help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
+                        description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and "
+                                    "raise alpha every --every epochs; each run's results go to OUT/<name>.")
+    nz.add_argument("runs", nargs="*", help="trained run directories")
+    nz.add_argument("--out", help="folder for the ramp runs")
+    nz.add_argument("--resume", metavar="OUT", help="continue the ramp runs in OUT")
+    nz.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    nz.add_argument("--config", help="TOML or JSON file of ramp options; flags override it")
+    add_config_flags(nz, NoiseConfig, skip=("source",))
+    nz.set_defaults(func=cmd_noise)
 
     ex = sub.add_parser("examples", help="per-example analysis: forgetting events, first-learned epochs, oscillation")
     ex.add_argument("runs", nargs="+", help="run directories with examples.npz")

@@ -29,6 +29,15 @@ def opt(default, help: str, choices=None, flag_type=None, aliases=()):
     return field(default=default, metadata=meta)
 
 
+def config_from_dict(cls, d: dict):
+    """A config dataclass from a dict, naming the first unknown field."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(flag(unknown[0]), f"unknown config field; known fields: {', '.join(sorted(names))}")
+    return cls(**d)
+
+
 CORRUPTIONS = ("none", "labels", "shuffled-pixels", "random-pixels", "gaussian")
 SCHEDULES = ("constant", "step", "exp", "cosine")
 
@@ -136,11 +145,7 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(unknown[0].replace("_", "-"), f"unknown config field; known fields: {', '.join(sorted(names))}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass
@@ -264,7 +269,65 @@ class InfoPlaneConfig(FitConfig):
         return self
 
 
-PROTOCOL_CONFIGS = {"fit": FitConfig, "forget": ForgetConfig, "infoplane": InfoPlaneConfig}
+@dataclass
+class NoiseConfig:
+    """The noise ramp on one trained run: freeze it, raise alpha step by step, evaluate under noise."""
+
+    source: str = opt("", "(set from the positional RUN arguments) the trained run directory")
+    alpha_start: float = opt(1e-4, "alpha of the first step")
+    alpha_factor: float = opt(2.0, "alpha is multiplied by this every --every epochs")
+    every: int = opt(3, "epochs per alpha step")
+    steps: int = opt(15, "number of alpha steps")
+    alphas: str | None = opt(None, "explicit comma-separated alphas, one per step (overrides start, factor and steps)")
+    noise_samples: int = opt(4, "noisy passes averaged per evaluation (their spread is reported as _std)")
+    train_means: bool = opt(False, "keep training the weights' means under the rising noise (alpha stays fixed)")
+    lr: float | None = opt(None, "learning rate with --train-means (default: the run's)")
+    noise_granularity: str = opt("layer", "one alpha per weight, per output unit or per layer", ("weight", "unit", "layer"))
+    noise_sampling: str = opt("weights", "weights: exact draws per forward pass; lrt: Gaussian pre-activations (Linear)", ("weights", "lrt"))
+    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL")
+    seed: int = opt(0, "seed of the noise draws (and batch order with --train-means)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    eval_batch_size: int = opt(2048, "batch size of evaluation passes")
+    checkpoint_every: float = opt(30.0, "seconds between checkpoints; 0: every epoch")
+    progress: bool = opt(True, "show a progress bar")
+
+    def alpha_list(self) -> list[float]:
+        if self.alphas:
+            try:
+                values = [float(a) for a in self.alphas.split(",") if a.strip()]
+            except ValueError:
+                raise ConfigError("--alphas", f"expected comma-separated numbers, got {self.alphas!r}") from None
+            if not values or min(values) <= 0:
+                raise ConfigError("--alphas", f"needs positive alphas, got {self.alphas!r}")
+            return values
+        return [self.alpha_start * self.alpha_factor ** k for k in range(self.steps)]
+
+    @property
+    def epochs(self) -> int:
+        return len(self.alpha_list()) * self.every
+
+    def validate(self) -> "NoiseConfig":
+        if not self.alpha_start > 0:
+            raise ConfigError("--alpha-start", f"must be positive, got {self.alpha_start}")
+        if not self.alpha_factor > 0:
+            raise ConfigError("--alpha-factor", f"must be positive, got {self.alpha_factor}")
+        for name in ("every", "steps", "noise_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(flag(name), f"must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError("--lr", f"must be positive, got {self.lr}")
+        self.alpha_list()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NoiseConfig":
+        return config_from_dict(cls, d)
+
+
+PROTOCOL_CONFIGS = {"fit": FitConfig, "forget": ForgetConfig, "infoplane": InfoPlaneConfig, "noise": NoiseConfig}
 
 
 def flag(name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -109,11 +110,17 @@ def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evalua
 
 
 def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
-                augment_gen: torch.Generator | None = None, record: bool = False, penalty=None):
+                augment_gen: torch.Generator | None = None, record: bool = False, penalty=None,
+                frozen_bn: bool = False):
     """One pass of SGD over x in the given order, minimizing cross-entropy + penalty() if given.
     Returns (presented cross-entropy, presented accuracy, per-example correctness at presentation
-    or None). Sums stay on the device: one sync per epoch."""
+    or None). Sums stay on the device: one sync per epoch. frozen_bn keeps batch norm on its
+    running statistics (and leaves them unchanged)."""
     model.train()
+    if frozen_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     n = len(order)
     loss_sum = torch.zeros((), device=x.device)
     hits = torch.zeros((), device=x.device, dtype=torch.long)
@@ -189,13 +196,19 @@ class Loop:
     or until every trained-on split reaches accuracy `until` (default cfg.until_train_acc)."""
 
     def __init__(self, model, splits: dict, cfg, hooks=(), device="cpu", fit_on=("train",),
-                 end_epoch: int | None = None, until: float | None = None, penalty=None):
+                 end_epoch: int | None = None, until: float | None = None, penalty=None,
+                 train: bool = True, noisy_eval_samples: int = 0, frozen_bn: bool = False):
         x = splits[fit_on[0]].x
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
         self.model, self.splits, self.cfg, self.hooks = model, splits, cfg, list(hooks)
         self.penalty = penalty      # a callable added to each batch's loss
+        self.train = train          # False: evaluate only (a frozen network)
+        # >0: evaluate with weight noise on, averaging this many passes (metrics get _std spreads);
+        # 0: evaluate the weights' means
+        self.noisy_eval_samples = noisy_eval_samples
+        self.frozen_bn = frozen_bn  # train with batch norm on its fixed running statistics
         self.set_fit(fit_on)
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
         self.until = cfg.until_train_acc if until is None else until
@@ -233,6 +246,26 @@ class Loop:
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.fit_epoch = state["epoch"], state["fit_epoch"]
 
+    def evaluate_splits(self) -> tuple[dict[str, Evaluation], dict]:
+        """A clean pass over every split; with noisy evaluation, the mean of several noisy passes
+        (the first pass's Evaluation is returned for per-example hooks, the spread as _std keys)."""
+        cfg = self.cfg
+        if not self.noisy_eval_samples:
+            with noise_off(self.model):
+                return {n: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
+                        for n, s in self.splits.items()}, {}
+        evals, extra = {}, {}
+        for name, s in self.splits.items():
+            draws = [evaluate(self.model, s.x, s.y, cfg.eval_batch_size) for _ in range(self.noisy_eval_samples)]
+            evals[name] = draws[0]
+            per_draw = [split_metrics(name, d, s) for d in draws]
+            for key in per_draw[0]:
+                values = [m[key] for m in per_draw if m[key] is not None]
+                if values:
+                    extra[key] = float(np.mean(values))
+                    extra[f"{key}_std"] = float(np.std(values))
+        return evals, extra
+
     def run_epoch(self) -> EpochResult:
         cfg = self.cfg
         e = self.epoch + 1
@@ -241,18 +274,23 @@ class Loop:
         torch.manual_seed(derive_seed(cfg.seed, "torch", e))  # dropout and any other global draws
         aug = generator(cfg.seed, "augment", e) if cfg.augment else None
         lr = self.opt.param_groups[0]["lr"]
-        loss_p, acc_p, presented = train_epoch(self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order,
-                                               aug, record=cfg.example_record == "presentation", penalty=self.penalty)
+        loss_p = acc_p = presented = None
+        if self.train:
+            loss_p, acc_p, presented = train_epoch(
+                self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order, aug,
+                record=cfg.example_record == "presentation", penalty=self.penalty,
+                frozen_bn=self.frozen_bn)
         t_train = time.perf_counter() - t0
-        with noise_off(self.model):   # evaluation passes use the weights' means
-            evals = {name: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
-                     for name, s in self.splits.items()}
-        self.sched.step()
+        evals, spread = self.evaluate_splits()
+        if self.train:
+            self.sched.step()
         self.epoch = e
         metrics = {"epoch": e, "lr": lr}
         for name, s in self.splits.items():
             metrics.update(split_metrics(name, evals[name], s))
-        metrics.update(train_loss_presented=loss_p, train_acc_presented=acc_p)
+        metrics.update(spread)
+        if self.train:
+            metrics.update(train_loss_presented=loss_p, train_acc_presented=acc_p)
         if self.until is not None and self.fit_epoch is None and \
                 all(metrics[f"{n}_acc"] >= self.until for n in self.fit_on):
             self.fit_epoch = e

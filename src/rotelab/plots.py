@@ -187,13 +187,51 @@ def plot_infoplane(paths) -> list[Path]:
     return out
 
 
+def plot_noise_ramp(path) -> Path:
+    """Three panels sharing the epoch axis: the information in the weights (mean -1/2 ln alpha per
+    weight, nats), train accuracy and test accuracy under noise (mean and spread of the noisy
+    passes); one curve per run, colored by its label corruption; dots where train accuracy first
+    falls below half of its noise-free value."""
+    import numpy as np
+    from .protocols.noise import label_corruption, ramp_dirs, summarize
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
+    cmap = plt.cm.coolwarm
+    for d in ramp_dirs(path):
+        run = RunDir(d)
+        m = [r for r in run.read_metrics() if r["epoch"] > 0]
+        cfg = run.read_config()
+        p = label_corruption(RunDir(cfg["source"])) if Path(cfg["source"]).is_dir() else 0.0
+        color = cmap(p)
+        e = np.array([r["epoch"] for r in m])
+        axes[0].plot(e, [r["neg_half_log_alpha"] for r in m], color=color, label=f"{d.name} (p={p:g})")
+        for ax, split in zip(axes[1:], ("train", "test")):
+            acc = np.array([r[f"{split}_acc"] for r in m])
+            std = np.array([r.get(f"{split}_acc_std", 0.0) for r in m])
+            ax.plot(e, acc, color=color)
+            ax.fill_between(e, acc - std, acc + std, color=color, alpha=0.2)
+        half = summarize(run).get("half_acc")
+        if half:
+            axes[1].plot([half["epoch"]], [half["train_acc"]], "o", color=color)
+    axes[0].set(xlabel="epoch", ylabel="mean -1/2 ln alpha per weight (nats)", title="information in the weights")
+    axes[1].set(xlabel="epoch", ylabel="accuracy", title="train accuracy under noise", ylim=(0, 1.02))
+    axes[2].set(xlabel="epoch", ylabel="accuracy", title="test accuracy under noise", ylim=(0, 1.02))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _save_to(fig, Path(path) / "figures" / "noise_ramp.png")
+
+
 def plot_runs(paths) -> list[Path]:
     """Curves of every run (each seed of an infoplane group), the forget figure where it applies,
     and information planes of every infoplane run or group given, side by side."""
     from .config import ConfigError
     from .protocols.infoplane import seed_dirs
+    from .protocols.noise import ramp_dirs
     out, info_paths = [], []
     for p in map(Path, paths):
+        if ramp_dirs(p):
+            out.append(plot_noise_ramp(p))
+            continue
         seeds = seed_dirs(p)
         for run in map(RunDir, seeds or [p]):
             if not run.metrics_file.is_file():

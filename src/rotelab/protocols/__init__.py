@@ -23,8 +23,8 @@ def train_run(run: RunDir, loop, summary=None) -> RunDir:
 
 
 def protocol_module(name: str):
-    from . import fit, forget, infoplane
-    return {"fit": fit, "forget": forget, "infoplane": infoplane}[name]
+    from . import fit, forget, infoplane, noise
+    return {"fit": fit, "forget": forget, "infoplane": infoplane, "noise": noise}[name]
 
 
 def resume(path) -> RunDir:
