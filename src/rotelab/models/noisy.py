@@ -99,7 +99,10 @@ class LogNormalNoise(nn.Module):
 
 def add_weight_noise(model: nn.Module, alpha: float, granularity: str = "layer", learn: bool = False,
                      sampling: str = "lrt") -> nn.Module:
-    """Replace every Linear and Conv2d of `model` (in place) by a LogNormalNoise wrapper."""
+    """Replace every Linear and Conv2d of `model` (in place) by a LogNormalNoise wrapper; a bare
+    layer is returned wrapped."""
+    if isinstance(model, (nn.Linear, nn.Conv2d)):
+        return LogNormalNoise(model, alpha, granularity, learn, sampling)
     for name, child in list(model.named_children()):
         if isinstance(child, (nn.Linear, nn.Conv2d)):
             setattr(model, name, LogNormalNoise(child, alpha, granularity, learn, sampling))

@@ -1,0 +1,198 @@
+"""Log-normal weight noise, the information in the weights, the Fisher trace and the noise ramp."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import strip_times
+from rotelab.cli import main
+from rotelab.config import FitConfig, NoiseConfig
+from rotelab.measures.fisher import fisher_trace
+from rotelab.models import build_model
+from rotelab.models.noisy import (LogNormalNoise, add_weight_noise, fit_lognormal_prior, info_penalty, kl_lognormal,
+                                  kl_loguniform, lognormal_posterior, noise_off, noisy_layers, weight_information)
+from rotelab.protocols.fit import fit
+from rotelab.protocols.noise import ramp
+
+
+def test_eps_has_mean_one_and_log_variance_alpha():
+    torch.manual_seed(0)
+    for alpha in (1e-3, 0.1, 1.0):
+        layer = LogNormalNoise(torch.nn.Linear(1000, 1000), alpha, "layer")
+        with torch.no_grad():
+            layer.layer.weight.fill_(1.0)
+            eps = layer.sample_weight()
+        assert eps.mean().item() == pytest.approx(1.0, abs=4 * math.sqrt(math.expm1(alpha) / 1e6))
+        assert eps.log().var().item() == pytest.approx(alpha, rel=0.01)
+
+
+@pytest.mark.parametrize("sampling", ["lrt", "weights"])
+def test_tiny_alpha_reproduces_the_noise_free_network(sampling):
+    for model_name, shape in (("mlp", (1, 8, 8)), ("alexnet-small", (3, 12, 12)), ("wrn", (3, 8, 8))):
+        cfg = FitConfig(model=model_name, depth=10, widen=1, weight_noise="lognormal", noise_alpha=1e-14,
+                        noise_sampling=sampling)
+        net = build_model(cfg, shape, 5).eval()
+        x = torch.randn(4, *shape)
+        assert noisy_layers(net)
+        with torch.no_grad():
+            noisy = net(x)
+            with noise_off(net):
+                clean = net(x)
+        assert torch.allclose(noisy, clean, atol=1e-5), model_name
+        cfg.noise_alpha = 0.5
+        net2 = build_model(cfg, shape, 5).eval()
+        with torch.no_grad():
+            assert not torch.allclose(net2(x), net2(x))   # fresh noise every pass
+
+
+def test_lrt_matches_the_moments_of_exact_weight_draws():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(30, 4)
+    exact = LogNormalNoise(lin, 0.3, "weight", sampling="weights")
+    lrt = LogNormalNoise(lin, 0.3, "weight", sampling="lrt")
+    x = torch.randn(1, 30)
+    with torch.no_grad():
+        a = torch.cat([exact(x) for _ in range(20000)])
+        b = lrt(x.expand(20000, 30))
+    assert torch.allclose(a.mean(0), b.mean(0), atol=0.05)
+    assert torch.allclose(a.var(0), b.var(0), rtol=0.08)
+
+
+def test_closed_form_kls_against_monte_carlo():
+    torch.manual_seed(2)
+    m = torch.randn(2000) * 0.1
+    la = torch.full((1,), math.log(0.2))
+    mu_q, var_q = lognormal_posterior(m, la)
+    mu_p, var_p = -3.0, 1.5
+    closed = kl_lognormal(mu_q, var_q, mu_p, var_p)
+    s = mu_q + var_q.sqrt() * torch.randn(4000, 2000)               # draws of log|w| from the posterior
+    log_q = -0.5 * ((s - mu_q) ** 2 / var_q + torch.log(2 * math.pi * var_q))
+    log_p = -0.5 * ((s - mu_p) ** 2 / var_p + math.log(2 * math.pi * var_p))
+    assert closed.item() == pytest.approx((log_q - log_p).mean(0).sum().item(), rel=0.01)
+    # the fitted prior is the best Gaussian prior
+    mu_f, var_f = fit_lognormal_prior(mu_q, var_q)
+    best = kl_lognormal(mu_q, var_q, mu_f, var_f)
+    for dm, dv in ((0.1, 1.0), (-0.1, 1.0), (0.0, 1.1), (0.0, 0.9)):
+        assert best <= kl_lognormal(mu_q, var_q, mu_f + dm, var_f * dv)
+    # log-uniform prior: differences of KL are differences of the posterior's entropy of log|w|
+    a1, a2 = 0.05, 0.4
+    n = 1000
+    diff = kl_loguniform(torch.tensor([math.log(a1)]), n) - kl_loguniform(torch.tensor([math.log(a2)]), n)
+    ent = lambda a: 0.5 * math.log(2 * math.pi * math.e * a)
+    assert diff.item() == pytest.approx(n * (ent(a2) - ent(a1)))
+    assert kl_loguniform(torch.tensor([0.0]), n, alpha_ref=1.0).item() == 0.0
+
+
+def test_information_falls_monotonically_as_alpha_rises():
+    net = add_weight_noise(torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.Linear(30, 5)), 1e-4)
+    previous = None
+    for alpha in np.geomspace(1e-4, 10, 12):
+        for _, m in noisy_layers(net):
+            m.set_alpha(float(alpha))
+        info = weight_information(net)
+        if previous:
+            for key in ("kl_loguniform_bits", "kl_lognormal_bits", "neg_half_log_alpha"):
+                assert info[key] < previous[key], key
+        previous = info
+    info = weight_information(net)
+    assert info["neg_half_log_alpha"] == pytest.approx(-0.5 * math.log(10))
+    net1 = add_weight_noise(torch.nn.Linear(3, 3), 1e-4)
+    assert weight_information(net1)["neg_half_log_alpha"] == pytest.approx(4.605, abs=1e-3)
+
+
+def test_learned_alpha_grows_under_a_large_beta(tmp_path):
+    def final_log_alpha(beta):
+        cfg = FitConfig(dataset="digits", epochs=5, lr=0.05, progress=False, hist_every=0, weight_noise="lognormal",
+                        noise_alpha=1e-3, learn_alpha=True, info_weight=beta, noise_granularity="unit")
+        run = fit(cfg, tmp_path / f"b{beta}")
+        m = run.read_metrics()
+        return m[-1]["mean_log10_alpha/head"], m
+    base, _ = final_log_alpha(0.0)
+    grown, m = final_log_alpha(1.0)
+    assert grown > base + 0.5 and grown > -3
+    assert "kl_loguniform_bits/layers.0.0" in m[0] and "kl_lognormal_bits" in m[0]
+    assert [r["kl_loguniform_bits"] for r in m] == sorted((r["kl_loguniform_bits"] for r in m), reverse=True)
+
+
+def test_info_penalty_gradient_pushes_alpha_up():
+    net = add_weight_noise(torch.nn.Linear(4, 2), 1e-2, learn=True)
+    info_penalty(net).backward()
+    assert (net.log_alpha.grad < 0).all()
+
+
+def test_fisher_trace_of_a_linear_softmax_model():
+    """tr F of the weights = E_x ||x||^2 (1 - sum_y p_y^2); of the bias = E_x (1 - sum_y p_y^2)."""
+    torch.manual_seed(3)
+    model = torch.nn.Linear(6, 4)
+    x = torch.randn(6000, 6)
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)
+    g = 1 - (p ** 2).sum(1)
+    expected = ((x ** 2).sum(1) * g).mean() + g.mean()
+    got = fisher_trace(model, x, torch.Generator().manual_seed(0), chunk=1000)
+    assert set(got) == {"(model)"}
+    assert got["(model)"] == pytest.approx(expected.item(), rel=0.03)
+
+
+def test_fisher_trace_logged_per_layer(tmp_path):
+    cfg = FitConfig(dataset="digits", epochs=3, progress=False, hist_every=0, fisher_every=2, fisher_samples=50)
+    m = fit(cfg, tmp_path / "f").read_metrics()
+    assert [("fisher_trace" in r) for r in m] == [True, True, False]
+    assert m[0]["fisher_trace"] == pytest.approx(m[0]["fisher_trace/layers.0.0"] + m[0]["fisher_trace/head"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    fit(FitConfig(dataset="digits", epochs=15, lr=0.1, progress=False, hist_every=0), root / "true")
+    fit(FitConfig(dataset="digits", epochs=15, lr=0.1, progress=False, hist_every=0, corrupt="labels=1.0"),
+        root / "rand")
+    return root
+
+
+def test_ramp_bookkeeping_and_frozen_weights(trained, tmp_path):
+    cfg = NoiseConfig(alpha_start=1e-3, alpha_factor=4, every=2, steps=4, noise_samples=3, progress=False,
+                      checkpoint_every=0)
+    runs = ramp([trained / "true", trained / "rand"], cfg, tmp_path / "ramp")
+    m = runs[0].read_metrics()
+    assert [r["epoch"] for r in m] == list(range(0, 9))
+    assert [r["alpha"] for r in m] == pytest.approx([0, 1e-3, 1e-3, 4e-3, 4e-3, 1.6e-2, 1.6e-2, 6.4e-2, 6.4e-2])
+    assert m[0]["train_acc"] == pytest.approx(json.loads((trained / "true" / "status.json").read_text())["final"]["train_acc"])
+    assert all("train_acc_std" in r and "test_acc_std" in r for r in m[1:])
+    assert all(r["neg_half_log_alpha"] == pytest.approx(-0.5 * math.log(r["alpha"])) for r in m[1:])
+    before = torch.load(trained / "true" / "checkpoints" / "last.pt")["model"]
+    after = torch.load(runs[0].last_checkpoint)["model"]
+    wrapped = lambda k: k.rsplit(".", 1)[0] + ".layer." + k.rsplit(".", 1)[1]   # head.weight -> head.layer.weight
+    assert all(torch.equal(after[wrapped(k)], v) for k, v in before.items())
+    summary = json.loads((tmp_path / "ramp" / "summary.json").read_text())
+    assert {r["label_corruption"] for r in summary["runs"]} == {0.0, 1.0}
+    # deterministic noise from the seed
+    again = ramp([trained / "true"], cfg, tmp_path / "again")[0]
+    assert strip_times(again.read_metrics()) == strip_times(m)
+
+
+def test_ramp_with_trained_means_changes_weights_but_not_alpha(trained, tmp_path):
+    cfg = NoiseConfig(alpha_start=1e-2, every=1, steps=3, noise_samples=1, train_means=True, lr=0.01, progress=False)
+    run = ramp([trained / "true"], cfg, tmp_path / "tm")[0]
+    before = torch.load(trained / "true" / "checkpoints" / "last.pt")["model"]["head.weight"]
+    state = torch.load(run.last_checkpoint)["model"]
+    assert not torch.equal(state["head.layer.weight"], before)
+    assert [r["alpha"] for r in run.read_metrics()[1:]] == pytest.approx([1e-2, 2e-2, 4e-2])
+
+
+def test_cli_noise_plot_resume_and_errors(trained, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["noise", str(trained / "true"), str(trained / "rand"), "--alpha-start", "1e-3", "--every", "1",
+                 "--steps", "3", "--noise-samples", "1", "--no-progress", "--out", str(out)]) == 0
+    assert main(["plot", str(out)]) == 0
+    assert (out / "figures" / "noise_ramp.png").stat().st_size > 10_000
+    assert main(["noise", "--resume", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["noise", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "checkpoints/last.pt" in capsys.readouterr().err
+    assert main(["noise", str(trained / "true"), "--alphas", "0.1,-1", "--out", str(tmp_path / "y")]) == 2
+    assert "--alphas" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
