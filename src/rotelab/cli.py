@@ -158,6 +158,24 @@ def cmd_noise(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import load_sweep, point_state, sweep
+    if args.dry_run:
+        protocol, points = load_sweep(args.file, args.out)
+        for p in points:
+            print(f"{point_state(protocol, p.path):8s} {p.path}")
+        print(f"{len(points)} points ({protocol})")
+        return 0
+    results = sweep(args.file, args.out, args.executor, args.jobs, args.address, args.cpus_per_point,
+                    args.gpus_per_point)
+    for r in results:
+        print(f"{r['state']:8s} {r['path']}" + (f"  ({r['error']})" if r.get("error") else ""))
+    failed = sum(r["state"] == "failed" for r in results)
+    print(f"{len(results)} points: {sum(r['state'] == 'done' for r in results)} run, "
+          f"{sum(r['state'] == 'skipped' for r in results)} already done, {failed} failed")
+    return 1 if failed else 0
+
+
 def cmd_examples(args) -> int:
     from .analysis import examples_report
     for path in examples_report(args.runs, args.figure):
@@ -219,6 +237,20 @@ def make_parser() -> argparse.ArgumentParser:
     nz.add_argument("--config", help="TOML or JSON file of ramp options; flags override it")
     add_config_flags(nz, NoiseConfig, skip=("source",))
     nz.set_defaults(func=cmd_noise)
+
+    sw = sub.add_parser("sweep", help="run a grid of points from a sweep file (TOML), skipping finished ones",
+                        description="Each point of the grid (base config x axes) becomes a run directory named "
+                                    "from its axis values. Finished points are skipped, broken ones resumed.")
+    sw.add_argument("file", help="sweep file (TOML or JSON)")
+    sw.add_argument("--out", help="folder of the points (default: the file's `out`)")
+    sw.add_argument("--dry-run", action="store_true", help="list the points and their state, run nothing")
+    sw.add_argument("--executor", choices=("local", "ray"), default="local", help="(default: local)")
+    sw.add_argument("--jobs", type=int, default=None,
+                    help="local: points at a time (default: one per core, at most one per 2 GiB free memory)")
+    sw.add_argument("--address", default=None, help="ray: cluster address, e.g. auto (default: start a local Ray)")
+    sw.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs of each point's task (default: 1)")
+    sw.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs of each point's task (default: 0)")
+    sw.set_defaults(func=cmd_sweep)
 
     ex = sub.add_parser("examples", help="per-example analysis: forgetting events, first-learned epochs, oscillation")
     ex.add_argument("runs", nargs="+", help="run directories with examples.npz")

@@ -120,11 +120,14 @@ def seed_dirs(path) -> list[Path]:
                   key=lambda p: int(p.name.split("-")[1]))
 
 
-def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False) -> list[RunDir]:
-    """One run per seed in out/seed-N; everything is checked before the first is written."""
+def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
+    """One run per seed in out/seed-N; everything is checked before the first is written. With
+    keep_existing, seeds already in `out` are resumed (or left alone when done) instead of refused."""
+    from . import resume
     cfg.validate()
     seeds = parse_seeds(cfg.seeds)
-    RunDir.check_new(out, overwrite)
+    if not keep_existing:
+        RunDir.check_new(out, overwrite)
     first = RunDir(Path(out) / f"seed-{seeds[0]}")
     build_loop(dataclasses.replace(cfg, seed=seeds[0]), first)   # raises on bad data or model
     if overwrite and Path(out).is_dir():
@@ -134,6 +137,9 @@ def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False) -> list[RunDir
     for s in seeds:
         c = dataclasses.replace(cfg, seed=s)
         run = RunDir(Path(out) / f"seed-{s}")
+        if keep_existing and run.config_file.is_file():
+            runs.append(resume(run.path))
+            continue
         loop = build_loop(c, run)
         run.create(c.to_dict(), environment(loop.device), protocol="infoplane")
         runs.append(train_run(run, loop))

@@ -1,0 +1,188 @@
+"""Grids of runs: a sweep file is a protocol, a base config and axes; each point is one run directory.
+
+    protocol = "fit"
+    out = "runs/zhang-fig1"
+    [base]
+    dataset = "fashion-mnist"
+    epochs = 100
+    [axes]
+    corrupt = ["labels=0.0", "labels=0.5", "labels=1.0"]
+    seed = {from = 0, to = 2}          # inclusive integer range; {from, to, step} or {from, to, num} too
+
+Points are named from their axis values (`corrupt-labels=0.5__seed-1`). Running a sweep again skips
+finished points and resumes broken ones. Executors: `local` (processes, up to --jobs at a time) and
+`ray` (one Ray task per point, on a running cluster or a local instance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import PROTOCOL_CONFIGS, ConfigError, load_config_file
+
+
+@dataclass
+class Point:
+    name: str
+    path: Path
+    values: dict      # the axis values of this point
+    config: dict      # the full config fields
+
+
+def axis_values(name: str, spec) -> list:
+    """A list as it is, or {from, to[, step]} (inclusive integers) or {from, to, num} (evenly spaced)."""
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"axes.{name}", "is an empty list")
+        return spec
+    if isinstance(spec, dict) and {"from", "to"} <= set(spec):
+        lo, hi = spec["from"], spec["to"]
+        if "num" in spec:
+            n = int(spec["num"])
+            return [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else [lo]
+        step = spec.get("step", 1)
+        if all(isinstance(v, int) for v in (lo, hi, step)):
+            return list(range(lo, hi + 1, step))
+        n = int(round((hi - lo) / step)) + 1
+        return [round(lo + i * step, 12) for i in range(n)]
+    raise ConfigError(f"axes.{name}", f"needs a list or a table {{from, to[, step|num]}}, got {spec!r}")
+
+
+def point_name(values: dict) -> str:
+    def fmt(v):
+        if isinstance(v, list):
+            return ",".join(map(str, v))
+        return str(v)
+    return "__".join(f"{k}-{re.sub(r'[^A-Za-z0-9=.,+-]', '_', fmt(v))}" for k, v in values.items()) or "base"
+
+
+def load_sweep(path, out: str | None = None) -> tuple[str, list[Point]]:
+    """The protocol and the points of a sweep file; every point's config is validated."""
+    spec = load_config_file(path)
+    protocol = spec.get("protocol", "fit")
+    if protocol not in ("fit", "forget", "infoplane"):
+        raise ConfigError("protocol", f"sweeps run fit, forget or infoplane, not {protocol!r}")
+    unknown = set(spec) - {"protocol", "out", "base", "axes"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown key of a sweep file; use protocol, out, base and axes")
+    root = out or spec.get("out")
+    if not root:
+        raise ConfigError("--out", f"{path} names no `out` folder; add out = \"runs/name\" or pass --out")
+    cls = PROTOCOL_CONFIGS[protocol]
+    base = spec.get("base", {})
+    axes = {k: axis_values(k, v) for k, v in spec.get("axes", {}).items()}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in list(base) + list(axes):
+        if key not in names:
+            raise ConfigError(key, f"is not a field of the {protocol} config; see `rotelab {protocol} --help`")
+    points = []
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo))
+        config = {**base, **values}
+        cls.from_dict(config).validate()
+        name = point_name(values)
+        points.append(Point(name, Path(root).resolve() / name, values, config))
+    if len({p.name for p in points}) != len(points):
+        raise ConfigError("axes", "two points got the same name; make the axis values distinct")
+    return protocol, points
+
+
+def point_state(protocol: str, path: Path) -> str:
+    """done, partial (has files: resume it) or new."""
+    from .protocols.infoplane import seed_dirs
+    from .store import RunDir
+    runs = seed_dirs(path) if protocol == "infoplane" else ([path] if (path / "config.json").is_file() else [])
+    if not runs:
+        return "new"
+    if protocol == "infoplane":
+        from .config import parse_seeds
+        expected = len(parse_seeds(PROTOCOL_CONFIGS[protocol].from_dict(RunDir(runs[0]).read_config()).seeds))
+        if len(runs) < expected:
+            return "partial"
+    return "done" if all(RunDir(r).read_status().get("state") == "done" for r in runs) else "partial"
+
+
+def run_point(protocol: str, config: dict, path: str, threads: int | None = None) -> dict:
+    """Run (or resume, or skip) one point. Never raises: a failure is returned with its error."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    path = Path(path)
+    try:
+        state = point_state(protocol, path)
+        if state == "done":
+            return {"path": str(path), "state": "skipped"}
+        from .protocols import resume
+        cfg = PROTOCOL_CONFIGS[protocol].from_dict({**config, "progress": False})
+        if protocol == "infoplane":
+            from .protocols.infoplane import infoplane
+            infoplane(cfg, path, keep_existing=True)
+        elif state == "partial":
+            resume(path)
+        else:
+            from .protocols import protocol_module
+            getattr(protocol_module(protocol), protocol)(cfg, path)
+        return {"path": str(path), "state": "done"}
+    except BaseException as e:   # a failing point must not stop the grid
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return {"path": str(path), "state": "failed", "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc()}
+
+
+def default_jobs() -> int:
+    """Parallel points that fit this machine: one per core, at most one per 2 GiB of free memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        free_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError):
+        free_gib = 2.0 * cores
+    return max(1, min(cores, int(free_gib // 2)))
+
+
+def run_local(protocol: str, points: list[Point], jobs: int) -> list[dict]:
+    """Points in parallel processes (spawned, so each has its own torch), threads split among them."""
+    if jobs <= 1:
+        return [run_point(protocol, p.config, str(p.path)) for p in points]
+    import concurrent.futures
+    import multiprocessing
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(run_point, protocol, p.config, str(p.path), threads) for p in points]
+        return [f.result() for f in futures]
+
+
+def run_ray(protocol: str, points: list[Point], address: str | None, cpus: float, gpus: float) -> list[dict]:
+    """One Ray task per point with the given resources; `address` joins a cluster, None starts a local one."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise ConfigError("--executor", "ray is not installed; install it with: pip install 'rotelab[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        started = True
+    try:
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_point)
+        return ray.get([task.remote(protocol, p.config, str(p.path), max(1, int(cpus))) for p in points])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def sweep(path, out: str | None = None, executor: str = "local", jobs: int | None = None,
+          address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float = 0) -> list[dict]:
+    protocol, points = load_sweep(path, out)
+    if executor == "local":
+        return run_local(protocol, points, jobs or default_jobs())
+    if executor == "ray":
+        return run_ray(protocol, points, address, cpus_per_point, gpus_per_point)
+    raise ConfigError("--executor", f"unknown executor {executor!r}; use local or ray")
