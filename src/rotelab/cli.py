@@ -176,6 +176,14 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_report(args) -> int:
+    from .report import report
+    written = report(args.runs, args.out)
+    print(written["html"])
+    print(written["csv"])
+    return 0
+
+
 def cmd_examples(args) -> int:
     from .analysis import examples_report
     for path in examples_report(args.runs, args.figure):
@@ -251,6 +259,11 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs of each point's task (default: 1)")
     sw.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs of each point's task (default: 0)")
     sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="an HTML report (figures embedded), PNGs and a CSV from finished runs")
+    rp.add_argument("runs", nargs="+", help="run directories or folders holding them (searched recursively)")
+    rp.add_argument("--out", default="report.html", help="the HTML file; the CSV and a _figures folder go beside it")
+    rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("examples", help="per-example analysis: forgetting events, first-learned epochs, oscillation")
     ex.add_argument("runs", nargs="+", help="run directories with examples.npz")
