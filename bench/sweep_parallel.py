@@ -1,0 +1,58 @@
+"""The local executor keeps the cores busy: a grid of 8 small runs with --jobs = cores against the
+same grid one point after another (--jobs 1), in one command.
+
+    python bench/sweep_parallel.py [--epochs 60]
+
+Ends with one JSON line of figures (target: parallel_over_sequential <= 0.6 on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import print_figures
+
+from rotelab.sweep import sweep
+
+GRID = """
+protocol = "fit"
+[base]
+dataset = "mnist1d"
+model = "mlp"
+widths = [256, 256]
+epochs = {epochs}
+lr = 0.05
+hist_every = 0
+[axes]
+corrupt = ["labels=0.0", "labels=1.0"]
+seed = {{from = 0, to = 3}}
+"""
+
+
+def timed(grid: Path, out: Path, jobs: int) -> float:
+    t = time.perf_counter()
+    results = sweep(grid, str(out), jobs=jobs)
+    assert all(r["state"] == "done" for r in results), results
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=60)
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = Path(tmp) / "grid.toml"
+        grid.write_text(GRID.format(epochs=args.epochs))
+        sequential = timed(grid, Path(tmp) / "seq", 1)
+        parallel = timed(grid, Path(tmp) / "par", cores)
+    print_figures({"points": 8, "epochs": args.epochs, "jobs": cores, "sequential_s": round(sequential, 2),
+                   "parallel_s": round(parallel, 2), "parallel_over_sequential": round(parallel / sequential, 3)})
+
+
+if __name__ == "__main__":
+    main()
