@@ -18,7 +18,7 @@ def _series(metrics: list[dict], key: str):
 
 
 def _save(fig, run: RunDir, name: str) -> Path:
-    return _save_to(fig, run.figures / f"{name}.png")
+    return save_figure(fig, run.figures / f"{name}.png")
 
 
 def plot_curves(run: RunDir) -> Path:
@@ -64,7 +64,8 @@ def plot_overlap(run: RunDir) -> Path:
     return _save(fig, run, "overlap")
 
 
-def _save_to(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as PNG (creating its folder) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -138,7 +139,7 @@ def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> P
            title=f"{split}: examples correct at epoch t-1 and t (intersection) or at either (union)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save_to(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_infoplane(paths) -> list[Path]:
@@ -182,8 +183,8 @@ def plot_infoplane(paths) -> list[Path]:
             ax_x.grid(alpha=0.3)
             ax_x.legend(fontsize=7)
         fig_p.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes_p[0].tolist(), label="epoch + 1")
-        out.append(_save_to(fig_p, first / "figures" / f"infoplane-{est}.png"))
-        out.append(_save_to(fig_x, first / "figures" / f"ixt-{est}.png"))
+        out.append(save_figure(fig_p, first / "figures" / f"infoplane-{est}.png"))
+        out.append(save_figure(fig_x, first / "figures" / f"ixt-{est}.png"))
     return out
 
 
@@ -218,7 +219,7 @@ def plot_noise_ramp(path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return _save_to(fig, Path(path) / "figures" / "noise_ramp.png")
+    return save_figure(fig, Path(path) / "figures" / "noise_ramp.png")
 
 
 def plot_runs(paths) -> list[Path]:

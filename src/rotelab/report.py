@@ -16,14 +16,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .config import ConfigError  # noqa: E402
-from .store import RunDir  # noqa: E402
+from .config import ConfigError
+from .plots import plt, save_figure
+from .store import RunDir
 
 PROTOCOL_RUNS = ("fit", "forget", "infoplane", "noise")
 
@@ -111,7 +108,7 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
            title="(a) learning curves per corruption")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    out.append(("Zhang et al. Fig. 1a: training loss", _save(fig, folder / "zhang_1a_loss.png")))
+    out.append(("Zhang et al. Fig. 1a: training loss", save_figure(fig, folder / "zhang_1a_loss.png")))
     # (b) convergence time and (c) test error against the label-corruption level
     by_level = defaultdict(list)
     for r in fits:
@@ -139,15 +136,8 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                 ax.errorbar(xs, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)], marker="o", capsize=3)
             ax.set(xlabel="label corruption p", ylabel=ylabel, title=f"{title} (mean, min-max over seeds)")
             ax.grid(alpha=0.3)
-            out.append((f"Zhang et al. Fig. 1{key}: {ylabel}", _save(fig, folder / name)))
+            out.append((f"Zhang et al. Fig. 1{key}: {ylabel}", save_figure(fig, folder / name)))
     return out
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _img(path: Path) -> str:
