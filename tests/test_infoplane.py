@@ -111,3 +111,42 @@ def test_cli_infoplane_plot_and_errors(tmp_path, capsys):
         assert main(args + bad + ["--out", str(tmp_path / "bad")]) == 2
         assert capsys.readouterr().err.startswith("rotelab: error: " + field)
     assert not (tmp_path / "bad").exists()
+
+
+def test_gradient_mean_and_std_over_batches():
+    from types import SimpleNamespace
+
+    import torch
+
+    from rotelab.models.mlp import MLP
+    from rotelab.protocols.infoplane import GradientSNR
+    model = MLP((3,), [2], 2)
+    hook = GradientSNR({1})
+    loop = SimpleNamespace(epoch=0, model=model)
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(5):
+        gs = [rng.standard_normal(tuple(w.shape)) for w in (model.layers[0][0].weight, model.head.weight)]
+        model.layers[0][0].weight.grad = torch.tensor(gs[0], dtype=torch.float32)
+        model.head.weight.grad = torch.tensor(gs[1], dtype=torch.float32)
+        seen.append([g.astype(np.float32).astype(np.float64) for g in gs])
+        hook.on_backward(loop)
+    result = SimpleNamespace(metrics={})
+    hook.on_epoch_end(loop, result)
+    for i in range(2):
+        g = np.stack([s[i] for s in seen])
+        assert result.metrics[f"grad_mean/layer{i}"] == pytest.approx(np.linalg.norm(g.mean(0)), rel=1e-9)
+        assert result.metrics[f"grad_std/layer{i}"] == pytest.approx(np.linalg.norm(g.std(0)), rel=1e-6)
+    loop.epoch = 1   # epoch 2 is not captured: nothing is accumulated
+    hook.on_backward(loop)
+    assert hook.sums is None
+
+
+def test_grad_snr_in_a_run_and_its_figure(tmp_path):
+    runs = infoplane(cfg_of(epochs=8, captures=3, grad_snr=True), tmp_path / "g")
+    m = runs[0].read_metrics()
+    captured = {r["epoch"] for r in m if "grad_mean/layer0" in r}
+    assert captured == capture_epochs(8, 3) - {0}
+    assert all(r["grad_std/layer5"] > 0 for r in m if r["epoch"] in captured)
+    assert main(["plot", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "figures" / "grad_snr.png").stat().st_size > 10_000

@@ -226,6 +226,7 @@ class InfoPlaneConfig(FitConfig):
     kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)")
     ksg_k: int = opt(3, "neighbours of the KSG estimator")
     save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
+    grad_snr: bool = opt(False, "at captured epochs, log each layer's gradient mean and standard deviation over the batches")
 
     @property
     def estimator_list(self) -> list[str]:

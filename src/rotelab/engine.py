@@ -111,11 +111,12 @@ def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evalua
 
 def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
                 augment_gen: torch.Generator | None = None, record: bool = False, penalty=None,
-                frozen_bn: bool = False):
+                frozen_bn: bool = False, after_backward=None):
     """One pass of SGD over x in the given order, minimizing cross-entropy + penalty() if given.
     Returns (presented cross-entropy, presented accuracy, per-example correctness at presentation
     or None). Sums stay on the device: one sync per epoch. frozen_bn keeps batch norm on its
-    running statistics (and leaves them unchanged)."""
+    running statistics (and leaves them unchanged). after_backward(), if given, runs after each
+    batch's backward pass, before the step (where per-batch gradients can be read)."""
     model.train()
     if frozen_bn:
         for m in model.modules():
@@ -135,6 +136,8 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
         loss = ce if penalty is None else ce + penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         opt.step()
         with torch.no_grad():
             hit = logits.argmax(dim=1) == yb
@@ -183,7 +186,9 @@ class EpochResult:
 
 
 class Hook:
-    """Override what you need. Hooks run in the order given; each sees what earlier ones added."""
+    """Override what you need. Hooks run in the order given; each sees what earlier ones added.
+    `on_backward` (called after each training batch's backward pass) is only called on hooks that
+    define it, so the others cost nothing per batch."""
 
     def on_start(self, loop: "Loop"): ...
     def on_epoch_end(self, loop: "Loop", result: EpochResult): ...
@@ -276,10 +281,12 @@ class Loop:
         lr = self.opt.param_groups[0]["lr"]
         loss_p = acc_p = presented = None
         if self.train:
+            per_batch = [h for h in self.hooks if hasattr(h, "on_backward")]
+            after_backward = (lambda: [h.on_backward(self) for h in per_batch]) if per_batch else None
             loss_p, acc_p, presented = train_epoch(
                 self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order, aug,
                 record=cfg.example_record == "presentation", penalty=self.penalty,
-                frozen_bn=self.frozen_bn)
+                frozen_bn=self.frozen_bn, after_backward=after_backward)
         t_train = time.perf_counter() - t0
         evals, spread = self.evaluate_splits()
         if self.train:

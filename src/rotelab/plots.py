@@ -222,6 +222,33 @@ def plot_noise_ramp(path) -> Path:
     return save_figure(fig, Path(path) / "figures" / "noise_ramp.png")
 
 
+def plot_grad_snr(paths) -> Path | None:
+    """Per layer, the norm of the mean gradient (solid) and of its standard deviation (dashed) over
+    the batches of captured epochs, mean over seeds; one panel per run or seed group."""
+    import numpy as np
+    from .protocols.infoplane import seed_dirs
+    groups = []
+    for p in map(Path, paths):
+        runs = [RunDir(d) for d in (seed_dirs(p) or [p])]
+        rows = [m for r in runs for m in r.read_metrics() if any(k.startswith("grad_mean/") for k in m)]
+        if rows:
+            groups.append((p.name, rows))
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
+    for ax, (name, rows) in zip(axes[0], groups):
+        layers = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("grad_mean/")})
+        epochs = sorted({r["epoch"] for r in rows})
+        for i, layer in enumerate(layers):
+            for kind, style in (("grad_mean", "-"), ("grad_std", "--")):
+                ys = [np.mean([r[f"{kind}/{layer}"] for r in rows if r["epoch"] == e]) for e in epochs]
+                ax.plot(epochs, ys, style, color=f"C{i}", label=f"{layer} {kind.split('_')[1]}")
+        ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel="gradient norm", title=f"{name}: gradient mean and std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    return save_figure(fig, Path(paths[0]) / "figures" / "grad_snr.png")
+
+
 def plot_runs(paths) -> list[Path]:
     """Curves of every run (each seed of an infoplane group), the forget figure where it applies,
     and information planes of every infoplane run or group given, side by side."""
@@ -244,4 +271,7 @@ def plot_runs(paths) -> list[Path]:
             info_paths.append(p)
     if info_paths:
         out += plot_infoplane(info_paths)
+        snr = plot_grad_snr(info_paths)
+        if snr:
+            out.append(snr)
     return out

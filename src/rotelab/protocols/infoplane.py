@@ -111,8 +111,47 @@ class InfoPlaneRecorder(Hook):
         result.metrics["seconds_info"] = self.seconds
 
 
+class GradientSNR(Hook):
+    """The gradient's signal and noise per layer (Shwartz-Ziv & Tishby's drift and diffusion phases):
+    over the batches of a captured epoch, the norm of the mean weight gradient and the norm of its
+    elementwise standard deviation, as `grad_mean/layer{i}` and `grad_std/layer{i}` in the metrics."""
+
+    def __init__(self, epochs: set[int]):
+        self.epochs, self.sums = epochs, None
+
+    def weights(self, loop: Loop) -> list[torch.Tensor]:
+        return [layer[0].weight for layer in loop.model.layers] + [loop.model.head.weight]
+
+    def on_backward(self, loop: Loop):
+        if loop.epoch + 1 not in self.epochs:
+            return
+        grads = [w.grad.detach().double() for w in self.weights(loop)]
+        if self.sums is None:
+            self.sums = [[torch.zeros_like(g), torch.zeros_like(g)] for g in grads] + [0]
+        for (s1, s2), g in zip(self.sums[:-1], grads):
+            s1 += g
+            s2 += g * g
+        self.sums[-1] += 1
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        if self.sums is None:
+            return
+        n = self.sums[-1]
+        for i, (s1, s2) in enumerate(self.sums[:-1]):
+            mean = s1 / n
+            var = (s2 / n - mean * mean).clamp_min(0)
+            result.metrics[f"grad_mean/layer{i}"] = float(mean.norm())
+            result.metrics[f"grad_std/layer{i}"] = float(var.sqrt().norm())
+        self.sums = None
+
+
 def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None) -> Loop:
-    return fit_protocol.build_loop(cfg, run, state, lambda data: [InfoPlaneRecorder(run, *evaluation_set(data, cfg), cfg)])
+    def hooks(data):
+        own = [InfoPlaneRecorder(run, *evaluation_set(data, cfg), cfg)]
+        if cfg.grad_snr:
+            own.append(GradientSNR(capture_epochs(cfg.epochs, cfg.captures)))
+        return own
+    return fit_protocol.build_loop(cfg, run, state, hooks)
 
 
 def seed_dirs(path) -> list[Path]:
