@@ -251,17 +251,19 @@ class Loop:
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.fit_epoch = state["epoch"], state["fit_epoch"]
 
-    def evaluate_splits(self) -> tuple[dict[str, Evaluation], dict]:
-        """A clean pass over every split; with noisy evaluation, the mean of several noisy passes
-        (the first pass's Evaluation is returned for per-example hooks, the spread as _std keys)."""
+    def evaluate_splits(self, noisy_samples: int | None = None) -> tuple[dict[str, Evaluation], dict]:
+        """A clean pass over every split; with noisy evaluation (`noisy_samples`, default the loop's
+        own), the mean of several noisy passes (the first pass's Evaluation is returned for
+        per-example hooks, the spread as _std keys)."""
         cfg = self.cfg
-        if not self.noisy_eval_samples:
+        samples = self.noisy_eval_samples if noisy_samples is None else noisy_samples
+        if not samples:
             with noise_off(self.model):
                 return {n: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
                         for n, s in self.splits.items()}, {}
         evals, extra = {}, {}
         for name, s in self.splits.items():
-            draws = [evaluate(self.model, s.x, s.y, cfg.eval_batch_size) for _ in range(self.noisy_eval_samples)]
+            draws = [evaluate(self.model, s.x, s.y, cfg.eval_batch_size) for _ in range(samples)]
             evals[name] = draws[0]
             per_draw = [split_metrics(name, d, s) for d in draws]
             for key in per_draw[0]:

@@ -58,10 +58,7 @@ class NoiseFreeBaseline(Hook):
         if loop.epoch or any(r["epoch"] == 0 for r in self.run.read_metrics()):
             return
         from ..engine import split_metrics
-        saved = loop.noisy_eval_samples
-        loop.noisy_eval_samples = 0
-        evals, _ = loop.evaluate_splits()
-        loop.noisy_eval_samples = saved
+        evals, _ = loop.evaluate_splits(noisy_samples=0)
         record = {"epoch": 0, "alpha": 0.0}
         for name, s in loop.splits.items():
             record.update(split_metrics(name, evals[name], s))
