@@ -167,7 +167,7 @@ def cmd_sweep(args) -> int:
         print(f"{len(points)} points ({protocol})")
         return 0
     results = sweep(args.file, args.out, args.executor, args.jobs, args.address, args.cpus_per_point,
-                    args.gpus_per_point)
+                    args.gpus_per_point, args.vectorize_seeds)
     for r in results:
         print(f"{r['state']:8s} {r['path']}" + (f"  ({r['error']})" if r.get("error") else ""))
     failed = sum(r["state"] == "failed" for r in results)
@@ -258,6 +258,9 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", default=None, help="ray: cluster address, e.g. auto (default: start a local Ray)")
     sw.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs of each point's task (default: 1)")
     sw.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs of each point's task (default: 0)")
+    sw.add_argument("--vectorize-seeds", action="store_true",
+                    help="train new fit points that differ only in seed or corruption as one batched model "
+                         "(mlp and tishby; each still gets its own run directory)")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="an HTML report (figures embedded), PNGs and a CSV from finished runs")

@@ -8,6 +8,7 @@ of epoch e-1 repeats exactly what an uninterrupted run would do.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -273,16 +274,25 @@ class Loop:
                     extra[f"{key}_std"] = float(np.std(values))
         return evals, extra
 
-    def run_epoch(self) -> EpochResult:
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The permutation of the training examples in `epoch` (a stream of its own per epoch)."""
+        return torch.randperm(len(self.fit_y), generator=generator(self.cfg.seed, "order", epoch))
+
+    def run_epoch(self, trained: tuple | None = None) -> EpochResult:
+        """Train one epoch (or take `trained` = (loss, accuracy, seconds) of a pass made elsewhere,
+        as the vectorized trainer does), evaluate every split, step the schedule."""
         cfg = self.cfg
         e = self.epoch + 1
         t0 = time.perf_counter()
-        order = torch.randperm(len(self.fit_y), generator=generator(cfg.seed, "order", e)).to(self.device)
         torch.manual_seed(derive_seed(cfg.seed, "torch", e))  # dropout and any other global draws
         aug = generator(cfg.seed, "augment", e) if cfg.augment else None
         lr = self.opt.param_groups[0]["lr"]
         loss_p = acc_p = presented = None
-        if self.train:
+        if trained is not None:
+            loss_p, acc_p, t_done = trained
+            t0 -= t_done
+        elif self.train:
+            order = self.epoch_order(e).to(self.device)
             per_batch = [h for h in self.hooks if hasattr(h, "on_backward")]
             after_backward = (lambda: [h.on_backward(self) for h in per_batch]) if per_batch else None
             loss_p, acc_p, presented = train_epoch(
@@ -291,14 +301,18 @@ class Loop:
                 frozen_bn=self.frozen_bn, after_backward=after_backward)
         t_train = time.perf_counter() - t0
         evals, spread = self.evaluate_splits()
-        if self.train:
+        if trained is not None:
+            with warnings.catch_warnings():   # this optimizer did not step: its twin in the stack did
+                warnings.simplefilter("ignore", UserWarning)
+                self.sched.step()
+        elif self.train:
             self.sched.step()
         self.epoch = e
         metrics = {"epoch": e, "lr": lr}
         for name, s in self.splits.items():
             metrics.update(split_metrics(name, evals[name], s))
         metrics.update(spread)
-        if self.train:
+        if loss_p is not None:
             metrics.update(train_loss_presented=loss_p, train_acc_presented=acc_p)
         if self.until is not None and self.fit_epoch is None and \
                 all(metrics[f"{n}_acc"] >= self.until for n in self.fit_on):
@@ -317,17 +331,26 @@ class Loop:
         return (self.done or self.epoch in self.cfg.save_epochs
                 or time.perf_counter() - self._last_persist >= self.cfg.checkpoint_every)
 
-    def run(self):
+    def start(self):
         for h in self.hooks:
             h.on_start(self)
-        while not self.done:
-            result = self.run_epoch()
-            self.persist = self.persist_due()
-            for h in self.hooks:
-                h.on_epoch_end(self, result)
-            if self.persist:
-                self._last_persist = time.perf_counter()
-            self.last_metrics = result.metrics
+
+    def close_epoch(self, result: EpochResult):
+        """Hooks of a finished epoch (writing state only when `persist` is due)."""
+        self.persist = self.persist_due()
+        for h in self.hooks:
+            h.on_epoch_end(self, result)
+        if self.persist:
+            self._last_persist = time.perf_counter()
+        self.last_metrics = result.metrics
+
+    def finish(self):
         for h in self.hooks:
             h.on_end(self)
+
+    def run(self):
+        self.start()
+        while not self.done:
+            self.close_epoch(self.run_epoch())
+        self.finish()
         return self

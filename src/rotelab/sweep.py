@@ -136,6 +136,54 @@ def run_point(protocol: str, config: dict, path: str, threads: int | None = None
                 "traceback": traceback.format_exc()}
 
 
+def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int | None = None) -> list[dict]:
+    """New fit points that differ only in seed or corruption, trained as one batched model
+    (`--vectorize-seeds`); a failure marks every point of the group failed."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    from .vectorized import fit_together
+    cls = PROTOCOL_CONFIGS[protocol]
+    try:
+        fit_together([cls.from_dict({**c, "progress": False}) for c in configs], paths)
+        return [{"path": p, "state": "done"} for p in paths]
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return [{"path": p, "state": "failed", "error": f"{type(e).__name__}: {e}"} for p in paths]
+
+
+def plan(protocol: str, points: list[Point], vectorize: bool) -> list[tuple]:
+    """Tasks: ("point", point) or, with vectorize, ("group", [points]) for new fit points that may
+    be trained together (they differ only in the fields vectorized runs may differ in)."""
+    if not vectorize or protocol != "fit":
+        return [("point", p) for p in points]
+    from .vectorized import PER_RUN_FIELDS
+    groups, tasks = {}, []
+    for p in points:
+        if point_state(protocol, p.path) != "new":
+            tasks.append(("point", p))
+            continue
+        key = repr(sorted((k, repr(v)) for k, v in p.config.items() if k not in PER_RUN_FIELDS))
+        groups.setdefault(key, []).append(p)
+    tasks += [("group", g) if len(g) > 1 else ("point", g[0]) for g in groups.values()]
+    return tasks
+
+
+def _submit(run, protocol, task, threads=None):
+    kind, what = task
+    if kind == "point":
+        return run(run_point, protocol, what.config, str(what.path), threads)
+    return run(run_group, protocol, [p.config for p in what], [str(p.path) for p in what], threads)
+
+
+def _flatten(results) -> list[dict]:
+    out = []
+    for r in results:
+        out += r if isinstance(r, list) else [r]
+    return out
+
+
 def default_jobs() -> int:
     """Parallel points that fit this machine: one per core, at most one per 2 GiB of free memory."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -146,22 +194,23 @@ def default_jobs() -> int:
     return max(1, min(cores, int(free_gib // 2)))
 
 
-def run_local(protocol: str, points: list[Point], jobs: int) -> list[dict]:
-    """Points in parallel processes (spawned, so each has its own torch), threads split among them."""
+def run_local(protocol: str, tasks: list[tuple], jobs: int) -> list[dict]:
+    """Tasks in parallel processes (spawned, so each has its own torch), threads split among them."""
     if jobs <= 1:
-        return [run_point(protocol, p.config, str(p.path)) for p in points]
+        return _flatten(_submit(lambda f, *a: f(*a), protocol, t) for t in tasks)
     import concurrent.futures
     import multiprocessing
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(run_point, protocol, p.config, str(p.path), threads) for p in points]
-        return [f.result() for f in futures]
+        futures = [_submit(pool.submit, protocol, t, threads) for t in tasks]
+        return _flatten(f.result() for f in futures)
 
 
-def run_ray(protocol: str, points: list[Point], address: str | None, cpus: float, gpus: float) -> list[dict]:
-    """One Ray task per point with the given resources; `address` joins a cluster, None starts a local one."""
+def run_ray(protocol: str, tasks: list[tuple], address: str | None, cpus: float, gpus: float) -> list[dict]:
+    """One Ray task per point (or group) with the given resources; `address` joins a cluster, None
+    starts a local one."""
     try:
         import ray
     except ModuleNotFoundError:
@@ -171,18 +220,21 @@ def run_ray(protocol: str, points: list[Point], address: str | None, cpus: float
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_point)
-        return ray.get([task.remote(protocol, p.config, str(p.path), max(1, int(cpus))) for p in points])
+        remote = {f: ray.remote(num_cpus=cpus, num_gpus=gpus)(f) for f in (run_point, run_group)}
+        refs = [_submit(lambda f, *a: remote[f].remote(*a), protocol, t, max(1, int(cpus))) for t in tasks]
+        return _flatten(ray.get(refs))
     finally:
         if started:
             ray.shutdown()
 
 
 def sweep(path, out: str | None = None, executor: str = "local", jobs: int | None = None,
-          address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float = 0) -> list[dict]:
+          address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float = 0,
+          vectorize_seeds: bool = False) -> list[dict]:
     protocol, points = load_sweep(path, out)
+    tasks = plan(protocol, points, vectorize_seeds)
     if executor == "local":
-        return run_local(protocol, points, jobs or default_jobs())
+        return run_local(protocol, tasks, jobs or default_jobs())
     if executor == "ray":
-        return run_ray(protocol, points, address, cpus_per_point, gpus_per_point)
+        return run_ray(protocol, tasks, address, cpus_per_point, gpus_per_point)
     raise ConfigError("--executor", f"unknown executor {executor!r}; use local or ray")

@@ -1,0 +1,61 @@
+"""Vectorized seeds: K runs of one small architecture trained as one batched model against the same
+K runs one after another, in one process, with per-run metrics compared.
+
+    python bench/vectorized_seeds.py [--seeds 16] [--epochs 100]
+
+Cases: the 12-10-7-5-4-3-2 net on the 12-bit task (Adam, batch 512) and an MLP 1x512 on a
+10,000-example subset of Fashion-MNIST (SGD, batch 128; skipped if Fashion-MNIST is not installed).
+Ends with one JSON line of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from _common import print_figures
+
+from rotelab.config import FitConfig
+from rotelab.data.sources import DEBIAN_FASHION_MNIST
+from rotelab.protocols.fit import fit
+from rotelab.vectorized import fit_together
+
+
+def compare(name: str, base: dict, seeds: int, tmp: Path) -> dict:
+    cfgs = [FitConfig(**base, seed=s, progress=False, hist_every=0) for s in range(seeds)]
+    t = time.perf_counter()
+    together = fit_together(cfgs, [tmp / f"{name}-vec-{s}" for s in range(seeds)])
+    t_vec = time.perf_counter() - t
+    t = time.perf_counter()
+    alone = [fit(c, tmp / f"{name}-seq-{c.seed}") for c in cfgs]
+    t_seq = time.perf_counter() - t
+    worst = 0.0
+    for a, b in zip(together, alone):
+        for x, y in zip(a.read_metrics(), b.read_metrics()):
+            for k, v in x.items():
+                if isinstance(v, float) and not k.startswith("seconds") and y.get(k) is not None:
+                    worst = max(worst, abs(v - y[k]))
+    return {f"{name}_sequential_s": round(t_seq, 2), f"{name}_vectorized_s": round(t_vec, 2),
+            f"{name}_speedup": round(t_seq / t_vec, 2), f"{name}_max_metric_diff": worst}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=100)
+    args = ap.parse_args()
+    figures = {"seeds": args.seeds, "epochs": args.epochs}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        figures.update(compare("tishby", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
+                                              batch_size=512, epochs=args.epochs), args.seeds, tmp))
+        if DEBIAN_FASHION_MNIST.is_dir():
+            figures.update(compare("mlp512", dict(dataset="fashion-mnist", subset=10_000, widths=[512], lr=0.01,
+                                                  batch_size=128, epochs=max(1, args.epochs // 20)), args.seeds, tmp))
+    print_figures(figures)
+
+
+if __name__ == "__main__":
+    main()
