@@ -88,6 +88,7 @@ def test_resume_gives_the_same_information(tmp_path):
         loop.run()
     with open(run.path / "info.jsonl", "a") as f:     # lines written after the checkpoint are dropped
         f.write(json.dumps({"epoch": 13, "layer": 0, "estimator": "binning", "ixt": -1, "ity": -1}) + "\n")
+        f.write('{"epoch": 14, "lay')                   # and a line cut by the kill is ignored
     resumed = resume(run.path)
     assert info(resumed) == info(full)
 

@@ -13,7 +13,7 @@ import torch
 
 from .engine import EpochResult, Hook, Loop
 from .measures.examples import consecutive_overlap, pack, unpack
-from .store import RunDir
+from .store import RunDir, examples_upto
 
 
 class ExampleRecorder(Hook):
@@ -40,11 +40,10 @@ class ExampleRecorder(Hook):
     def on_start(self, loop: Loop):
         if loop.epoch == 0 or not self.run.examples_file.is_file():
             return
-        saved = self.run.read_examples()
-        keep = saved["epochs"] <= loop.epoch
+        saved = examples_upto(self.run.read_examples(), loop.epoch)
         for k in self.rows:
             if k in saved:
-                self.rows[k] = list(saved[k][keep])
+                self.rows[k] = list(saved[k])
         for name in self.names:
             if self.rows[f"{name}_correct"]:
                 self.prev[name] = unpack(self.rows[f"{name}_correct"][-1], int(self.static[f"n_{name}"]))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError
+from .config import ConfigError, parse_corruption
 from .plots import plt, save_figure
 from .store import RunDir
 
@@ -43,9 +43,8 @@ def find_runs(paths) -> list[RunDir]:
 
 
 def corruption_of(cfg: dict) -> tuple[str, float]:
-    kind, _, p = cfg.get("corrupt", "none").partition("=")
-    kind = kind or "none"
-    return kind, float(p) if p else (0.0 if kind == "none" else 1.0)
+    """(kind, p) of a run's config."""
+    return parse_corruption(cfg.get("corrupt", "none"))
 
 
 def final_rows(runs: list[RunDir]) -> list[dict]:

@@ -62,6 +62,32 @@ def environment(device) -> dict:
     return env
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete JSON line of a file (a line cut by a kill is ignored); [] if it is missing."""
+    if not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def truncate_jsonl(path: Path, upto_epoch: int) -> list[dict]:
+    """Keep the records with epoch <= upto_epoch, atomically; returns them."""
+    keep = [r for r in read_jsonl(path) if r.get("epoch", 0) <= upto_epoch]
+    atomic_write_bytes(Path(path), "".join(json.dumps(r) + "\n" for r in keep).encode())
+    return keep
+
+
+def examples_upto(ex: dict, upto: int) -> dict:
+    """examples.npz arrays with only the per-epoch rows (epochs, *_correct, *_margin) of epochs <= upto."""
+    keep = np.asarray(ex["epochs"]) <= upto
+    return {k: (v[keep] if k == "epochs" or k.endswith(("_correct", "_margin")) else v) for k, v in ex.items()}
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -135,20 +161,11 @@ class RunDir:
 
     def read_metrics(self) -> list[dict]:
         """Every complete line of metrics.jsonl (a line cut by a kill is ignored)."""
-        if not self.metrics_file.is_file():
-            return []
-        out = []
-        for line in self.metrics_file.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_jsonl(self.metrics_file)
 
-    def truncate_metrics(self, upto_epoch: int, key: str = "epoch"):
+    def truncate_metrics(self, upto_epoch: int):
         """Keep the records of epochs <= upto_epoch (before resuming from that epoch's checkpoint)."""
-        keep = [r for r in self.read_metrics() if r.get(key, 0) <= upto_epoch]
-        atomic_write_bytes(self.metrics_file, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        truncate_jsonl(self.metrics_file, upto_epoch)
 
     # -- arrays and checkpoints ---------------------------------------------------------------
     def write_examples(self, arrays: dict):

@@ -12,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from ..config import ConfigError, ForgetConfig
 from ..data import load_data
 from ..engine import EpochResult, Hook, Loop, build_optimizer, build_scheduler, resolve_device
 from ..hooks import Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter
 from ..measures.curves import find_collapses
 from ..models import build_model
-from ..store import RunDir, environment
+from ..store import RunDir, environment, examples_upto
 from . import train_run
 from .fit import information_penalty, measurement_hooks
 
@@ -155,9 +153,3 @@ def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> Ru
     if source.examples_file.is_file() and cfg.example_record != "none":
         run.write_examples(examples_upto(source.read_examples(), loop.epoch))
     return train_run(run, loop, summarize)
-
-
-def examples_upto(ex: dict, upto: int) -> dict:
-    """examples.npz arrays with the per-epoch rows of epochs <= upto."""
-    keep = np.asarray(ex["epochs"]) <= upto
-    return {k: (v[keep] if k == "epochs" or k.endswith(("_correct", "_margin")) else v) for k, v in ex.items()}

@@ -21,7 +21,7 @@ from ..config import ConfigError, InfoPlaneConfig, parse_seeds
 from ..data import balanced_subset
 from ..engine import EpochResult, Hook, Loop
 from ..measures.information import binning_mi, kde_mi, ksg_mi, mixed_ksg_mi, row_ids
-from ..store import RunDir, environment
+from ..store import RunDir, environment, read_jsonl, truncate_jsonl
 from . import fit as fit_protocol
 from . import train_run
 
@@ -99,9 +99,8 @@ class InfoPlaneRecorder(Hook):
 
     def on_start(self, loop: Loop):
         if self.file.exists():   # resuming: drop what came after the checkpoint
-            keep = [l for l in self.file.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= loop.epoch]
-            self.file.write_text("".join(l + "\n" for l in keep))
-            self.last = max((json.loads(l)["epoch"] for l in keep), default=None)
+            keep = truncate_jsonl(self.file, loop.epoch)
+            self.last = max((r["epoch"] for r in keep), default=None)
         if loop.epoch == 0 and self.last is None:
             self.capture(loop, 0)
 
@@ -195,5 +194,5 @@ def read_info(paths) -> list[dict]:
             raise ConfigError("runs", f"{p} has no info.jsonl and no seed-N runs; give an infoplane run directory")
         for d in dirs:
             if (d / "info.jsonl").is_file():
-                rows += [{**json.loads(l), "group": p.name} for l in (d / "info.jsonl").read_text().splitlines() if l.strip()]
+                rows += [{**r, "group": p.name} for r in read_jsonl(d / "info.jsonl")]
     return rows

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import PROTOCOL_CONFIGS, ConfigError, ForgetConfig, NoiseConfig
+from ..config import PROTOCOL_CONFIGS, ConfigError, ForgetConfig, NoiseConfig, parse_corruption
 from ..data import load_data
 from ..engine import EpochResult, Hook, Loop, resolve_device
 from ..hooks import Checkpointer, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter, WeightNoiseStats
@@ -114,9 +114,8 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None) -> Loop
 
 def label_corruption(run: RunDir) -> float:
     """The label-corruption level p of a run (0 for other corruptions), for coloring figures."""
-    cfg = run.read_config()
-    kind, _, p = cfg.get("corrupt", "none").partition("=")
-    return float(p) if kind == "labels" and p else 0.0
+    kind, p = parse_corruption(run.read_config().get("corrupt", "none"))
+    return p if kind == "labels" else 0.0
 
 
 def summarize(run: RunDir, cfg: NoiseConfig | None = None) -> dict:
