@@ -42,6 +42,24 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
                                                "--example-record presentation")
 
 
+def _per_run(v) -> bool:
+    """Optimizer-state entries with a value per weight (momentum, moments) are stacked per run;
+    scalar ones (Adam's step count) are the same for every run and shared."""
+    return torch.is_tensor(v) and v.dim() > 0
+
+
+def _stack_entry(values: list):
+    return torch.stack(values) if _per_run(values[0]) else _copy(values[0])
+
+
+def _slice_entry(v, k: int):
+    return v[k].clone() if _per_run(v) else _copy(v)
+
+
+def _copy(v):
+    return v.clone() if torch.is_tensor(v) else v
+
+
 class JointTrainer:
     """One training pass for several Loops at once (see the module docstring)."""
 
@@ -63,9 +81,7 @@ class JointTrainer:
         for n in names:
             states = [l.opt.state.get(ps[n]) for l, ps in zip(active, params)]
             if all(states):
-                opt.state[stacked[n]] = {k: (torch.stack([s[k] for s in states]) if torch.is_tensor(v) and v.dim() else
-                                             (v.clone() if torch.is_tensor(v) else v))
-                                         for k, v in states[0].items()}
+                opt.state[stacked[n]] = {k: _stack_entry([s[k] for s in states]) for k in states[0]}
         return names, params, stacked, opt
 
     def _write_back(self, active, names, params, stacked, opt):
@@ -75,9 +91,7 @@ class JointTrainer:
                     ps[n].copy_(stacked[n][k])
                     state = opt.state.get(stacked[n])
                     if state:
-                        l.opt.state[ps[n]] = {key: (v[k].clone() if torch.is_tensor(v) and v.dim() else
-                                                    (v.clone() if torch.is_tensor(v) else v))
-                                              for key, v in state.items()}
+                        l.opt.state[ps[n]] = {key: _slice_entry(v, k) for key, v in state.items()}
 
     def train_epoch(self, active: list[Loop]) -> list[tuple[float, float, float]]:
         """One epoch for every active loop; returns each one's (loss, accuracy, seconds)."""
