@@ -106,6 +106,10 @@ def test_cli_infoplane_plot_and_errors(tmp_path, capsys):
     for name in ("infoplane-binning.png", "ixt-binning.png"):
         assert (out / "figures" / name).stat().st_size > 10_000
     assert main(["infoplane", "--resume", str(out)]) == 0
+    import shutil
+    shutil.rmtree(out / "seed-1")                     # as if killed before the second seed started
+    assert main(["infoplane", "--resume", str(out)]) == 0
+    assert RunDir(out / "seed-1").read_status()["state"] == "done"
     capsys.readouterr()
     for bad, field in ((["--estimators", "mine"], "--estimators"), (["--model", "wrn"], "--model"),
                        (["--seeds", "x"], "--seeds")):

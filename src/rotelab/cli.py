@@ -120,13 +120,15 @@ def cmd_forget(args) -> int:
 
 
 def cmd_infoplane(args) -> int:
-    from .protocols import resume
     from .protocols.infoplane import infoplane, seed_dirs
+    from .store import RunDir
     if _resume_or_out(args, InfoPlaneConfig):
         dirs = seed_dirs(args.resume)
         if not dirs:
             raise ConfigError("--resume", f"{args.resume} has no seed-N runs; is it an infoplane output folder?")
-        runs = [resume(d) for d in dirs]
+        # every seed of the saved --seeds: finished ones stay, broken ones resume, missing ones start
+        cfg = InfoPlaneConfig.from_dict(RunDir(dirs[0]).read_config())
+        runs = infoplane(cfg, args.resume, keep_existing=True)
     else:
         runs = infoplane(config_from_args(args, InfoPlaneConfig), args.out, overwrite=args.overwrite)
     for run in runs:
