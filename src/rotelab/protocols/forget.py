@@ -76,6 +76,11 @@ class StageCheckpointer(Checkpointer):
 CONFIG = ForgetConfig
 
 
+def load_parts(cfg: ForgetConfig):
+    """The data with its train part, val part (default a sixth of the training set) and test set."""
+    return load_data(cfg, cfg.val_size if cfg.val_size is not None else 1 / 6, cfg.val_corrupt)
+
+
 def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None) -> Loop:
     return build(cfg, run, state)[0]
 
@@ -83,7 +88,7 @@ def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None) -> Loo
 def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None, backfill_tb: bool = False):
     """Data, model, hooks and the loop (in the stage the state says), before anything is written."""
     device = resolve_device(cfg.device)
-    data = load_data(cfg, cfg.val_size if cfg.val_size is not None else 1 / 6, cfg.val_corrupt).to(device)
+    data = load_parts(cfg).to(device)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     switch = StageSwitch(run, cfg)
     hooks = []

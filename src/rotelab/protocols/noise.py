@@ -85,7 +85,8 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None) -> Loop
                                learn_alpha=False, fisher_every=0)
     device = resolve_device(cfg.device)
     if isinstance(scfg, ForgetConfig):
-        data = load_data(scfg, scfg.val_size if scfg.val_size is not None else 1 / 6, scfg.val_corrupt)
+        from .forget import load_parts
+        data = load_parts(scfg)
         data.val = None   # stage 2 trains on the train part; the ramp evaluates it and the test set
     else:
         data = load_data(scfg)
