@@ -149,25 +149,51 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
     return loss_sum.item() / n, hits.item() / n, presented
 
 
-def _mean(values: torch.Tensor, mask: torch.Tensor | None = None):
-    if mask is not None:
-        values = values[mask]
-    return values.float().mean().item() if values.numel() else None
+def split_metrics_rows(prefix: str, ev: Evaluation, corrupted: torch.Tensor, y_true: torch.Tensor) -> list[dict]:
+    """split_metrics for K runs at once: every tensor is (K, N), one row per run; one list of K
+    dicts (counts in float64, so accuracies are exact fractions; one sync for all of them)."""
+    correct, corrupted = ev.correct.double(), corrupted.double()
+    clean = 1 - corrupted
+    n_corrupted, n_clean = corrupted.sum(1), clean.sum(1)
+    table = torch.stack([ev.loss.double().mean(1), correct.mean(1),
+                         (correct * clean).sum(1) / n_clean, (correct * corrupted).sum(1) / n_corrupted,
+                         (ev.pred == y_true).double().mean(1), n_clean, n_corrupted], 1).tolist()
+    rows = []
+    for loss, acc, acc_clean, acc_corrupted, acc_true, has_clean, has_corrupted in table:
+        rows.append({f"{prefix}_loss": loss, f"{prefix}_acc": acc,
+                     f"{prefix}_acc_clean": acc_clean if has_clean else None,
+                     f"{prefix}_acc_corrupted": acc_corrupted if has_corrupted else None,
+                     f"{prefix}_acc_true": acc_true})
+    return rows
 
 
 def split_metrics(prefix: str, ev: Evaluation, split) -> dict:
     """Loss and accuracy of a split, and accuracy on its corrupted and clean examples
     (None where a part is empty). `_acc_true` scores predictions against the original labels."""
-    return {
-        f"{prefix}_loss": _mean(ev.loss),
-        f"{prefix}_acc": _mean(ev.correct),
-        f"{prefix}_acc_clean": _mean(ev.correct, ~split.corrupted),
-        f"{prefix}_acc_corrupted": _mean(ev.correct, split.corrupted),
-        f"{prefix}_acc_true": _mean(ev.pred == split.y_true),
-    }
+    one = Evaluation(ev.loss[None], ev.pred[None], ev.correct[None])
+    return split_metrics_rows(prefix, one, split.corrupted[None], split.y_true[None])[0]
+
+
+def seed_global_streams(seed: int):
+    """Seed torch's global generators (CPU, and CUDA once it is in use); cheaper than
+    torch.manual_seed, which queues a lazy CUDA seeding with a stack trace when CUDA is idle."""
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
 
 
 # -- the loop ---------------------------------------------------------------------------------
+
+@dataclass
+class JointEpoch:
+    """One run's share of an epoch trained and evaluated together with other runs."""
+    loss: float                            # presented cross-entropy
+    acc: float                             # presented accuracy
+    seconds_train: float                   # this run's share of the shared pass's time
+    seconds: float                         # ... and of the shared pass and evaluation's time
+    evals: dict[str, Evaluation]
+    metrics: dict                          # split metrics, as evaluate_splits gives them
+
 
 @dataclass
 class EpochResult:
@@ -253,65 +279,65 @@ class Loop:
         self.epoch, self.fit_epoch = state["epoch"], state["fit_epoch"]
 
     def evaluate_splits(self, noisy_samples: int | None = None) -> tuple[dict[str, Evaluation], dict]:
-        """A clean pass over every split; with noisy evaluation (`noisy_samples`, default the loop's
-        own), the mean of several noisy passes (the first pass's Evaluation is returned for
-        per-example hooks, the spread as _std keys)."""
+        """A clean pass over every split and its metrics; with noisy evaluation (`noisy_samples`,
+        default the loop's own), the mean metrics of several noisy passes with their spread as _std
+        keys (the first pass's Evaluation is returned for per-example hooks)."""
         cfg = self.cfg
         samples = self.noisy_eval_samples if noisy_samples is None else noisy_samples
+        evals, metrics = {}, {}
         if not samples:
             with noise_off(self.model):
-                return {n: evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
-                        for n, s in self.splits.items()}, {}
-        evals, extra = {}, {}
+                for name, s in self.splits.items():
+                    evals[name] = evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
+                    metrics.update(split_metrics(name, evals[name], s))
+            return evals, metrics
         for name, s in self.splits.items():
             draws = [evaluate(self.model, s.x, s.y, cfg.eval_batch_size) for _ in range(samples)]
             evals[name] = draws[0]
             per_draw = [split_metrics(name, d, s) for d in draws]
             for key in per_draw[0]:
                 values = [m[key] for m in per_draw if m[key] is not None]
+                metrics[key] = float(np.mean(values)) if values else None
                 if values:
-                    extra[key] = float(np.mean(values))
-                    extra[f"{key}_std"] = float(np.std(values))
-        return evals, extra
+                    metrics[f"{key}_std"] = float(np.std(values))
+        return evals, metrics
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The permutation of the training examples in `epoch` (a stream of its own per epoch)."""
         return torch.randperm(len(self.fit_y), generator=generator(self.cfg.seed, "order", epoch))
 
-    def run_epoch(self, trained: tuple | None = None) -> EpochResult:
-        """Train one epoch (or take `trained` = (loss, accuracy, seconds) of a pass made elsewhere,
-        as the vectorized trainer does), evaluate every split, step the schedule."""
+    def run_epoch(self, joint: "JointEpoch | None" = None) -> EpochResult:
+        """Train one epoch, evaluate every split, step the schedule; or, with `joint`, take the
+        training pass and evaluation made for this run elsewhere (the vectorized trainer)."""
         cfg = self.cfg
         e = self.epoch + 1
         t0 = time.perf_counter()
-        torch.manual_seed(derive_seed(cfg.seed, "torch", e))  # dropout and any other global draws
-        aug = generator(cfg.seed, "augment", e) if cfg.augment else None
         lr = self.opt.param_groups[0]["lr"]
         loss_p = acc_p = presented = None
-        if trained is not None:
-            loss_p, acc_p, t_done = trained
-            t0 -= t_done
-        elif self.train:
-            order = self.epoch_order(e).to(self.device)
-            per_batch = [h for h in self.hooks if hasattr(h, "on_backward")]
-            after_backward = (lambda: [h.on_backward(self) for h in per_batch]) if per_batch else None
-            loss_p, acc_p, presented = train_epoch(
-                self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order, aug,
-                record=cfg.example_record == "presentation", penalty=self.penalty,
-                frozen_bn=self.frozen_bn, after_backward=after_backward)
-        t_train = time.perf_counter() - t0
-        evals, spread = self.evaluate_splits()
-        if trained is not None:
+        if joint is not None:
+            loss_p, acc_p, evals, split_m = joint.loss, joint.acc, joint.evals, joint.metrics
+            t0 -= joint.seconds
+            t_train = joint.seconds_train
             with warnings.catch_warnings():   # this optimizer did not step: its twin in the stack did
                 warnings.simplefilter("ignore", UserWarning)
                 self.sched.step()
-        elif self.train:
-            self.sched.step()
+        else:
+            seed_global_streams(derive_seed(cfg.seed, "torch", e))  # dropout, weight noise, any global draws
+            if self.train:
+                aug = generator(cfg.seed, "augment", e) if cfg.augment else None
+                order = self.epoch_order(e).to(self.device)
+                per_batch = [h for h in self.hooks if hasattr(h, "on_backward")]
+                after_backward = (lambda: [h.on_backward(self) for h in per_batch]) if per_batch else None
+                loss_p, acc_p, presented = train_epoch(
+                    self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order, aug,
+                    record=cfg.example_record == "presentation", penalty=self.penalty,
+                    frozen_bn=self.frozen_bn, after_backward=after_backward)
+            t_train = time.perf_counter() - t0
+            evals, split_m = self.evaluate_splits()
+            if self.train:
+                self.sched.step()
         self.epoch = e
-        metrics = {"epoch": e, "lr": lr}
-        for name, s in self.splits.items():
-            metrics.update(split_metrics(name, evals[name], s))
-        metrics.update(spread)
+        metrics = {"epoch": e, "lr": lr, **split_m}
         if loss_p is not None:
             metrics.update(train_loss_presented=loss_p, train_acc_presented=acc_p)
         if self.until is not None and self.fit_epoch is None and \
@@ -335,9 +361,9 @@ class Loop:
         for h in self.hooks:
             h.on_start(self)
 
-    def close_epoch(self, result: EpochResult):
-        """Hooks of a finished epoch (writing state only when `persist` is due)."""
-        self.persist = self.persist_due()
+    def close_epoch(self, result: EpochResult, persist: bool | None = None):
+        """Hooks of a finished epoch, writing state only when `persist` (default: persist_due())."""
+        self.persist = self.persist_due() if persist is None else persist
         for h in self.hooks:
             h.on_epoch_end(self, result)
         if self.persist:

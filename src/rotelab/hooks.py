@@ -104,9 +104,12 @@ class TensorBoardWriter(Hook):
                 self.scalars(record)
 
     def scalars(self, metrics: dict):
-        for k, v in metrics.items():
-            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.writer.add_scalar(tb_tag(k), v, metrics["epoch"])
+        """All of an epoch's scalars as one event: several times cheaper than one add_scalar per
+        key, which matters for small runs and for many runs trained together."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        values = [Summary.Value(tag=tb_tag(k), simple_value=v) for k, v in metrics.items()
+                  if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
+        self.writer._get_file_writer().add_summary(Summary(value=values), metrics["epoch"])
 
     def histograms(self, loop: Loop, epoch: int):
         for name, p in loop.model.named_parameters():

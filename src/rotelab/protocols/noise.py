@@ -57,12 +57,8 @@ class NoiseFreeBaseline(Hook):
     def on_start(self, loop: Loop):
         if loop.epoch or any(r["epoch"] == 0 for r in self.run.read_metrics()):
             return
-        from ..engine import split_metrics
-        evals, _ = loop.evaluate_splits(noisy_samples=0)
-        record = {"epoch": 0, "alpha": 0.0}
-        for name, s in loop.splits.items():
-            record.update(split_metrics(name, evals[name], s))
-        self.run.append_metrics(record)
+        _, metrics = loop.evaluate_splits(noisy_samples=0)
+        self.run.append_metrics({"epoch": 0, "alpha": 0.0, **metrics})
 
 
 def source_config(cfg: NoiseConfig):
