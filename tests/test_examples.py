@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rotelab.measures.examples import consecutive_overlap, pack, unpack
+from rotelab.measures.examples import consecutive_overlap, overlap, pack, unpack
 
 
 def test_pack_round_trip_odd_sizes():
@@ -20,6 +20,7 @@ def test_overlap_on_a_hand_made_matrix():
     inter, union = consecutive_overlap(c)
     assert inter.tolist() == [0.25, 0.5]
     assert union.tolist() == [0.75, 0.75]
+    assert [overlap(c[t - 1], c[t]) for t in (1, 2)] == [(0.25, 0.75), (0.5, 0.75)]
 
 
 def test_intersection_below_accuracies_below_union():

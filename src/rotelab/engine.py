@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError
 from .models.noisy import noise_off
-from .seeding import derive_seed, generator
+from .seeding import derive_seed, generator, seed_global_streams
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,7 +80,8 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tens
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """True-class logit minus the largest other logit (positive iff correct, ties aside)."""
+    """True-class logit minus the largest other logit (positive iff correct, ties aside); logits
+    (N, classes) with labels (N,), or (K, classes, N) with labels (K, N)."""
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     return true - other
@@ -172,14 +173,6 @@ def split_metrics(prefix: str, ev: Evaluation, split) -> dict:
     (None where a part is empty). `_acc_true` scores predictions against the original labels."""
     one = Evaluation(ev.loss[None], ev.pred[None], ev.correct[None])
     return split_metrics_rows(prefix, one, split.corrupted[None], split.y_true[None])[0]
-
-
-def seed_global_streams(seed: int):
-    """Seed torch's global generators (CPU, and CUDA once it is in use); cheaper than
-    torch.manual_seed, which queues a lazy CUDA seeding with a stack trace when CUDA is idle."""
-    torch.random.default_generator.manual_seed(seed)
-    if torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)
 
 
 # -- the loop ---------------------------------------------------------------------------------

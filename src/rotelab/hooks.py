@@ -6,14 +6,15 @@ status. A run killed between two of these resumes from the checkpoint and drops 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
 from .engine import EpochResult, Hook, Loop
-from .measures.examples import consecutive_overlap, pack, unpack
-from .store import RunDir, examples_upto
+from .measures.examples import overlap, pack, unpack
+from .store import RunDir, examples_upto, metrics_line
 
 
 class ExampleRecorder(Hook):
@@ -53,9 +54,9 @@ class ExampleRecorder(Hook):
             bits = result.presented.get(name) if self.source == "presentation" else None
             correct = (bits if bits is not None else result.evals[name].correct).cpu().numpy()
             if name in self.prev:
-                inter, union = consecutive_overlap(np.stack([self.prev[name], correct]))
-                result.metrics[f"{name}_intersection"] = float(inter[0])
-                result.metrics[f"{name}_union"] = float(union[0])
+                inter, union = overlap(self.prev[name], correct)
+                result.metrics[f"{name}_intersection"] = inter
+                result.metrics[f"{name}_union"] = union
             self.prev[name] = correct
             self.rows[f"{name}_correct"].append(pack(correct))
             if self.with_margins:
@@ -66,19 +67,26 @@ class ExampleRecorder(Hook):
 
 
 class MetricsWriter(Hook):
-    """One JSON line per epoch in metrics.jsonl."""
+    """One JSON line per epoch in metrics.jsonl (the file stays open; each line is flushed to the OS,
+    so a killed process loses nothing written)."""
 
     def __init__(self, run: RunDir):
-        self.run = run
+        self.run, self.file = run, None
 
     def on_start(self, loop: Loop):
         if loop.epoch > 0 or self.run.metrics_file.exists():
             self.run.truncate_metrics(loop.epoch)
+        self.file = open(self.run.metrics_file, "a")
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
-        self.run.append_metrics(result.metrics)
+        self.file.write(metrics_line(result.metrics))
+        self.file.flush()
+
+    def on_end(self, loop: Loop):
+        self.file.close()
 
 
+@functools.lru_cache(maxsize=4096)
 def tb_tag(key: str) -> str:
     """'train_acc_clean' -> 'acc_clean/train', so TensorBoard puts train and test side by side."""
     for split in ("train", "test", "val"):
@@ -167,6 +175,8 @@ class ProgressBar(Hook):
                         disable=None if self.enabled else True)
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
+        if self.bar.disable:
+            return
         m = result.metrics
         self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", train=f"{m['train_acc']:.3f}", test=f"{m['test_acc']:.3f}")
         self.bar.update(1)

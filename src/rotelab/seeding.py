@@ -17,3 +17,11 @@ def derive_seed(seed: int, *names) -> int:
 def generator(seed: int, *names) -> torch.Generator:
     """A CPU torch.Generator for the stream (seed, *names)."""
     return torch.Generator().manual_seed(derive_seed(seed, *names))
+
+
+def seed_global_streams(seed: int):
+    """Seed torch's global generators (CPU, and CUDA once it is in use); cheaper than
+    torch.manual_seed, which queues a lazy CUDA seeding with a stack trace when CUDA is idle."""
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)

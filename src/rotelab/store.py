@@ -88,6 +88,11 @@ def examples_upto(ex: dict, upto: int) -> dict:
     return {k: (v[keep] if k == "epochs" or k.endswith(("_correct", "_margin")) else v) for k, v in ex.items()}
 
 
+def metrics_line(record: dict) -> str:
+    """A metrics record as one line of metrics.jsonl."""
+    return json.dumps(record, default=_jsonable) + "\n"
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -157,7 +162,7 @@ class RunDir:
     def append_metrics(self, record: dict):
         # No fsync: a killed process loses nothing the OS has; resume cuts back to the checkpoint.
         with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+            f.write(metrics_line(record))
 
     def read_metrics(self) -> list[dict]:
         """Every complete line of metrics.jsonl (a line cut by a kill is ignored)."""

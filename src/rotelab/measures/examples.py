@@ -15,6 +15,11 @@ def unpack(packed: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(np.asarray(packed, dtype=np.uint8), axis=-1, count=n).astype(bool)
 
 
+def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """The fraction of examples correct at both of two epochs (intersection) and at either (union)."""
+    return np.count_nonzero(a & b) / len(a), np.count_nonzero(a | b) / len(a)
+
+
 def consecutive_overlap(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For epochs t-1 and t: the fraction of examples correct at both (intersection) and at
     either (union). Returns two arrays of length epochs-1; by construction
@@ -23,7 +28,8 @@ def consecutive_overlap(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if c.ndim != 2:
         raise ValueError(f"correctness must be epochs x examples, got shape {c.shape}")
     prev, cur = c[:-1], c[1:]
-    return (prev & cur).mean(axis=1), (prev | cur).mean(axis=1)
+    n = c.shape[1]
+    return np.count_nonzero(prev & cur, axis=1) / n, np.count_nonzero(prev | cur, axis=1) / n
 
 
 def forgetting_events(correct: np.ndarray) -> np.ndarray:

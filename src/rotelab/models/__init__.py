@@ -66,7 +66,7 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn
     if cfg.model not in MODELS:
         raise ConfigError("--model", f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        torch.random.default_generator.manual_seed(derive_seed(cfg.seed, "init"))  # initial weights: CPU draws
         model = MODELS[cfg.model](cfg, tuple(input_shape), num_classes)
     if getattr(cfg, "weight_noise", "none") == "lognormal":
         add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling)
