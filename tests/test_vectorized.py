@@ -39,6 +39,38 @@ def test_together_equals_separate(tmp_path, kw):
         assert run.read_status()["state"] == "done"
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_stacked_step_equals_autograd_step_of_each_run(tmp_path, activation, optimizer):
+    """The stack's written-out backward pass and one-tensor optimizer step against each run's own
+    model, autograd and optimizer on the same batch."""
+    import torch
+    import torch.nn.functional as F
+    from rotelab.protocols.fit import build_loop
+    from rotelab.store import RunDir
+    from rotelab.vectorized import Stack
+    cfgs = [FitConfig(dataset="digits", widths=[16, 8], activation=activation, optimizer=optimizer, lr=0.05,
+                      weight_decay=1e-3, epochs=3, progress=False, hist_every=0, seed=s,
+                      corrupt=f"labels={p}") for s, p in ((0, 0.0), (1, 0.5), (2, 1.0))]
+    loops = [build_loop(c, RunDir(tmp_path / f"r{c.seed}")) for c in cfgs]
+    stack = Stack(loops)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):   # several steps, so optimizer state (momentum, moments) is exercised too
+        idx = torch.stack([torch.randperm(len(l.fit_y), generator=g)[:40] for l in loops])
+        yb = torch.stack([l.fit_y[i] for l, i in zip(loops, idx)])
+        ce, _ = stack.train_step(stack._batch("train", idx), yb)
+        for l, i, ce_run in zip(loops, idx, ce):
+            logits = l.model(l.fit_x[i])
+            loss = F.cross_entropy(logits, l.fit_y[i], reduction="none")
+            assert torch.allclose(ce_run, loss.detach(), atol=1e-5)
+            l.opt.zero_grad()
+            loss.mean().backward()
+            l.opt.step()
+    for j, l in enumerate(loops):   # the runs' own models were stepped by their own optimizers
+        for p_stack, p_run in zip(stack.params, stack.run_params[j]):
+            assert torch.allclose(p_stack[j], p_run, atol=1e-5)
+
+
 def test_runs_that_finish_early_leave_the_stack(tmp_path):
     base = dict(dataset="digits", widths=[256], epochs=300, lr=0.1, progress=False, hist_every=0, until_train_acc=1.0)
     cfgs = [FitConfig(**base, corrupt="labels=0.0", seed=0), FitConfig(**base, corrupt="labels=1.0", seed=0)]

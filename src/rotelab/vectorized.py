@@ -57,26 +57,49 @@ def _copy(v):
     return v.clone() if torch.is_tensor(v) else v
 
 
+# d activation / d pre-activation, from the activation's output (what the backward pass keeps)
+ACTIVATION_GRADIENTS = {nn.Tanh: lambda a: 1 - a * a, nn.ReLU: lambda a: (a > 0).to(a.dtype)}
+
+
 class Stack:
-    """The MLPs, optimizer states and data of `loops`, stacked along a leading run axis."""
+    """The MLPs, optimizer states and data of `loops`, stacked along a leading run axis.
+
+    All runs' weights and biases live in one flat parameter (and its gradient in one flat buffer),
+    viewed per layer as (K, out, in) and (K, out): the optimizer then steps one tensor, and the
+    backward pass, written out for Linear + tanh/ReLU with cross-entropy, writes each layer's
+    gradient straight into its view. For these small stacked products autograd's bookkeeping and
+    the optimizer's per-tensor work cost as much as the arithmetic; the gradients equal autograd's
+    (tested)."""
 
     def __init__(self, loops: list[Loop]):
         self.loops, self.k = loops, len(loops)
         base = loops[0].model
         self.activation = base.layers[0][1] if len(base.layers) else None
+        self.activation_grad = ACTIVATION_GRADIENTS[type(self.activation)] if len(base.layers) else None
         # per run, its parameters in the order [w0, b0, w1, b1, ...] (Linear layers in forward order)
         self.run_params = [[p for m in l.model.modules() if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
                            for l in loops]
-        self.params = nn.ParameterList(
-            nn.Parameter(torch.stack([ps[j].detach() for ps in self.run_params]).clone())
-            for j in range(len(self.run_params[0])))
-        self.param_list = list(self.params)
-        self.opt = build_optimizer(self.params, loops[0].cfg)
-        for j, p in enumerate(self.params):
-            states = [l.opt.state.get(ps[j]) for l, ps in zip(loops, self.run_params)]
-            if all(states):
-                self.opt.state[p] = {key: torch.stack([s[key] for s in states]) if _per_run(states[0][key])
-                                     else _copy(states[0][key]) for key in states[0]}
+        self.shapes = [p.shape for p in self.run_params[0]]
+        first = self.run_params[0][0]
+        self.flat = nn.Parameter(torch.empty(sum(self.k * p.numel() for p in self.run_params[0]),
+                                             device=first.device, dtype=first.dtype))
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.params, self.grads = self.views(self.flat.data), self.views(self.flat.grad)
+        for i, v in enumerate(self.params):
+            v.copy_(torch.stack([ps[i].detach() for ps in self.run_params]))
+        self.opt = build_optimizer(nn.ParameterList([self.flat]), loops[0].cfg)
+        states = [[l.opt.state.get(p) for p in ps] for l, ps in zip(loops, self.run_params)]
+        if all(all(row) for row in states):
+            template = states[0][0]
+            stacked = {}
+            for key, value in template.items():
+                if _per_run(value):
+                    stacked[key] = torch.empty_like(self.flat.data)
+                    for i, v in enumerate(self.views(stacked[key])):
+                        v.copy_(torch.stack([row[i][key] for row in states]))
+                else:
+                    stacked[key] = _copy(value)
+            self.opt.state[self.flat] = stacked
         # data: inputs stored once when every run has the same ones, else stacked; labels stacked
         self.x, self.shared, self.y, self.y_true, self.corrupted = {}, {}, {}, {}, {}
         for name in loops[0].splits:
@@ -92,21 +115,54 @@ class Stack:
                     s.x = self.x[name]
             l.set_fit(l.fit_on)
 
-    def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        """Logits (K, classes, B) of every run for inputs (B, ...) shared by all runs or (K, B, ...).
-        Activations are kept unit-major, (K, width, B): reductions over a handful of classes are
-        then vectorized over the batch (several times faster on CPU than over a last axis of 2)."""
-        n_layers = len(self.param_list) // 2
-        h = x.flatten(1) if shared else x.flatten(2)
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat tensor of the stack's layout as per-layer views (K, *shape of run parameter)."""
+        out, start = [], 0
+        for shape in self.shapes:
+            n = self.k * shape.numel()
+            out.append(flat[start:start + n].view(self.k, *shape))
+            start += n
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, shared: bool, keep: list | None = None) -> torch.Tensor:
+        """Logits (K, classes, B) of every run for inputs (B, ...) shared by all runs or (K, B, ...);
+        `keep`, if given, receives each layer's input (for the backward pass). Activations are
+        unit-major, (K, width, B): reductions over a handful of classes are then vectorized over the
+        batch (several times faster on CPU than over a last axis of 2)."""
+        n_layers = len(self.params) // 2
+        h = x.flatten(1) if shared else x.flatten(2).transpose(1, 2)
         for i in range(n_layers):
-            w, b = self.param_list[2 * i], self.param_list[2 * i + 1]
+            w, b = self.params[2 * i], self.params[2 * i + 1]
+            if keep is not None:
+                keep.append(h)
             if i == 0 and shared:   # one product for all runs: (K*width, D) x (D, B)
                 h = torch.addmm(b.flatten()[:, None], w.flatten(0, 1), h.T).view(*w.shape[:2], -1)
             else:
-                h = torch.baddbmm(b.unsqueeze(2), w, h.transpose(1, 2) if i == 0 else h)
+                h = torch.baddbmm(b.unsqueeze(2), w, h)
             if i < n_layers - 1:
                 h = self.activation(h)
         return h
+
+    @torch.no_grad()
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step of every run on its batch (xb (K, B, ...), yb (K, B)), minimizing the
+        mean cross-entropy of each; returns the per-example cross-entropy and the logits."""
+        inputs = []
+        logits = self.forward(xb, shared=False, keep=inputs)
+        log_p = torch.log_softmax(logits, dim=1)
+        ce = -log_p.gather(1, yb[:, None]).squeeze(1)
+        # d(mean CE)/d logits = (softmax - one-hot) / B
+        d = log_p.exp_()
+        d.scatter_add_(1, yb[:, None], torch.full_like(ce[:, None], -1.0))
+        d.div_(yb.shape[1])
+        for i in reversed(range(len(inputs))):
+            torch.bmm(d, inputs[i].transpose(1, 2), out=self.grads[2 * i])
+            torch.sum(d, dim=2, out=self.grads[2 * i + 1])
+            if i > 0:
+                d = torch.bmm(self.params[2 * i].transpose(1, 2), d).mul_(self.activation_grad(inputs[i]))
+        self.opt.step()
+        return ce, logits
 
     def _batch(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """Inputs (K, B, ...) of each run's examples idx[k] of split `name`."""
@@ -126,22 +182,15 @@ class Stack:
         y = self.y[name]
         order = torch.stack([l.epoch_order(e) for l in self.loops]).to(y.device)
         k, n = order.shape
-        rows = torch.arange(k, device=y.device)[:, None] * n
-        y_flat = y.flatten()
+        y_epoch = y.gather(1, order)
         loss_sum = torch.zeros(k, device=y.device)
         hits = torch.zeros(k, device=y.device, dtype=torch.long)
         for i in range(0, n, bs):
-            idx = order[:, i:i + bs]
-            xb, yb = self._batch(name, idx), y_flat.index_select(0, (rows + idx).flatten()).view(idx.shape)
-            logits = self.forward(xb, shared=False)
-            ce = F.cross_entropy(logits, yb, reduction="none")
-            self.opt.zero_grad(set_to_none=True)
-            (ce.sum() / idx.shape[1]).backward()   # the sum over runs of each run's batch mean
-            self.opt.step()
-            with torch.no_grad():
-                loss_sum += ce.detach().sum(1)
-                # max(...).indices: argmax's first-maximum rule, much faster than argmax over dim 1
-                hits += (logits.max(dim=1).indices == yb).sum(1)
+            idx, yb = order[:, i:i + bs], y_epoch[:, i:i + bs]
+            ce, logits = self.train_step(self._batch(name, idx), yb)
+            loss_sum += ce.sum(1)
+            # max(...).indices: argmax's first-maximum rule, much faster than argmax over dim 1
+            hits += (logits.max(dim=1).indices == yb).sum(1)
         return (loss_sum / n).tolist(), (hits.double() / n).tolist()
 
     @torch.no_grad()
@@ -180,18 +229,20 @@ class Stack:
     @torch.no_grad()
     def write_back_weights(self):
         """Copy every run's weights from the stack into its own model (one batched copy)."""
-        slices = [p.unbind(0) for p in self.param_list]
+        slices = [p.unbind(0) for p in self.params]
         torch._foreach_copy_([q for ps in self.run_params for q in ps],
                              [slices[i][j] for j in range(self.k) for i in range(len(slices))])
 
     @torch.no_grad()
     def write_back_state(self, j: int):
         """Copy run j's optimizer state from the stack into its own optimizer."""
-        for p, run_p in zip(self.param_list, self.run_params[j]):
-            state = self.opt.state.get(p)
-            if state:
-                self.loops[j].opt.state[run_p] = {key: v[j].clone() if _per_run(v) else _copy(v)
-                                                  for key, v in state.items()}
+        state = self.opt.state.get(self.flat)
+        if not state:
+            return
+        per_layer = {key: self.views(v) if _per_run(v) else v for key, v in state.items()}
+        for i, run_p in enumerate(self.run_params[j]):
+            self.loops[j].opt.state[run_p] = {key: v[i][j].clone() if isinstance(v, list) else _copy(v)
+                                              for key, v in per_layer.items()}
 
 
 class JointTrainer:
