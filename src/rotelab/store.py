@@ -8,6 +8,7 @@ renamed, so a run killed at any moment leaves either the old or the new file, ne
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -45,20 +46,26 @@ def _jsonable(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+@functools.lru_cache(maxsize=1)
+def source_version() -> str | None:
+    """`git describe` of the rotelab source, when it is a git checkout (once per process)."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device) -> dict:
     """Versions and device, so a run says what produced it."""
     env = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "device": str(device)}
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode == 0:
-            env["git"] = out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    if source_version():
+        env["git"] = source_version()
     return env
 
 

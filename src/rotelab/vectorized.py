@@ -57,8 +57,16 @@ def _copy(v):
     return v.clone() if torch.is_tensor(v) else v
 
 
-# d activation / d pre-activation, from the activation's output (what the backward pass keeps)
-ACTIVATION_GRADIENTS = {nn.Tanh: lambda a: 1 - a * a, nn.ReLU: lambda a: (a > 0).to(a.dtype)}
+def _tanh_backward(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return d.addcmul_(d * a, a, value=-1)     # d * (1 - a^2), a = tanh(z)
+
+
+def _relu_backward(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return d.masked_fill_(a <= 0, 0)          # as autograd: no gradient where the output is 0
+
+
+# gradient through the activation, in place, from the activation's output (what the pass keeps)
+ACTIVATION_BACKWARD = {nn.Tanh: _tanh_backward, nn.ReLU: _relu_backward}
 
 
 class Stack:
@@ -75,7 +83,7 @@ class Stack:
         self.loops, self.k = loops, len(loops)
         base = loops[0].model
         self.activation = base.layers[0][1] if len(base.layers) else None
-        self.activation_grad = ACTIVATION_GRADIENTS[type(self.activation)] if len(base.layers) else None
+        self.activation_backward = ACTIVATION_BACKWARD[type(self.activation)] if len(base.layers) else None
         # per run, its parameters in the order [w0, b0, w1, b1, ...] (Linear layers in forward order)
         self.run_params = [[p for m in l.model.modules() if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
                            for l in loops]
@@ -160,7 +168,7 @@ class Stack:
             torch.bmm(d, inputs[i].transpose(1, 2), out=self.grads[2 * i])
             torch.sum(d, dim=2, out=self.grads[2 * i + 1])
             if i > 0:
-                d = torch.bmm(self.params[2 * i].transpose(1, 2), d).mul_(self.activation_grad(inputs[i]))
+                d = self.activation_backward(torch.bmm(self.params[2 * i].transpose(1, 2), d), inputs[i])
         self.opt.step()
         return ce, logits
 
@@ -183,15 +191,15 @@ class Stack:
         order = torch.stack([l.epoch_order(e) for l in self.loops]).to(y.device)
         k, n = order.shape
         y_epoch = y.gather(1, order)
-        loss_sum = torch.zeros(k, device=y.device)
-        hits = torch.zeros(k, device=y.device, dtype=torch.long)
+        losses, preds = [], []
         for i in range(0, n, bs):
-            idx, yb = order[:, i:i + bs], y_epoch[:, i:i + bs]
-            ce, logits = self.train_step(self._batch(name, idx), yb)
-            loss_sum += ce.sum(1)
+            ce, logits = self.train_step(self._batch(name, order[:, i:i + bs]), y_epoch[:, i:i + bs])
+            losses.append(ce)
             # max(...).indices: argmax's first-maximum rule, much faster than argmax over dim 1
-            hits += (logits.max(dim=1).indices == yb).sum(1)
-        return (loss_sum / n).tolist(), (hits.double() / n).tolist()
+            preds.append(logits.max(dim=1).indices)
+        loss = torch.cat(losses, 1).sum(1) / n
+        acc = (torch.cat(preds, 1) == y_epoch).sum(1).double() / n
+        return loss.tolist(), acc.tolist()
 
     @torch.no_grad()
     def evaluate(self, name: str, batch_size: int, with_margins: bool) -> Evaluation:
