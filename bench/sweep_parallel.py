@@ -45,6 +45,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=60)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    from rotelab.config import FitConfig
+    from rotelab.data import load_data
+    load_data(FitConfig(dataset="mnist1d"))   # generated once and cached on disk before either clock
     with tempfile.TemporaryDirectory() as tmp:
         grid = Path(tmp) / "grid.toml"
         grid.write_text(GRID.format(epochs=args.epochs))

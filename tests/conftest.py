@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 VAR_U = REPO.parent / "shared" / "data" / "var_u.mat"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# generated data sets are cached for the session (and its sweep workers), not in the user's cache
+os.environ.setdefault("ROTELAB_CACHE", tempfile.mkdtemp(prefix="rotelab-test-cache-"))
 
 
 @pytest.fixture

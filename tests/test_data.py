@@ -128,10 +128,25 @@ def test_balanced_subset_water_fills_small_classes():
         balanced_subset(y, 500, 3)
 
 
-def test_mnist1d_shapes():
+def test_mnist1d_shapes_and_disk_cache(tmp_path, monkeypatch):
+    from rotelab.data import sources
+    monkeypatch.setenv("ROTELAB_CACHE", str(tmp_path))
+    sources._mnist1d.cache_clear()
     d = load_data(FitConfig(dataset="mnist1d"))
     assert d.train.x.shape == (4000, 40) and d.test.x.shape == (1000, 40)
     assert d.num_classes == 10
+    (cached,) = tmp_path.glob("mnist1d-*.npz")
+    # the generated arrays are the package's own
+    from mnist1d.data import get_dataset_args, make_dataset
+    fresh = make_dataset(get_dataset_args())
+    assert np.array_equal(np.asarray(fresh["y_test"]), sources._mnist1d()["y_test"])
+    # a later process reads the file instead of generating (a marked file comes back marked)
+    arrays = dict(np.load(cached))
+    arrays["y_test"][:5] = 9
+    np.savez(cached, **arrays)
+    sources._mnist1d.cache_clear()
+    assert load_data(FitConfig(dataset="mnist1d")).test.y[:5].tolist() == [9] * 5
+    sources._mnist1d.cache_clear()
 
 
 def test_generated_twelve_bit_task_has_the_shape_of_var_u():

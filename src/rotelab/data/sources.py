@@ -70,10 +70,41 @@ def digits(cfg) -> Source:
     return _tensors(x[tr], d.target[tr], x[te], d.target[te], 10)
 
 
+def cache_dir() -> Path:
+    """Where generated data sets are kept between processes: $ROTELAB_CACHE, else the user cache."""
+    import os
+    if os.environ.get("ROTELAB_CACHE"):
+        return Path(os.environ["ROTELAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rotelab"
+
+
 @functools.lru_cache(maxsize=2)
-def _mnist1d():
+def _mnist1d() -> dict:
+    """The standard MNIST-1D arrays (the package's default generator arguments). Generating them,
+    and importing the generator, takes seconds, so they are kept on disk (keyed by the package
+    version) for every later process, e.g. a sweep's workers."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        path = cache_dir() / f"mnist1d-{version('mnist1d')}.npz"
+    except PackageNotFoundError:
+        raise ConfigError("--dataset", "mnist1d needs the mnist1d package: pip install mnist1d") from None
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+    except (OSError, KeyError, ValueError):
+        pass
     from mnist1d.data import get_dataset_args, make_dataset
-    return make_dataset(get_dataset_args())
+    d = make_dataset(get_dataset_args())
+    arrays = {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
+    try:   # atomic: concurrent processes may generate it at the same time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass   # a read-only cache only costs the time to generate
+    return arrays
 
 
 @register("mnist1d")
