@@ -107,6 +107,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, small_cfg, kw):
     sb = torch.load(resumed.last_checkpoint)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert resumed.read_status()["state"] == "done"
+    # TensorBoard after the kill and the resume: each epoch once, with the values of the metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(resumed.tb), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in tb.Scalars("acc/train")] == list(range(1, 7))
+    assert [e.value for e in tb.Scalars("acc/train")] == pytest.approx([r["train_acc"] for r in full.read_metrics()])
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, small_cfg):
