@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, FitConfig
-from .engine import Evaluation, JointEpoch, Loop, build_optimizer, margins, split_metrics_rows
+from .engine import Evaluation, JointEpoch, Loop, build_optimizer, frozen_heap, margins, split_metrics_rows
 
 # Fields that may differ between runs trained together: they change the data, not the computation.
 PER_RUN_FIELDS = {"seed", "corrupt", "label_noise_mode", "corrupt_test", "progress", "save_epochs", "checkpoint_every"}
@@ -260,6 +260,10 @@ class JointTrainer:
         self.loops = loops
 
     def run(self):
+        with frozen_heap():
+            return self._run()
+
+    def _run(self):
         for l in self.loops:
             l.start()
         stack = None
