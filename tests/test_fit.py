@@ -163,3 +163,14 @@ def test_checkpoints_follow_the_interval_and_resume_still_matches(tmp_path, smal
     resumed = resume(tmp_path / "cut")
     assert strip_times(resumed.read_metrics()) == strip_times(full.read_metrics())
     assert full.read_examples()["epochs"].tolist() == list(range(1, 7))
+
+
+def test_fast_event_checksums_equal_tensorboards_own():
+    import os
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from tensorboard.summary.writer import record_writer
+    from rotelab.hooks import fast_event_checksums
+    fast_event_checksums()
+    assert record_writer.masked_crc32c is not reference
+    for data in [b"", b"123456789", os.urandom(1), os.urandom(613), os.urandom(4096)]:
+        assert record_writer.masked_crc32c(data) == reference(data)

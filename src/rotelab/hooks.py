@@ -96,6 +96,23 @@ def tb_tag(key: str) -> str:
     return key
 
 
+def fast_event_checksums():
+    """TensorBoard frames every event with a CRC32C computed in pure Python (about 0.3 ms for an
+    epoch's scalars: more than everything else a small run logs per epoch); google-crc32c computes
+    the same checksum in C. Installed into tensorboard's record writer when available."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return
+    from tensorboard.summary.writer import record_writer
+
+    def masked_crc32c(data) -> int:
+        x = google_crc32c.value(bytes(data))
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    record_writer.masked_crc32c = masked_crc32c
+
+
 class TensorBoardWriter(Hook):
     """Scalars for every number in the epoch's metrics; weight histograms at chosen epochs.
 
@@ -111,6 +128,7 @@ class TensorBoardWriter(Hook):
 
     def on_start(self, loop: Loop):
         from torch.utils.tensorboard import SummaryWriter
+        fast_event_checksums()
         # purge_step drops events a killed run wrote after its last checkpoint.
         self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if loop.epoch else None,
                                     flush_secs=self.handoff_secs, max_queue=100_000)
