@@ -27,9 +27,8 @@ def consecutive_overlap(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = np.asarray(correct, dtype=bool)
     if c.ndim != 2:
         raise ValueError(f"correctness must be epochs x examples, got shape {c.shape}")
-    prev, cur = c[:-1], c[1:]
-    n = c.shape[1]
-    return np.count_nonzero(prev & cur, axis=1) / n, np.count_nonzero(prev | cur, axis=1) / n
+    pairs = np.array([overlap(prev, cur) for prev, cur in zip(c[:-1], c[1:])]).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def forgetting_events(correct: np.ndarray) -> np.ndarray:
