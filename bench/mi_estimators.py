@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from _common import print_figures
 
-from rotelab.config import FitConfig, InfoPlaneConfig
+from rotelab.config import FitConfig
+from rotelab.protocols.infoplane import InfoPlaneConfig
 from rotelab.measures.information import binning_mi, row_ids
 from rotelab.protocols import fit as fit_protocol
 from rotelab.protocols import infoplane as ip

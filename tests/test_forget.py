@@ -8,7 +8,7 @@ import torch
 
 from conftest import Crash, strip_times
 from rotelab.cli import main
-from rotelab.config import ForgetConfig
+from rotelab.protocols.forget import ForgetConfig
 from rotelab.engine import Hook
 from rotelab.protocols import resume
 from rotelab.protocols.forget import build, forget, stage2_from

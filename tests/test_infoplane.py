@@ -8,7 +8,8 @@ import pytest
 
 from conftest import VAR_U, Crash
 from rotelab.cli import main
-from rotelab.config import ConfigError, InfoPlaneConfig, parse_seeds
+from rotelab.config import ConfigError, parse_seeds
+from rotelab.protocols.infoplane import InfoPlaneConfig
 from rotelab.measures.information import entropy_of_ids
 from rotelab.protocols import resume
 from rotelab.protocols.infoplane import build_loop, capture_epochs, infoplane

@@ -9,7 +9,8 @@ import torch
 
 from conftest import strip_times
 from rotelab.cli import main
-from rotelab.config import FitConfig, NoiseConfig
+from rotelab.config import FitConfig
+from rotelab.protocols.noise import NoiseConfig
 from rotelab.measures.fisher import fisher_trace
 from rotelab.models import build_model
 from rotelab.models.noisy import (LogNormalNoise, add_weight_noise, fit_lognormal_prior, info_penalty, kl_lognormal,
@@ -192,7 +193,15 @@ def test_cli_noise_plot_resume_and_errors(trained, tmp_path, capsys):
     assert main(["noise", "--resume", str(out)]) == 0
     capsys.readouterr()
     assert main(["noise", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
-    assert "checkpoints/last.pt" in capsys.readouterr().err
+    assert "missing does not exist" in capsys.readouterr().err
+    # a source run with a damaged checkpoint: named as a source (`runs`), never offered for deletion
+    import shutil
+    shutil.copytree(trained / "true", tmp_path / "damaged")
+    (tmp_path / "damaged" / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    assert main(["noise", str(tmp_path / "damaged"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rotelab: error: runs: ") and "unreadable" in err and err.count("\n") == 1
+    assert "--overwrite" not in err and "delete" not in err and "--resume" not in err
     assert main(["noise", str(trained / "true"), "--alphas", "0.1,-1", "--out", str(tmp_path / "y")]) == 2
     assert "--alphas" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import ConfigError, FitConfig, ForgetConfig, InfoPlaneConfig, NoiseConfig, flag, load_config_file
+from .config import ConfigError, flag, load_config_file
 
 
 def parse_ints(text: str) -> list[int]:
@@ -66,7 +66,12 @@ def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
 
 
 def _report(run) -> None:
+    from .registry import protocol_of
     status = run.read_status()
+    report_line = protocol_of(run).extra.get("report_line")
+    if report_line:
+        print(f"{run.path}: {report_line(run)}")
+        return
     final = status.get("final", {})
     line = (f"{run.path}: {status.get('state')} after {status.get('epochs_completed')} epochs; "
             + ", ".join(f"{k.replace('_', ' ')} {final[k]:.4f}" for k in ("train_acc", "val_acc", "test_acc")
@@ -79,13 +84,13 @@ def _report(run) -> None:
     print(line)
 
 
-def _resume_or_out(args, cls) -> bool:
+def _resume_or_out(args, cls, inputs=()) -> bool:
     """True for --resume (checking no new config is given with it), False for a new run in --out."""
     if args.resume:
-        extra = given_config_flags(args, cls) + (["--config"] if args.config else [])
+        extra = given_config_flags(args, cls) + (["--config"] if args.config else []) + list(inputs)
         if args.out or extra:
             raise ConfigError((["--out"] if args.out else extra)[0],
-                              f"--resume continues {args.resume} with its saved config.json; drop this flag, "
+                              f"--resume continues {args.resume} with its saved config; drop this, "
                               "or start a new run with --out")
         return True
     if not args.out:
@@ -93,70 +98,36 @@ def _resume_or_out(args, cls) -> bool:
     return False
 
 
-def cmd_fit(args) -> int:
+def resume_path(path) -> list:
+    """--resume of a run directory, or of a folder of runs (infoplane seeds, noise ramps)."""
     from .protocols import resume
-    from .protocols.fit import fit
-    run = resume(args.resume) if _resume_or_out(args, FitConfig) else \
-        fit(config_from_args(args, FitConfig), args.out, overwrite=args.overwrite)
-    _report(run)
-    return 0
+    from .registry import protocol_of
+    from .store import StoreError, is_run, runs_in
+    if not Path(path).is_dir():
+        raise StoreError(path, f"{path} does not exist")
+    if is_run(path):
+        return [resume(path)]
+    dirs = runs_in(path)
+    if not dirs:
+        raise StoreError(path, f"{path} holds no rotelab runs")
+    proto = protocol_of(dirs[0])
+    return proto.resume_folder(path) if proto.resume_folder else [resume(d) for d in dirs]
 
 
-def cmd_forget(args) -> int:
-    from .protocols import resume
-    from .protocols.forget import forget, stage2_from
-    if getattr(args, "stage2_from", None):
-        if not args.out:
-            raise ConfigError("--out", "--stage2-from starts a new run; say where with --out")
-        names = {f.name for f in dataclasses.fields(ForgetConfig)}
-        overrides = {k: v for k, v in vars(args).items() if k in names and k != "stage2_from"}
-        run = stage2_from(args.stage2_from, args.out, overrides, overwrite=args.overwrite)
-    elif _resume_or_out(args, ForgetConfig):
-        run = resume(args.resume)
-    else:
-        run = forget(config_from_args(args, ForgetConfig), args.out, overwrite=args.overwrite)
-    _report(run)
-    return 0
-
-
-def cmd_infoplane(args) -> int:
-    from .protocols.infoplane import infoplane, seed_dirs
-    from .store import RunDir
-    if _resume_or_out(args, InfoPlaneConfig):
-        dirs = seed_dirs(args.resume)
-        if not dirs:
-            raise ConfigError("--resume", f"{args.resume} has no seed-N runs; is it an infoplane output folder?")
-        # every seed of the saved --seeds: finished ones stay, broken ones resume, missing ones start
-        cfg = InfoPlaneConfig.from_dict(RunDir(dirs[0]).read_config())
-        runs = infoplane(cfg, args.resume, keep_existing=True)
-    else:
-        runs = infoplane(config_from_args(args, InfoPlaneConfig), args.out, overwrite=args.overwrite)
+def cmd_protocol(args) -> int:
+    """Every protocol's command: a new run in --out, or --resume, or the protocol's own way to start."""
+    from .registry import get_protocol
+    proto = get_protocol(args.protocol)
+    inputs = proto.inputs(args) if proto.inputs else {}
+    given_inputs = [k for k, v in inputs.items() if v]
+    runs = proto.cli_start(args) if proto.cli_start else None
+    if runs is None:
+        if _resume_or_out(args, proto.config, given_inputs):
+            runs = resume_path(args.resume)
+        else:
+            runs = proto.start(config_from_args(args, proto.config), args.out, overwrite=args.overwrite, **inputs)
     for run in runs:
         _report(run)
-    return 0
-
-
-def cmd_noise(args) -> int:
-    from .protocols import resume
-    from .protocols.noise import ramp, ramp_dirs, write_summary
-    if args.resume:
-        if args.runs or args.out or given_config_flags(args, NoiseConfig):
-            raise ConfigError("--resume", f"continues {args.resume} with its saved configs; give no runs or flags with it")
-        dirs = ramp_dirs(args.resume)
-        if not dirs:
-            raise ConfigError("--resume", f"{args.resume} holds no noise-ramp runs")
-        runs = [resume(d) for d in dirs]
-        print(write_summary(args.resume))
-    else:
-        if not args.out:
-            raise ConfigError("--out", "say where the ramp goes, e.g. --out runs/ramp")
-        runs = ramp(args.runs, config_from_args(args, NoiseConfig), args.out, overwrite=args.overwrite)
-        print(Path(args.out) / "summary.json")
-    for run in runs:
-        half = run.read_status().get("summary", {}).get("half_acc")
-        print(f"{run.path}: " + (f"train accuracy below half of its noise-free value at alpha {half['alpha']:.3g} "
-                                  f"(epoch {half['epoch']}, log-uniform KL {half['kl_loguniform_bits']:.4g} bits)"
-                                  if half else "train accuracy stayed above half of its noise-free value"))
     return 0
 
 
@@ -216,37 +187,18 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rotelab", description="Experiments on how deep networks memorize.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def run_parser(name, cls, func, **kw):
-        f = sub.add_parser(name, **kw)
-        f.add_argument("--out", help="run directory to create")
-        f.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint, with its saved config")
+    from .registry import load_protocols
+    for proto in load_protocols().values():
+        f = sub.add_parser(proto.name, help=proto.help, description=proto.description or proto.help)
+        if proto.add_arguments:
+            proto.add_arguments(f)
+        f.add_argument("--out", help="where the run (or its folder of runs) goes")
+        f.add_argument("--resume", metavar="RUN", help="continue RUN (or a folder of runs) from its last checkpoint, "
+                                                       "with its saved config")
         f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
         f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
-        add_config_flags(f, cls)
-        f.set_defaults(func=func)
-        return f
-
-    run_parser("fit", FitConfig, cmd_fit, help="train on data with corrupted labels or pixels",
-               description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).")
-    run_parser("forget", ForgetConfig, cmd_forget, help="memorize train + val parts, then train on the train part alone",
-               description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 "
-                           "continues on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run "
-                           "from a stage-1 checkpoint of another (only stage-2 options may be given then).")
-
-    run_parser("infoplane", InfoPlaneConfig, cmd_infoplane, help="information planes of every layer, for several seeds",
-               description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at "
-                           "log-spaced epochs and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).")
-
-    nz = sub.add_parser("noise", help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
-                        description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and "
-                                    "raise alpha every --every epochs; each run's results go to OUT/<name>.")
-    nz.add_argument("runs", nargs="*", help="trained run directories")
-    nz.add_argument("--out", help="folder for the ramp runs")
-    nz.add_argument("--resume", metavar="OUT", help="continue the ramp runs in OUT")
-    nz.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    nz.add_argument("--config", help="TOML or JSON file of ramp options; flags override it")
-    add_config_flags(nz, NoiseConfig, skip=("source",))
-    nz.set_defaults(func=cmd_noise)
+        add_config_flags(f, proto.config, skip=proto.extra.get("cli_skip", ()))
+        f.set_defaults(func=cmd_protocol, protocol=proto.name)
 
     sw = sub.add_parser("sweep", help="run a grid of points from a sweep file (TOML), skipping finished ones",
                         description="Each point of the grid (base config x axes) becomes a run directory named "
@@ -287,13 +239,43 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def store_error_line(args, e) -> str:
+    """A StoreError as one line naming the option whose path it concerns, and the fix: only a run the
+    command writes may be replaced or continued; a run it only reads is never offered for deletion."""
+    from .store import RunLocked
+    target = e.path.resolve()
+    option = None
+    for name in ("resume", "out", "stage2_from", "runs", "file"):
+        for value in ([getattr(args, name, None)] if not isinstance(getattr(args, name, None), list)
+                      else getattr(args, name)):
+            if value and (target == Path(value).resolve() or Path(value).resolve() in target.parents):
+                option = name
+                break
+        if option:
+            break
+    shown = "runs" if option == "runs" else ("--" + option.replace("_", "-") if option else "error")
+    if isinstance(e, RunLocked):
+        fix = "wait for it to finish, or stop that process first"
+    elif option == "out":
+        fix = "choose another --out, pass --resume to continue it, or --overwrite to replace it"
+    elif option == "resume":
+        fix = "start it again with --out ... --overwrite, or give another run"
+    else:
+        fix = "give a finished rotelab run directory there"
+    return f"{shown}: {e}; {fix}"
+
+
 def main(argv=None) -> int:
+    from .store import StoreError
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as e:
         print(f"rotelab: error: {e}", file=sys.stderr)
+        return 2
+    except StoreError as e:
+        print(f"rotelab: error: {store_error_line(args, e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rotelab: interrupted; continue with `rotelab fit --resume RUN`", file=sys.stderr)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
+from .hook import EpochResult, Hook  # noqa: F401  (re-exported: hooks subclass engine.Hook)
 from .models.noisy import noise_off
 from .seeding import derive_seed, generator, seed_global_streams
 
@@ -200,33 +201,6 @@ class JointEpoch:
     seconds: float                         # ... and of the shared pass and evaluation's time
     evals: dict[str, Evaluation]
     metrics: dict                          # split metrics, as evaluate_splits gives them
-
-
-@dataclass
-class EpochResult:
-    epoch: int
-    metrics: dict                          # what goes to metrics.jsonl (hooks may add keys)
-    evals: dict[str, Evaluation]           # a clean pass over each named split
-    presented: dict[str, torch.Tensor]     # per-example correctness during the training passes, per
-                                           # split trained on (empty unless example_record == presentation)
-
-    @property
-    def train(self) -> Evaluation:
-        return self.evals["train"]
-
-    @property
-    def test(self) -> Evaluation:
-        return self.evals["test"]
-
-
-class Hook:
-    """Override what you need. Hooks run in the order given; each sees what earlier ones added.
-    `on_backward` (called after each training batch's backward pass) is only called on hooks that
-    define it, so the others cost nothing per batch."""
-
-    def on_start(self, loop: "Loop"): ...
-    def on_epoch_end(self, loop: "Loop", result: EpochResult): ...
-    def on_end(self, loop: "Loop"): ...
 
 
 class Loop:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .store import RunDir  # noqa: E402
+from .store import RunDir, StoreError, read_info, runs_in  # noqa: E402
 
 
 def _series(metrics: list[dict], key: str):
@@ -72,15 +72,13 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def plot_forget(run: RunDir) -> Path:
+def plot_forget(run: RunDir, summary: dict) -> Path:
     """Accuracy of the train part, the val part and the test set over both stages, with the stage
-    boundary and the collapses the detector finds."""
-    from .protocols.forget import SPLITS, summarize
+    boundary and the collapses the detector found (`summary`: stage1_end and collapses per split)."""
     m = run.read_metrics()
-    summary = summarize(run)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     colors = {"train": "C0", "val": "C1", "test": "C2"}
-    for split in SPLITS:
+    for split in colors:
         x, y = _series(m, f"{split}_acc")
         ax.plot(x, y, color=colors[split], label=f"{split} accuracy")
         for e in summary["collapses"].get(split, []):
@@ -142,16 +140,16 @@ def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> P
     return save_figure(fig, Path(path))
 
 
-def plot_infoplane(paths) -> list[Path]:
+def plot_infoplane(paths, folder=None) -> list[Path]:
     """Per estimator: the information plane of each run or seed group (mean over seeds; one line per
     captured epoch joining the layers, colored by epoch on a log scale), and I(X;T) of each layer
-    against epoch (mean and min-max over seeds). Groups side by side; figures go to the first path."""
+    against epoch (mean and min-max over seeds). Groups side by side; figures go to `folder` (default
+    the first path's figures/)."""
     import numpy as np
     from matplotlib.colors import LogNorm
-    from .protocols.infoplane import read_info
     rows = read_info(paths)
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    first = Path(paths[0])
+    folder = Path(folder) if folder is not None else Path(paths[0]) / "figures"
     out = []
     for est in sorted({r["estimator"] for r in rows}):
         sel = [r for r in rows if r["estimator"] == est]
@@ -183,25 +181,23 @@ def plot_infoplane(paths) -> list[Path]:
             ax_x.grid(alpha=0.3)
             ax_x.legend(fontsize=7)
         fig_p.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes_p[0].tolist(), label="epoch + 1")
-        out.append(save_figure(fig_p, first / "figures" / f"infoplane-{est}.png"))
-        out.append(save_figure(fig_x, first / "figures" / f"ixt-{est}.png"))
+        out.append(save_figure(fig_p, folder / f"infoplane-{est}.png"))
+        out.append(save_figure(fig_x, folder / f"ixt-{est}.png"))
     return out
 
 
-def plot_noise_ramp(path) -> Path:
+def plot_noise_ramp(path, summaries: list[dict]) -> Path:
     """Three panels sharing the epoch axis: the information in the weights (mean -1/2 ln alpha per
     weight, nats), train accuracy and test accuracy under noise (mean and spread of the noisy
     passes); one curve per run, colored by its label corruption; dots where train accuracy first
-    falls below half of its noise-free value."""
+    falls below half of its noise-free value (`summaries`: each ramp run's, in the order of its runs)."""
     import numpy as np
-    from .protocols.noise import label_corruption, ramp_dirs, summarize
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
     cmap = plt.cm.coolwarm
-    for d in ramp_dirs(path):
+    for d, summary in zip(runs_in(path, "noise"), summaries):
         run = RunDir(d)
         m = [r for r in run.read_metrics() if r["epoch"] > 0]
-        cfg = run.read_config()
-        p = label_corruption(RunDir(cfg["source"])) if Path(cfg["source"]).is_dir() else 0.0
+        p = summary.get("label_corruption") or 0.0
         color = cmap(p)
         e = np.array([r["epoch"] for r in m])
         axes[0].plot(e, [r["neg_half_log_alpha"] for r in m], color=color, label=f"{d.name} (p={p:g})")
@@ -210,7 +206,7 @@ def plot_noise_ramp(path) -> Path:
             std = np.array([r.get(f"{split}_acc_std", 0.0) for r in m])
             ax.plot(e, acc, color=color)
             ax.fill_between(e, acc - std, acc + std, color=color, alpha=0.2)
-        half = summarize(run).get("half_acc")
+        half = summary.get("half_acc")
         if half:
             axes[1].plot([half["epoch"]], [half["train_acc"]], "o", color=color)
     axes[0].set(xlabel="epoch", ylabel="mean -1/2 ln alpha per weight (nats)", title="information in the weights")
@@ -226,10 +222,9 @@ def plot_grad_snr(paths) -> Path | None:
     """Per layer, the norm of the mean gradient (solid) and of its standard deviation (dashed) over
     the batches of captured epochs, mean over seeds; one panel per run or seed group."""
     import numpy as np
-    from .protocols.infoplane import seed_dirs
     groups = []
     for p in map(Path, paths):
-        runs = [RunDir(d) for d in (seed_dirs(p) or [p])]
+        runs = [RunDir(d) for d in runs_in(p)]
         rows = [m for r in runs for m in r.read_metrics() if any(k.startswith("grad_mean/") for k in m)]
         if rows:
             groups.append((p.name, rows))
@@ -250,28 +245,35 @@ def plot_grad_snr(paths) -> Path | None:
 
 
 def plot_runs(paths) -> list[Path]:
-    """Curves of every run (each seed of an infoplane group), the forget figure where it applies,
-    and information planes of every infoplane run or group given, side by side."""
-    from .config import ConfigError
-    from .protocols.infoplane import seed_dirs
-    from .protocols.noise import ramp_dirs
-    out, info_paths = [], []
+    """Figures of each path, as its protocol draws them: a run's curves and its own figures, and the
+    figures of a folder of runs that belong together (infoplane seeds side by side, a noise ramp).
+    A folder of independent runs (a sweep, a study) gets what `rotelab report` makes for it."""
+    from .registry import protocol_of
+    out, groups = [], {}
     for p in map(Path, paths):
-        if ramp_dirs(p):
-            out.append(plot_noise_ramp(p))
+        dirs = runs_in(p)
+        if not dirs:
+            if p.is_dir() and any(p.rglob("config.json")):
+                from .report import report
+                out.append(report([p], p / "report.html")["html"])
+                continue
+            raise StoreError(p, f"{p} is not a rotelab run directory and holds none")
+        protos = {d: protocol_of(d) for d in dirs}
+        grouped = [d for d in dirs if protos[d].group_figures]
+        if p not in dirs and not grouped:   # a folder of independent runs
+            from .report import report
+            out.append(report([p], p / "report.html")["html"])
             continue
-        seeds = seed_dirs(p)
-        for run in map(RunDir, seeds or [p]):
-            if not run.metrics_file.is_file():
-                raise ConfigError("runs", f"{run.path} has no metrics.jsonl; give a rotelab run directory")
-            out += [plot_curves(run), plot_overlap(run)]
-            if run.read_protocol() == "forget":
-                out.append(plot_forget(run))
-        if seeds or (p / "info.jsonl").is_file():
-            info_paths.append(p)
-    if info_paths:
-        out += plot_infoplane(info_paths)
-        snr = plot_grad_snr(info_paths)
-        if snr:
-            out.append(snr)
+        for d in dirs:
+            run, proto = RunDir(d), protos[d]
+            if proto.trains:
+                if not run.metrics_file.is_file():
+                    raise StoreError(run.path, f"{run.path} has no metrics.jsonl yet")
+                out += [plot_curves(run), plot_overlap(run)]
+                if proto.figures:
+                    out += proto.figures(run)
+        if grouped:
+            groups.setdefault(protos[grouped[0]].name, (protos[grouped[0]], []))[1].append(p)
+    for proto, folders in groups.values():
+        out += proto.group_figures(folders)
     return out

@@ -1,9 +1,14 @@
-"""The run directory: the one contract between protocols, plots and reports.
+"""The run directory: the one contract between protocols, plots, reports and notebooks.
 
-    config.json  metrics.jsonl  examples.npz  status.json  checkpoints/  tb/  figures/
+    config.json  metrics.jsonl  examples.npz  info.jsonl  status.json  checkpoints/  tb/  figures/
 
-Files that are rewritten (status, examples, checkpoints) are written to a temporary name and
-renamed, so a run killed at any moment leaves either the old or the new file, never half of one.
+Every file name and reader lives here. Files that are rewritten (status, examples, checkpoints) are
+written to a temporary name and renamed, so a run killed at any moment leaves either the old or the
+new file, never half of one. A process that writes a run holds its exclusive lock (`.lock`), which
+the operating system releases when the process ends, however it ends.
+
+Errors are neutral (StoreError names the path and what is wrong with it); the CLI names the option
+the user typed. Nothing here imports torch until a checkpoint is read or written.
 """
 
 from __future__ import annotations
@@ -13,16 +18,28 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
-from .config import ConfigError
+from .config import parse_corruption
+
+
+class StoreError(ValueError):
+    """A run directory (or one of its files) is missing, damaged or busy. `path` is what was read."""
+
+    def __init__(self, path, message: str):
+        self.path = Path(path)
+        super().__init__(message)
+
+
+class RunLocked(StoreError):
+    """Another live process writes this run directory."""
 
 
 def atomic_write_bytes(path: Path, data: bytes):
@@ -60,6 +77,7 @@ def source_version() -> str | None:
 
 def environment(device) -> dict:
     """Versions and device, so a run says what produced it."""
+    import torch
     env = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "device": str(device)}
     if torch.device(device).type == "cuda":
@@ -113,6 +131,8 @@ class RunDir:
     tb = property(lambda self: self.path / "tb")
     figures = property(lambda self: self.path / "figures")
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+    info_file = property(lambda self: self.path / "info.jsonl")
+    activations = property(lambda self: self.path / "activations")
 
     # -- creation -----------------------------------------------------------------------------
     @classmethod
@@ -120,27 +140,82 @@ class RunDir:
         """Refuse a non-empty folder unless overwrite; touches nothing (call before any work)."""
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
-            raise ConfigError("--out", f"{run.path} exists and is not a folder; choose another --out")
-        if run.path.is_dir() and any(run.path.iterdir()) and not overwrite:
-            raise ConfigError("--out", f"{run.path} is not empty; pass --resume {run.path} to continue it, "
-                                       "--overwrite to replace it, or choose another --out")
+            raise StoreError(run.path, f"{run.path} exists and is not a folder")
+        if run.path.is_dir() and run.has_files() and not overwrite:
+            raise StoreError(run.path, f"{run.path} is not empty")
         return run
 
+    def has_files(self) -> bool:
+        return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
+
     def create(self, config: dict, env: dict, overwrite: bool = False, protocol: str = "fit"):
-        if overwrite and self.path.is_dir():
-            shutil.rmtree(self.path)
+        """Lock the folder (if this process does not hold it yet) and write a fresh run into it."""
+        self.lock()
+        if overwrite:
+            for p in self.path.iterdir():   # the lock file stays: removing it would let a third writer in
+                if p.name != LOCK:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        elif self.has_files():
+            raise StoreError(self.path, f"{self.path} is not empty")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_file, {"protocol": protocol, **config, "environment": env})
         self.write_status("running", epochs_completed=0)
 
+    # -- the writer's lock --------------------------------------------------------------------
+    def lock(self) -> "RunDir":
+        """Hold this run's exclusive lock until unlock() or the end of the process (the OS releases
+        it however the process ends, so a killed run never leaves a stale lock). Raises RunLocked,
+        naming the holder's PID, if another process holds it. Creates the folder if needed."""
+        key = str(self.path.resolve())
+        if key in _HELD:
+            return self
+        import fcntl
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLocked(self.path, f"{self.path} is being written by another process (PID {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.set_inheritable(fd, False)
+        _HELD[key] = fd
+        return self
+
+    def unlock(self):
+        fd = _HELD.pop(str(self.path.resolve()), None)
+        if fd is not None:
+            os.close(fd)   # closing the descriptor releases the lock
+
+    def locked_by_other(self) -> bool:
+        """True if another live process holds this run's lock (this process's own lock does not count)."""
+        if str(self.path.resolve()) in _HELD or not (self.path / LOCK).is_file():
+            return False
+        import fcntl
+        fd = os.open(self.path / LOCK, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     # -- config and status --------------------------------------------------------------------
     def _config_json(self) -> dict:
+        if not self.path.is_dir():
+            raise StoreError(self.path, f"{self.path} does not exist")
         if not self.config_file.is_file():
-            raise ConfigError("--resume", f"{self.path} has no config.json; is it a rotelab run directory?")
+            raise StoreError(self.path, f"{self.path} has no config.json; it is not a rotelab run directory")
         try:
-            return json.loads(self.config_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError("--resume", f"{self.config_file} is not valid JSON ({e})") from None
+            cfg = json.loads(self.config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StoreError(self.config_file, f"{self.config_file} is damaged (not valid JSON: {e})") from None
+        if not isinstance(cfg, dict):
+            raise StoreError(self.config_file, f"{self.config_file} is damaged (not a JSON object)")
+        return cfg
 
     def read_config(self) -> dict:
         """The config fields (without the protocol name and the environment)."""
@@ -186,19 +261,96 @@ class RunDir:
         atomic_write_bytes(self.examples_file, buf.getvalue())
 
     def read_examples(self) -> dict:
-        with np.load(self.examples_file) as z:
-            return {k: z[k] for k in z.files}
+        if not self.examples_file.is_file():
+            raise StoreError(self.path, f"{self.path} has no examples.npz (runs record it unless --example-record none)")
+        try:
+            with np.load(self.examples_file) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as e:
+            raise StoreError(self.examples_file, f"{self.examples_file} is damaged ({type(e).__name__}: {e})") from None
 
     def save_checkpoint(self, state: dict, name: str = "last.pt"):
+        import torch
         buf = io.BytesIO()
         torch.save(state, buf)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.checkpoints / name, buf.getvalue())
 
     def load_checkpoint(self, path=None, map_location="cpu") -> dict:
+        import torch
         path = Path(path) if path is not None else self.last_checkpoint
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            state = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e:
-            raise ConfigError("--resume", f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); delete it to "
-                                          "restart the run from scratch, or pass --overwrite") from None
+            raise StoreError(path, f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or "model" not in state:
+            raise StoreError(path, f"checkpoint {path} is damaged (it holds no model state)")
+        return state
+
+    # -- reading, for plots, reports and notebooks ---------------------------------------------
+    def read_info(self) -> list[dict]:
+        """info.jsonl (infoplane): one record per captured epoch, layer and estimator."""
+        return read_jsonl(self.info_file)
+
+    def label_corruption(self) -> float:
+        """The label-corruption level p of this run (0 for other corruptions), for coloring figures."""
+        kind, p = parse_corruption(self.read_config().get("corrupt", "none"))
+        return p if kind == "labels" else 0.0
+
+    def __repr__(self):
+        return f"RunDir({str(self.path)!r})"
+
+
+LOCK = ".lock"
+_HELD: dict[str, int] = {}   # resolved path -> descriptor of a lock this process holds
+
+
+def _natural(p: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
+def is_run(path) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def runs_in(path, protocol: str | None = None) -> list[Path]:
+    """The run directories a folder stands for: itself if it is one, else its child run directories
+    (the seeds of an infoplane group, the runs of a noise ramp), in natural order; optionally only
+    those of one protocol."""
+    path = Path(path)
+    dirs = [path] if is_run(path) else sorted((p.parent for p in path.glob("*/config.json")), key=_natural)
+    if protocol is not None:
+        dirs = [d for d in dirs if _protocol_of(d) == protocol]
+    return dirs
+
+
+def _protocol_of(path: Path) -> str | None:
+    try:
+        return RunDir(path).read_protocol()
+    except StoreError:
+        return None
+
+
+def find_runs(paths) -> list[RunDir]:
+    """Every run directory at or below the given paths (searched recursively)."""
+    runs = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise StoreError(p, f"{p} does not exist")
+        configs = [p / "config.json"] if is_run(p) else sorted(p.rglob("config.json"))
+        runs += [RunDir(c.parent) for c in configs if _protocol_of(c.parent) is not None]
+    if not runs:
+        raise StoreError(Path(paths[0]), f"no rotelab run directories under {', '.join(map(str, paths))}")
+    return runs
+
+
+def read_info(paths) -> list[dict]:
+    """info.jsonl records of runs or of folders of runs, each tagged with the folder (`group`) it came from."""
+    rows = []
+    for p in map(Path, paths):
+        dirs = [d for d in runs_in(p) if (d / "info.jsonl").is_file()]
+        if not dirs:
+            raise StoreError(p, f"{p} has no info.jsonl and no runs with one; give an infoplane run or folder")
+        for d in dirs:
+            rows += [{**r, "group": p.name} for r in RunDir(d).read_info()]
+    return rows

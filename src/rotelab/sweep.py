@@ -24,7 +24,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROTOCOL_CONFIGS, ConfigError, load_config_file
+from .config import ConfigError, load_config_file
+from .registry import get_protocol
 
 
 @dataclass
@@ -65,16 +66,22 @@ def point_name(values: dict) -> str:
 def load_sweep(path, out: str | None = None) -> tuple[str, list[Point]]:
     """The protocol and the points of a sweep file; every point's config is validated."""
     spec = load_config_file(path)
+    if not spec.get("out") and not out:
+        raise ConfigError("--out", f"{path} names no `out` folder; add out = \"runs/name\" or pass --out")
+    return sweep_points(spec, out)
+
+
+def sweep_points(spec: dict, out=None) -> tuple[str, list[Point]]:
+    """The protocol and the points of a sweep given as a dict (a sweep file's content)."""
     protocol = spec.get("protocol", "fit")
-    if protocol not in ("fit", "forget", "infoplane"):
-        raise ConfigError("protocol", f"sweeps run fit, forget or infoplane, not {protocol!r}")
+    proto = get_protocol(protocol) if isinstance(protocol, str) else None
+    if proto is None or not proto.sweepable:
+        raise ConfigError("protocol", f"a sweep cannot run protocol {protocol!r}; use a protocol that trains runs")
     unknown = set(spec) - {"protocol", "out", "base", "axes"}
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown key of a sweep file; use protocol, out, base and axes")
     root = out or spec.get("out")
-    if not root:
-        raise ConfigError("--out", f"{path} names no `out` folder; add out = \"runs/name\" or pass --out")
-    cls = PROTOCOL_CONFIGS[protocol]
+    cls = proto.config
     base = spec.get("base", {})
     axes = {k: axis_values(k, v) for k, v in spec.get("axes", {}).items()}
     names = {f.name for f in dataclasses.fields(cls)}
@@ -94,17 +101,16 @@ def load_sweep(path, out: str | None = None) -> tuple[str, list[Point]]:
 
 
 def point_state(protocol: str, path: Path) -> str:
-    """done, partial (has files: resume it) or new."""
-    from .protocols.infoplane import seed_dirs
-    from .store import RunDir
-    runs = seed_dirs(path) if protocol == "infoplane" else ([path] if (path / "config.json").is_file() else [])
+    """done, running (another process holds a run's lock), partial (has files: resume it) or new."""
+    from .store import RunDir, runs_in
+    proto = get_protocol(protocol)
+    runs = runs_in(path)
     if not runs:
         return "new"
-    if protocol == "infoplane":
-        from .config import parse_seeds
-        expected = len(parse_seeds(PROTOCOL_CONFIGS[protocol].from_dict(RunDir(runs[0]).read_config()).seeds))
-        if len(runs) < expected:
-            return "partial"
+    if any(RunDir(r).locked_by_other() for r in runs):
+        return "running"
+    if len(runs) < proto.expected_runs(proto.config.from_dict(RunDir(runs[0]).read_config())):
+        return "partial"
     return "done" if all(RunDir(r).read_status().get("state") == "done" for r in runs) else "partial"
 
 
@@ -118,16 +124,8 @@ def run_point(protocol: str, config: dict, path: str, threads: int | None = None
         state = point_state(protocol, path)
         if state == "done":
             return {"path": str(path), "state": "skipped"}
-        from .protocols import resume
-        cfg = PROTOCOL_CONFIGS[protocol].from_dict({**config, "progress": False})
-        if protocol == "infoplane":
-            from .protocols.infoplane import infoplane
-            infoplane(cfg, path, keep_existing=True)
-        elif state == "partial":
-            resume(path)
-        else:
-            from .protocols import protocol_module
-            getattr(protocol_module(protocol), protocol)(cfg, path)
+        proto = get_protocol(protocol)
+        proto.start(proto.config.from_dict({**config, "progress": False}), path, keep_existing=True)
         return {"path": str(path), "state": "done"}
     except BaseException as e:   # a failing point must not stop the grid
         if isinstance(e, KeyboardInterrupt):
@@ -143,7 +141,7 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
     if threads:
         torch.set_num_threads(threads)
     from .vectorized import fit_together
-    cls = PROTOCOL_CONFIGS[protocol]
+    cls = get_protocol(protocol).config
     try:
         fit_together([cls.from_dict({**c, "progress": False}) for c in configs], paths)
         return [{"path": p, "state": "done"} for p in paths]
@@ -202,9 +200,25 @@ def _start_method(threads: int) -> str:
     import sys
     import torch
     if sys.platform == "linux" and threads == 1 and not torch.cuda.is_initialized():
-        from .protocols import fit, forget, infoplane  # noqa: F401  (imported once, inherited)
+        from . import data, engine, hooks, models  # noqa: F401  (imported once, inherited)
         return "fork"
     return "spawn"
+
+
+def die_with_parent(parent: int):
+    """Sweep workers end with the sweep: on Linux the kernel sends SIGKILL to a worker whose parent
+    dies (however it dies), so no worker keeps writing points after its sweep was killed."""
+    import ctypes
+    import signal
+    import sys
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:   # the parent died before the request took effect
+        os._exit(1)
 
 
 def run_local(protocol: str, tasks: list[tuple], jobs: int) -> list[dict]:
@@ -216,7 +230,8 @@ def run_local(protocol: str, tasks: list[tuple], jobs: int) -> list[dict]:
     cores = os.cpu_count() or 1
     threads = max(1, cores // jobs)
     ctx = multiprocessing.get_context(_start_method(threads))
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=die_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
         futures = [_submit(pool.submit, protocol, t, threads) for t in tasks]
         return _flatten(f.result() for f in futures)
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from ..config import FitConfig
-from ..data import balanced_subset, load_data
-from ..engine import Loop, resolve_device
-from ..hooks import (Checkpointer, ExampleRecorder, FisherTrace, MetricsWriter, ProgressBar, StatusWriter,
-                     TensorBoardWriter, WeightNoiseStats)
-from ..models import build_model
-from ..models.noisy import info_penalty
-from ..seeding import derive_seed
-from ..store import RunDir, environment
-from . import train_run
+import math
+from collections import defaultdict
+from pathlib import Path
 
-CONFIG = FitConfig
+import numpy as np
+
+from ..config import FitConfig, parse_corruption
+from ..registry import Protocol, register
+from ..store import RunDir
+from . import start_one
 
 
 def measurement_hooks(cfg: FitConfig, data) -> list:
     """Hooks that add measurements to each epoch's metrics, as the config asks."""
+    from ..data import balanced_subset
+    from ..hooks import FisherTrace, WeightNoiseStats
+    from ..seeding import derive_seed
     hooks = []
     if cfg.weight_noise != "none":
         hooks.append(WeightNoiseStats(cfg.alpha_ref))
@@ -32,31 +33,122 @@ def information_penalty(cfg: FitConfig, model, n_train: int):
     """beta * KL / N for the loss, or None."""
     if not cfg.info_weight:
         return None
+    from ..models.noisy import info_penalty
     return lambda: cfg.info_weight * info_penalty(model, cfg.alpha_ref) / n_train
 
 
-def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hooks=None) -> Loop:
-    """Data, model and the standard hooks of a run, at the checkpoint `state` if given;
-    `extra_hooks(data)` adds a protocol's own hooks. Raises ConfigError before anything is written."""
-    device = resolve_device(cfg.device)
-    data = load_data(cfg).to(device)
-    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+def standard_hooks(cfg: FitConfig, run: RunDir, data, own=(), checkpointer=None, total_epochs=None,
+                   backfill_tb: bool = False) -> list:
+    """The hooks of every training run, in the order the loop relies on: per-example bits and
+    measurements first (they add metrics), then the protocol's own hooks, then the writers of
+    metrics.jsonl and TensorBoard, then the checkpoint, then status.json (a run killed between two
+    of them resumes from the checkpoint), and the progress line last."""
+    from ..hooks import Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter
     hooks = []
     if cfg.example_record != "none":
         hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
-    hooks += [*measurement_hooks(cfg, data), *(extra_hooks(data) if extra_hooks else []), MetricsWriter(run),
-              TensorBoardWriter(run, cfg.hist_every), Checkpointer(run, cfg.save_epochs), StatusWriter(run),
-              ProgressBar(cfg.epochs, cfg.progress)]
+    hooks += [*measurement_hooks(cfg, data), *own, MetricsWriter(run),
+              TensorBoardWriter(run, cfg.hist_every, backfill=backfill_tb),
+              checkpointer or Checkpointer(run, cfg.save_epochs), StatusWriter(run),
+              ProgressBar(total_epochs or cfg.epochs, cfg.progress, desc=run.path.name)]
+    return hooks
+
+
+def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hooks=None):
+    """Data, model and the standard hooks of a run, at the checkpoint `state` if given;
+    `extra_hooks(data)` adds a protocol's own hooks. Raises ConfigError before anything is written."""
+    from ..data import load_data
+    from ..engine import Loop, resolve_device
+    from ..models import build_model
+    device = resolve_device(cfg.device)
+    data = load_data(cfg).to(device)
+    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    hooks = standard_hooks(cfg, run, data, extra_hooks(data) if extra_hooks else ())
     loop = Loop(model, data.splits, cfg, hooks, device, penalty=information_penalty(cfg, model, len(data.train)))
     if state is not None:
         loop.load_state_dict(state)
     return loop
 
 
+def start(cfg: FitConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
+    return start_one("fit", cfg, out, overwrite, keep_existing)
+
+
 def fit(cfg: FitConfig, out, overwrite: bool = False) -> RunDir:
     """Train from scratch into the run directory `out`."""
-    cfg.validate()
-    run = RunDir.check_new(out, overwrite)
-    loop = build_loop(cfg, run)
-    run.create(cfg.to_dict(), environment(loop.device), overwrite)
-    return train_run(run, loop)
+    return start(cfg, out, overwrite)[0]
+
+
+def _steps_per_epoch(run: RunDir, cfg: dict) -> int | None:
+    if run.examples_file.is_file():
+        with np.load(run.examples_file) as z:
+            if "n_train" in z.files:
+                return math.ceil(int(z["n_train"]) / cfg["batch_size"])
+    return None
+
+
+def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
+    """Zhang et al. Fig. 1 (a), (b), (c) from the fit runs, grouped by corruption and level."""
+    from ..plots import plt, save_figure
+    fits = runs
+    if not fits:
+        return []
+    out = []
+    # (a) training loss against step, per corruption (kind and level), mean over seeds
+    curves = defaultdict(list)
+    for r in fits:
+        cfg = r.read_config()
+        spe = _steps_per_epoch(r, cfg)
+        m = r.read_metrics()
+        x = np.array([e["epoch"] for e in m], dtype=float) * (spe or 1)
+        curves[cfg.get("corrupt", "none"), spe is not None].append((x, np.array([e["train_loss"] for e in m])))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (spec, in_steps), series in sorted(curves.items()):
+        n = min(len(s[0]) for s in series)
+        ax.plot(series[0][0][:n], np.mean([s[1][:n] for s in series], axis=0), label=f"{spec} ({len(series)} runs)")
+    ax.set(xlabel="step" if all(k[1] for k in curves) else "epoch", ylabel="training loss",
+           title="(a) learning curves per corruption")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    out.append(("Zhang et al. Fig. 1a: training loss", save_figure(fig, folder / "zhang_1a_loss.png")))
+    # (b) convergence time and (c) test error against the label-corruption level
+    by_level = defaultdict(list)
+    for r in fits:
+        cfg = r.read_config()
+        kind, p = parse_corruption(cfg.get("corrupt", "none"))
+        if kind in ("labels", "none"):
+            status = r.read_status()
+            last = r.read_metrics()[-1]
+            by_level[p].append((status.get("fit_epoch"), 1 - last["test_acc"]))
+    if by_level:
+        levels = sorted(by_level)
+        for key, idx, ylabel, title, name in (
+                ("b", 0, "epochs to fit the training set", "(b) convergence time", "zhang_1b_convergence.png"),
+                ("c", 1, "test error", "(c) test error", "zhang_1c_test_error.png")):
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            xs, means, lo, hi = [], [], [], []
+            for p in levels:
+                vals = [v[idx] for v in by_level[p] if v[idx] is not None]
+                if vals:
+                    xs.append(p)
+                    means.append(np.mean(vals))
+                    lo.append(np.min(vals))
+                    hi.append(np.max(vals))
+            if xs:
+                ax.errorbar(xs, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)], marker="o", capsize=3)
+            ax.set(xlabel="label corruption p", ylabel=ylabel, title=f"{title} (mean, min-max over seeds)")
+            ax.grid(alpha=0.3)
+            out.append((f"Zhang et al. Fig. 1{key}: {ylabel}", save_figure(fig, folder / name)))
+    return out
+
+
+
+def report_section(runs, folder):
+    return zhang_figures(runs, folder)
+
+
+PROTOCOL = register(Protocol(
+    name="fit", config=FitConfig, start=start, build_loop=build_loop,
+    help="train on data with corrupted labels or pixels",
+    description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
+    report_section=report_section))

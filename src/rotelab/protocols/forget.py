@@ -10,19 +10,66 @@ at the boundary, so epochs count on and the curves join.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, ForgetConfig
-from ..data import load_data
-from ..engine import EpochResult, Hook, Loop, build_optimizer, build_scheduler, resolve_device
-from ..hooks import Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter
-from ..measures.curves import find_collapses
-from ..models import build_model
-from ..store import RunDir, environment, examples_upto
-from . import train_run
-from .fit import information_penalty, measurement_hooks
+from ..config import SCHEDULES, ConfigError, FitConfig, opt, parse_corruption
+from ..hook import EpochResult, Hook
+from ..registry import Protocol, register
+from ..store import RunDir, StoreError, environment, examples_upto
+from . import start_one, train_run
+from .fit import information_penalty, standard_hooks
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ForgetConfig(FitConfig):
+    """Stage 1 trains on train part + val part until both are fit (or --epochs1), stage 2 on the train
+    part alone for --epochs2. Stage-1 training options are FitConfig's; stage-2 ones default to them."""
+
+    corrupt: str = opt("none", "corruption of the train part, KIND=P as for fit", aliases=["--train-corrupt"])
+    epochs: int = opt(100, "maximum epochs of stage 1 (train + val parts)", aliases=["--epochs1"])
+    until_train_acc: float | None = opt(1.0, "end stage 1 once train and val parts both reach this accuracy", aliases=["--until-fit"])
+    val_size: int | None = opt(None, "examples split off the training set as the val part (default: a sixth of it)")
+    val_corrupt: str = opt("none", "corruption of the val part, KIND=P")
+    epochs2: int = opt(100, "epochs of stage 2 (train part only)")
+    optimizer2: str | None = opt(None, "stage-2 optimizer (default: stage 1's)", ("sgd", "adam"))
+    lr2: float | None = opt(None, "stage-2 learning rate (default: stage 1's last, with its schedule going on)")
+    schedule2: str | None = opt(None, "stage-2 lr schedule (default: stage 1's)", SCHEDULES)
+    reset_lr: bool = opt(False, "restart the lr schedule at stage 2 (momentum buffers are kept when the optimizer is the same)")
+    collapse_drop: float = opt(0.2, "a collapse: accuracy falls by more than this below its best of the previous --collapse-window epochs")
+    collapse_window: int = opt(5, "epochs looked back by the collapse detector")
+    stage2_from: str | None = opt(None, "(set by --stage2-from) the stage-1 checkpoint stage 2 started from")
+
+    STAGE2_FIELDS = ("epochs2", "optimizer2", "lr2", "schedule2", "reset_lr", "collapse_drop", "collapse_window")
+
+    @property
+    def resets_stage2(self) -> bool:
+        """Stage 2 gets a fresh schedule (and lr) rather than going on with stage 1's."""
+        return self.reset_lr or any(v is not None for v in (self.optimizer2, self.lr2, self.schedule2))
+
+    def stage2(self) -> "ForgetConfig":
+        """The training options of stage 2 as a config the engine reads."""
+        return dataclasses.replace(self, optimizer=self.optimizer2 or self.optimizer, lr=self.lr2 or self.lr,
+                                   schedule=self.schedule2 or self.schedule, epochs=self.epochs2)
+
+    def validate(self) -> "ForgetConfig":
+        super().validate()
+        parse_corruption(self.val_corrupt, "--val-corrupt")
+        if self.val_size is not None and self.val_size < 1:
+            raise ConfigError("--val-size", f"must be >= 1, got {self.val_size}")
+        if self.epochs2 < 0:
+            raise ConfigError("--epochs2", f"must be >= 0, got {self.epochs2}")
+        if self.lr2 is not None and not self.lr2 > 0:
+            raise ConfigError("--lr2", f"must be a positive number, got {self.lr2}")
+        if not 0 < self.collapse_drop < 1:
+            raise ConfigError("--collapse-drop", f"must be in (0, 1), got {self.collapse_drop}")
+        if self.collapse_window < 1:
+            raise ConfigError("--collapse-window", f"must be >= 1, got {self.collapse_window}")
+        return self
+
+
 
 
 class StageSwitch(Hook):
@@ -33,8 +80,9 @@ class StageSwitch(Hook):
         self.run, self.cfg = run, cfg
         self.stage, self.stage1_end = 1, None
 
-    def apply(self, loop: Loop, stage1_end: int):
+    def apply(self, loop, stage1_end: int):
         """Turn `loop` into its stage-2 form after epoch `stage1_end` (also used when resuming)."""
+        from ..engine import build_optimizer, build_scheduler
         cfg2 = self.cfg.stage2()
         loop.set_fit(("train",))
         loop.end_epoch = stage1_end + self.cfg.epochs2
@@ -50,10 +98,10 @@ class StageSwitch(Hook):
             loop.sched = build_scheduler(loop.opt, cfg2)
         self.stage, self.stage1_end = 2, stage1_end
 
-    def stage1_over(self, loop: Loop) -> bool:
+    def stage1_over(self, loop) -> bool:
         return loop.epoch >= self.cfg.epochs or (loop.until is not None and loop.fit_epoch is not None)
 
-    def on_epoch_end(self, loop: Loop, result: EpochResult):
+    def on_epoch_end(self, loop, result: EpochResult):
         result.metrics["stage"] = self.stage
         if self.stage == 1 and self.stage1_over(loop):
             self.run.save_checkpoint({**loop.state_dict(), "stage": 1}, "stage1.pt")
@@ -63,40 +111,44 @@ class StageSwitch(Hook):
         return {"stage": self.stage, "stage1_end": self.stage1_end}
 
 
-class StageCheckpointer(Checkpointer):
-    def __init__(self, run, keep_epochs, switch: StageSwitch):
-        super().__init__(run, keep_epochs)
-        self.switch = switch
+def stage_checkpointer(run, keep_epochs, switch: StageSwitch):
+    """The usual checkpointer, with the stage and its boundary in every checkpoint."""
+    from ..hooks import Checkpointer
 
-    def on_epoch_end(self, loop, result):
-        self.extra = self.switch.extra_state()
-        super().on_epoch_end(loop, result)
-
-
-CONFIG = ForgetConfig
+    class StageCheckpointer(Checkpointer):
+        def on_epoch_end(self, loop, result):
+            self.extra = switch.extra_state()
+            super().on_epoch_end(loop, result)
+    return StageCheckpointer(run, keep_epochs)
 
 
 def load_parts(cfg: ForgetConfig):
     """The data with its train part, val part (default a sixth of the training set) and test set."""
+    from ..data import load_data
     return load_data(cfg, cfg.val_size if cfg.val_size is not None else 1 / 6, cfg.val_corrupt)
 
 
-def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None) -> Loop:
+def ramp_data(cfg: ForgetConfig):
+    """The data a noise ramp evaluates a forget run on: the train part (stage 2's) and the test set."""
+    data = load_parts(cfg)
+    data.val = None
+    return data
+
+
+def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
     return build(cfg, run, state)[0]
 
 
 def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None, backfill_tb: bool = False):
     """Data, model, hooks and the loop (in the stage the state says), before anything is written."""
+    from ..engine import Loop, resolve_device
+    from ..models import build_model
     device = resolve_device(cfg.device)
     data = load_parts(cfg).to(device)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     switch = StageSwitch(run, cfg)
-    hooks = []
-    if cfg.example_record != "none":
-        hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
-    hooks += [switch, *measurement_hooks(cfg, data), MetricsWriter(run), TensorBoardWriter(run, cfg.hist_every, backfill=backfill_tb),
-              StageCheckpointer(run, cfg.save_epochs, switch), StatusWriter(run),
-              ProgressBar(cfg.epochs + cfg.epochs2, cfg.progress)]
+    hooks = standard_hooks(cfg, run, data, [switch], stage_checkpointer(run, cfg.save_epochs, switch),
+                           cfg.epochs + cfg.epochs2, backfill_tb)
     loop = Loop(model, data.splits, cfg, hooks, device, fit_on=("train", "val"),
                 penalty=information_penalty(cfg, model, len(data.train) + len(data.val)))
     if state is not None:
@@ -108,6 +160,7 @@ def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None, backfill_tb
 
 def summarize(run: RunDir, cfg: ForgetConfig | None = None) -> dict:
     """Stage boundary and collapses per split, from metrics.jsonl (so plots can recompute them)."""
+    from ..measures.curves import find_collapses
     cfg = cfg or ForgetConfig.from_dict(run.read_config())
     metrics = run.read_metrics()
     stage1 = [m["epoch"] for m in metrics if m.get("stage") == 1]
@@ -120,12 +173,12 @@ def summarize(run: RunDir, cfg: ForgetConfig | None = None) -> dict:
     return out
 
 
+def start(cfg: ForgetConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
+    return start_one("forget", cfg, out, overwrite, keep_existing)
+
+
 def forget(cfg: ForgetConfig, out, overwrite: bool = False) -> RunDir:
-    cfg.validate()
-    run = RunDir.check_new(out, overwrite)
-    loop, _ = build(cfg, run)
-    run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol="forget")
-    return train_run(run, loop, summarize)
+    return start(cfg, out, overwrite)[0]
 
 
 def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> RunDir:
@@ -136,8 +189,11 @@ def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> Ru
     if not ckpt.is_file() or not source.config_file.is_file():
         raise ConfigError("--stage2-from", f"{ckpt} is not a checkpoint inside a forget run's checkpoints/ "
                                            "folder; give e.g. runs/forget/checkpoints/stage1.pt")
-    src_cfg = source.read_config()
-    if source.read_protocol() != "forget":
+    try:
+        src_cfg = source.read_config()
+    except StoreError:
+        src_cfg = None
+    if src_cfg is None or source.read_protocol() != "forget":
         raise ConfigError("--stage2-from", f"{source.path} is not a forget run")
     bad = sorted(set(overrides) - set(ForgetConfig.STAGE2_FIELDS) - {"progress", "device", "hist_every"})
     if bad:
@@ -151,10 +207,35 @@ def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> Ru
     run = RunDir.check_new(out, overwrite)
     loop, switch = build(cfg, run, state, backfill_tb=True)
     switch.apply(loop, loop.epoch)   # the same turn an uninterrupted run takes at the boundary
-    run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol="forget")
+    run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol="forget")   # takes the lock
     for record in source.read_metrics():
         if record["epoch"] <= loop.epoch:
             run.append_metrics(record)
     if source.examples_file.is_file() and cfg.example_record != "none":
         run.write_examples(examples_upto(source.read_examples(), loop.epoch))
     return train_run(run, loop, summarize)
+
+
+def cli_start(args):
+    """--stage2-from CHECKPOINT: a new run whose stage 2 starts from another run's stage 1."""
+    if not getattr(args, "stage2_from", None):
+        return None
+    if not args.out:
+        raise ConfigError("--out", "--stage2-from starts a new run; say where with --out")
+    names = {f.name for f in dataclasses.fields(ForgetConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "stage2_from"}
+    return [stage2_from(args.stage2_from, args.out, overrides, overwrite=args.overwrite)]
+
+
+def figures(run: RunDir):
+    from ..plots import plot_forget
+    return [plot_forget(run, summarize(run))]
+
+
+PROTOCOL = register(Protocol(
+    name="forget", config=ForgetConfig, start=start, build_loop=build_loop, summarize=summarize,
+    help="memorize train + val parts, then train on the train part alone",
+    description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 continues "
+                "on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run from a stage-1 "
+                "checkpoint of another (only stage-2 options may be given then).",
+    cli_start=cli_start, figures=figures, extra={"load_data": ramp_data}))

@@ -12,20 +12,79 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..config import ConfigError, InfoPlaneConfig, parse_seeds
-from ..data import balanced_subset
-from ..engine import EpochResult, Hook, Loop
-from ..measures.information import binning_mi, kde_mi, ksg_mi, mixed_ksg_mi, row_ids
-from ..store import RunDir, environment, read_jsonl, truncate_jsonl
+from ..config import ConfigError, FitConfig, flag, opt, parse_seeds
+from ..hook import EpochResult, Hook
+from ..registry import Protocol, register
+from ..store import RunDir, runs_in, truncate_jsonl
 from . import fit as fit_protocol
-from . import train_run
+from . import resume, start_one
 
-CONFIG = InfoPlaneConfig
+ESTIMATORS = ("binning", "kde", "ksg")
+
+
+@dataclass
+class InfoPlaneConfig(FitConfig):
+    """fit, plus capture of every layer at log-spaced epochs and mutual-information estimates."""
+
+    seeds: str = opt("0", "seeds to run, e.g. 0-9 or 0,3,7; each is its own run directory OUT/seed-N")
+    captures: int = opt(200, "about this many log-spaced epochs at which layers are captured (epoch 0 and the last always)")
+    eval_size: int | None = opt(None, "evaluation samples: default all data for tishby (train and test), else 2000 class-balanced training examples")
+    estimators: str = opt("binning", "comma-separated estimators: binning, kde, ksg")
+    bin_range: str = opt("-1,1", "lo,hi of the fixed binning edges")
+    n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)")
+    bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges (as Saxe et al. for ReLU)")
+    kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)")
+    ksg_k: int = opt(3, "neighbours of the KSG estimator")
+    save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
+    grad_snr: bool = opt(False, "at captured epochs, log each layer's gradient mean and standard deviation over the batches")
+
+    @property
+    def estimator_list(self) -> list[str]:
+        names = [e.strip() for e in self.estimators.split(",") if e.strip()]
+        for e in names:
+            if e not in ESTIMATORS:
+                raise ConfigError("--estimators", f"unknown estimator {e!r}; use any of {', '.join(ESTIMATORS)}")
+        return names
+
+    @property
+    def edges(self):
+        import numpy as np
+        try:
+            lo, hi = (float(v) for v in self.bin_range.split(","))
+        except ValueError:
+            raise ConfigError("--bin-range", f"expected lo,hi such as -1,1, got {self.bin_range!r}") from None
+        if not lo < hi:
+            raise ConfigError("--bin-range", f"needs lo < hi, got {self.bin_range!r}")
+        return np.linspace(lo, hi, self.n_bins)
+
+    def resolved_kde_var(self) -> float:
+        return self.kde_var if self.kde_var is not None else (1e-3 if self.dataset == "tishby" else 1e-1)
+
+    def validate(self) -> "InfoPlaneConfig":
+        super().validate()
+        parse_seeds(self.seeds)
+        self.estimator_list
+        self.edges
+        if self.captures < 2:
+            raise ConfigError("--captures", f"must be >= 2, got {self.captures}")
+        if self.n_bins < 2:
+            raise ConfigError("--n-bins", f"must be >= 2, got {self.n_bins}")
+        for name in ("bin_size", "kde_var"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(flag(name), f"must be positive, got {v}")
+        if self.eval_size is not None and self.eval_size < 10:
+            raise ConfigError("--eval-size", f"must be >= 10, got {self.eval_size}")
+        if self.model not in ("mlp", "tishby"):
+            raise ConfigError("--model", f"infoplane captures the layers of mlp and tishby models, not {self.model}")
+        return self
+
+
 
 
 def capture_epochs(last: int, n: int) -> set[int]:
@@ -36,6 +95,7 @@ def capture_epochs(last: int, n: int) -> set[int]:
 
 def layer_estimates(t: np.ndarray, x: np.ndarray, x_ids: np.ndarray, y: np.ndarray, cfg: InfoPlaneConfig) -> list[dict]:
     """I(X;T) and I(T;Y) in bits of one layer's activations, per estimator."""
+    from ..measures.information import binning_mi, kde_mi, ksg_mi, mixed_ksg_mi
     rows = []
     for est in cfg.estimator_list:
         if est == "binning" and cfg.bin_size is not None:
@@ -53,9 +113,11 @@ def layer_estimates(t: np.ndarray, x: np.ndarray, x_ids: np.ndarray, y: np.ndarr
     return rows
 
 
-def evaluation_set(data, cfg: InfoPlaneConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluation_set(data, cfg: InfoPlaneConfig):
     """All of the 12-bit task (train and test, as the original study), else a fixed class-balanced
     sample of the training set; labels as used in training."""
+    import torch
+    from ..data import balanced_subset
     if cfg.dataset == "tishby" and cfg.eval_size is None:
         return torch.cat([data.train.x, data.test.x]), torch.cat([data.train.y, data.test.y])
     n = min(cfg.eval_size or 2000, len(data.train))
@@ -66,7 +128,8 @@ def evaluation_set(data, cfg: InfoPlaneConfig) -> tuple[torch.Tensor, torch.Tens
 class InfoPlaneRecorder(Hook):
     """Captures every layer at chosen epochs and appends one info.jsonl line per layer and estimator."""
 
-    def __init__(self, run: RunDir, x: torch.Tensor, y: torch.Tensor, cfg: InfoPlaneConfig):
+    def __init__(self, run: RunDir, x, y, cfg: InfoPlaneConfig):
+        from ..measures.information import row_ids
         self.run, self.x, self.cfg = run, x, cfg
         self.y = y.cpu().numpy()
         self.x_flat = x.flatten(1).cpu().double().numpy()
@@ -77,9 +140,10 @@ class InfoPlaneRecorder(Hook):
 
     @property
     def file(self) -> Path:
-        return self.run.path / "info.jsonl"
+        return self.run.info_file
 
-    def capture(self, loop: Loop, epoch: int):
+    def capture(self, loop, epoch: int):
+        import torch
         t0 = time.perf_counter()
         loop.model.eval()
         with torch.no_grad():
@@ -91,20 +155,20 @@ class InfoPlaneRecorder(Hook):
         with open(self.file, "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in lines))
         if self.cfg.save_activations:
-            folder = self.run.path / "activations"
+            folder = self.run.activations
             folder.mkdir(exist_ok=True)
             np.savez(folder / f"epoch_{epoch:05d}.npz", **{f"layer{i}": a.astype(np.float16) for i, a in enumerate(acts)})
         self.last = epoch
         self.seconds += time.perf_counter() - t0
 
-    def on_start(self, loop: Loop):
+    def on_start(self, loop):
         if self.file.exists():   # resuming: drop what came after the checkpoint
             keep = truncate_jsonl(self.file, loop.epoch)
             self.last = max((r["epoch"] for r in keep), default=None)
         if loop.epoch == 0 and self.last is None:
             self.capture(loop, 0)
 
-    def on_epoch_end(self, loop: Loop, result: EpochResult):
+    def on_epoch_end(self, loop, result: EpochResult):
         if result.epoch in self.epochs or loop.done:
             self.capture(loop, result.epoch)
         result.metrics["seconds_info"] = self.seconds
@@ -118,12 +182,13 @@ class GradientSNR(Hook):
     def __init__(self, epochs: set[int]):
         self.epochs, self.sums = epochs, None
 
-    def weights(self, loop: Loop) -> list[torch.Tensor]:
+    def weights(self, loop) -> list:
         return [layer[0].weight for layer in loop.model.layers] + [loop.model.head.weight]
 
-    def on_backward(self, loop: Loop):
+    def on_backward(self, loop):
         if loop.epoch + 1 not in self.epochs:
             return
+        import torch
         grads = [w.grad.detach().double() for w in self.weights(loop)]
         if self.sums is None:
             self.sums = [[torch.zeros_like(g), torch.zeros_like(g)] for g in grads] + [0]
@@ -132,7 +197,7 @@ class GradientSNR(Hook):
             s2 += g * g
         self.sums[-1] += 1
 
-    def on_epoch_end(self, loop: Loop, result: EpochResult):
+    def on_epoch_end(self, loop, result: EpochResult):
         if self.sums is None:
             return
         n = self.sums[-1]
@@ -144,7 +209,7 @@ class GradientSNR(Hook):
         self.sums = None
 
 
-def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None) -> Loop:
+def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None):
     def hooks(data):
         own = [InfoPlaneRecorder(run, *evaluation_set(data, cfg), cfg)]
         if cfg.grad_snr:
@@ -154,45 +219,68 @@ def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None) -> 
 
 
 def seed_dirs(path) -> list[Path]:
-    return sorted((p for p in Path(path).glob("seed-*") if (p / "config.json").is_file()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    return [d for d in runs_in(path) if d.name.startswith("seed-")]
 
 
-def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
+def start(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
     """One run per seed in out/seed-N; everything is checked before the first is written. With
     keep_existing, seeds already in `out` are resumed (or left alone when done) instead of refused."""
-    from . import resume
     cfg.validate()
     seeds = parse_seeds(cfg.seeds)
     if not keep_existing:
         RunDir.check_new(out, overwrite)
-    first = RunDir(Path(out) / f"seed-{seeds[0]}")
-    build_loop(dataclasses.replace(cfg, seed=seeds[0]), first)   # raises on bad data or model
+    build_loop(dataclasses.replace(cfg, seed=seeds[0]), RunDir(Path(out) / f"seed-{seeds[0]}"))  # bad data or model
     if overwrite and Path(out).is_dir():
+        RunDir(out).lock()   # no other writer may be inside the folder we are about to clear
         import shutil
-        shutil.rmtree(out)
+        for p in Path(out).iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     runs = []
     for s in seeds:
         c = dataclasses.replace(cfg, seed=s)
-        run = RunDir(Path(out) / f"seed-{s}")
-        if keep_existing and run.config_file.is_file():
-            runs.append(resume(run.path))
-            continue
-        loop = build_loop(c, run)
-        run.create(c.to_dict(), environment(loop.device), protocol="infoplane")
-        runs.append(train_run(run, loop))
+        path = Path(out) / f"seed-{s}"
+        if keep_existing and RunDir(path).config_file.is_file():
+            runs.append(resume(path))
+        else:
+            runs += start_one("infoplane", c, path)
+    RunDir(out).unlock()
     return runs
 
 
-def read_info(paths) -> list[dict]:
-    """info.jsonl lines of runs or seed groups, each tagged with the group it came from."""
-    rows = []
-    for p in paths:
-        p = Path(p)
-        dirs = [p] if (p / "info.jsonl").is_file() else seed_dirs(p)
-        if not dirs:
-            raise ConfigError("runs", f"{p} has no info.jsonl and no seed-N runs; give an infoplane run directory")
-        for d in dirs:
-            if (d / "info.jsonl").is_file():
-                rows += [{**r, "group": p.name} for r in read_jsonl(d / "info.jsonl")]
-    return rows
+def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
+    return start(cfg, out, overwrite, keep_existing)
+
+
+def resume_folder(out) -> list[RunDir]:
+    """Every seed of the saved --seeds: finished ones stay, broken ones resume, missing ones start."""
+    dirs = seed_dirs(out)
+    if not dirs:
+        raise ConfigError("--resume", f"{out} has no seed-N runs; is it an infoplane output folder?")
+    return start(InfoPlaneConfig.from_dict(RunDir(dirs[0]).read_config()), out, keep_existing=True)
+
+
+def group_figures(paths):
+    from ..plots import plot_grad_snr, plot_infoplane
+    out = plot_infoplane(paths)
+    snr = plot_grad_snr(paths)
+    return out + ([snr] if snr else [])
+
+
+def report_section(runs, folder):
+    """Information planes of every folder of infoplane seeds, side by side."""
+    groups = sorted({r.path.parent if r.path.name.startswith("seed-") else r.path for r in runs
+                     if r.read_protocol() == "infoplane"}, key=str)
+    if not groups:
+        return []
+    from ..plots import plot_infoplane
+    return [(f"information planes: {p.stem}", p) for p in plot_infoplane(groups, folder)]
+
+
+PROTOCOL = register(Protocol(
+    name="infoplane", config=InfoPlaneConfig, start=start, build_loop=build_loop,
+    help="information planes of every layer, for several seeds",
+    description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at log-spaced epochs "
+                "and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).",
+    runs_per_point=lambda cfg: len(parse_seeds(cfg.seeds)), group_figures=group_figures,
+    report_section=report_section, resume_folder=resume_folder))

@@ -11,19 +11,73 @@ same Loop and hooks as any other run.
 from __future__ import annotations
 
 import dataclasses
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import PROTOCOL_CONFIGS, ConfigError, ForgetConfig, NoiseConfig, parse_corruption
-from ..data import load_data
-from ..engine import EpochResult, Hook, Loop, resolve_device
-from ..hooks import Checkpointer, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter, WeightNoiseStats
-from ..models import build_model
-from ..models.noisy import add_weight_noise, noisy_layers
-from ..store import RunDir, atomic_write_json, environment
-from . import train_run
+from ..config import ConfigError, config_from_dict, flag, opt
+from ..hook import EpochResult, Hook
+from ..registry import Protocol, protocol_of, register
+from ..store import RunDir, StoreError, atomic_write_json, runs_in
+from . import resume, start_one
 
-CONFIG = NoiseConfig
+@dataclass
+class NoiseConfig:
+    """The noise ramp on one trained run: freeze it, raise alpha step by step, evaluate under noise."""
+
+    source: str = opt("", "(set from the positional RUN arguments) the trained run directory")
+    alpha_start: float = opt(1e-4, "alpha of the first step")
+    alpha_factor: float = opt(2.0, "alpha is multiplied by this every --every epochs")
+    every: int = opt(3, "epochs per alpha step")
+    steps: int = opt(15, "number of alpha steps")
+    alphas: str | None = opt(None, "explicit comma-separated alphas, one per step (overrides start, factor and steps)")
+    noise_samples: int = opt(4, "noisy passes averaged per evaluation (their spread is reported as _std)")
+    train_means: bool = opt(False, "keep training the weights' means under the rising noise (alpha stays fixed)")
+    lr: float | None = opt(None, "learning rate with --train-means (default: the run's)")
+    noise_granularity: str = opt("layer", "one alpha per weight, per output unit or per layer", ("weight", "unit", "layer"))
+    noise_sampling: str = opt("weights", "weights: exact draws per forward pass; lrt: Gaussian pre-activations (Linear)", ("weights", "lrt"))
+    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL")
+    seed: int = opt(0, "seed of the noise draws (and batch order with --train-means)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    eval_batch_size: int = opt(2048, "batch size of evaluation passes")
+    checkpoint_every: float = opt(30.0, "seconds between checkpoints; 0: every epoch")
+    progress: bool = opt(True, "show a progress bar")
+
+    def alpha_list(self) -> list[float]:
+        if self.alphas:
+            try:
+                values = [float(a) for a in self.alphas.split(",") if a.strip()]
+            except ValueError:
+                raise ConfigError("--alphas", f"expected comma-separated numbers, got {self.alphas!r}") from None
+            if not values or min(values) <= 0:
+                raise ConfigError("--alphas", f"needs positive alphas, got {self.alphas!r}")
+            return values
+        return [self.alpha_start * self.alpha_factor ** k for k in range(self.steps)]
+
+    @property
+    def epochs(self) -> int:
+        return len(self.alpha_list()) * self.every
+
+    def validate(self) -> "NoiseConfig":
+        if not self.alpha_start > 0:
+            raise ConfigError("--alpha-start", f"must be positive, got {self.alpha_start}")
+        if not self.alpha_factor > 0:
+            raise ConfigError("--alpha-factor", f"must be positive, got {self.alpha_factor}")
+        for name in ("every", "steps", "noise_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(flag(name), f"must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError("--lr", f"must be positive, got {self.lr}")
+        self.alpha_list()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NoiseConfig":
+        return config_from_dict(cls, d)
+
+
 
 
 class AlphaRamp(Hook):
@@ -35,15 +89,16 @@ class AlphaRamp(Hook):
     def alpha_of(self, epoch: int) -> float:
         return self.alphas[(epoch - 1) // self.every]
 
-    def set_for(self, loop: Loop, epoch: int):
+    def set_for(self, loop, epoch: int):
+        from ..models.noisy import noisy_layers
         if epoch <= len(self.alphas) * self.every:
             for _, m in noisy_layers(loop.model):
                 m.set_alpha(self.alpha_of(epoch))
 
-    def on_start(self, loop: Loop):
+    def on_start(self, loop):
         self.set_for(loop, loop.epoch + 1)
 
-    def on_epoch_end(self, loop: Loop, result: EpochResult):
+    def on_epoch_end(self, loop, result: EpochResult):
         result.metrics["alpha"] = self.alpha_of(result.epoch)
         self.set_for(loop, result.epoch + 1)
 
@@ -54,7 +109,7 @@ class NoiseFreeBaseline(Hook):
     def __init__(self, run: RunDir):
         self.run = run
 
-    def on_start(self, loop: Loop):
+    def on_start(self, loop):
         if loop.epoch or any(r["epoch"] == 0 for r in self.run.read_metrics()):
             return
         _, metrics = loop.evaluate_splits(noisy_samples=0)
@@ -62,30 +117,32 @@ class NoiseFreeBaseline(Hook):
 
 
 def source_config(cfg: NoiseConfig):
+    """The source run and its config; StoreError if it is not a finished-enough trained run."""
     src = RunDir(cfg.source)
+    proto = protocol_of(src)
+    if not proto.trains:
+        raise StoreError(src.path, f"{src.path} is a {proto.name} run, not a trained network")
     if not src.last_checkpoint.is_file():
-        raise ConfigError("runs", f"{src.path} has no checkpoints/last.pt; give trained rotelab run directories")
-    protocol = src.read_protocol()
-    if protocol not in ("fit", "forget", "infoplane"):
-        raise ConfigError("runs", f"{src.path} is a {protocol} run; the noise ramp needs trained networks")
-    return src, PROTOCOL_CONFIGS[protocol].from_dict(src.read_config())
+        raise StoreError(src.path, f"{src.path} has no checkpoints/last.pt (it has not saved a trained network)")
+    return src, proto, proto.config.from_dict(src.read_config())
 
 
-def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None) -> Loop:
+def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
     """The source run's data and network (its last checkpoint), with noise, frozen unless train_means."""
-    src, scfg = source_config(cfg)
+    from ..data import load_data
+    from ..engine import Loop, resolve_device
+    from ..hooks import Checkpointer, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter, WeightNoiseStats
+    from ..models import build_model
+    from ..models.noisy import add_weight_noise, noisy_layers
+    src, proto, scfg = source_config(cfg)
     lcfg = dataclasses.replace(scfg, epochs=cfg.epochs, until_train_acc=None, lr=cfg.lr or scfg.lr,
                                schedule="constant", example_record="none", example_margins=False, augment=False,
                                save_epochs=[], seed=cfg.seed, device=cfg.device, eval_batch_size=cfg.eval_batch_size,
                                checkpoint_every=cfg.checkpoint_every, progress=cfg.progress, info_weight=0.0,
                                learn_alpha=False, fisher_every=0)
     device = resolve_device(cfg.device)
-    if isinstance(scfg, ForgetConfig):
-        from .forget import load_parts
-        data = load_parts(scfg)
-        data.val = None   # stage 2 trains on the train part; the ramp evaluates it and the test set
-    else:
-        data = load_data(scfg)
+    load = proto.extra.get("load_data")   # a protocol whose data are not load_data's says how to get them
+    data = load(scfg) if load else load_data(scfg)
     data = data.to(device)
     model = build_model(scfg, data.input_shape, data.num_classes)
     model.load_state_dict(src.load_checkpoint()["model"])
@@ -109,18 +166,12 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None) -> Loop
     return loop
 
 
-def label_corruption(run: RunDir) -> float:
-    """The label-corruption level p of a run (0 for other corruptions), for coloring figures."""
-    kind, p = parse_corruption(run.read_config().get("corrupt", "none"))
-    return p if kind == "labels" else 0.0
-
-
 def summarize(run: RunDir, cfg: NoiseConfig | None = None) -> dict:
     """The alpha (and information) at which train accuracy first falls below half its noise-free value."""
     cfg = cfg or NoiseConfig.from_dict(run.read_config())
     m = run.read_metrics()
     base = next((r for r in m if r["epoch"] == 0), None)
-    out = {"source": cfg.source, "label_corruption": label_corruption(RunDir(cfg.source)),
+    out = {"source": cfg.source, "label_corruption": source_label_corruption(cfg.source),
            "noise_free_train_acc": base["train_acc"] if base else None,
            "noise_free_test_acc": base["test_acc"] if base else None, "half_acc": None}
     if base:
@@ -133,37 +184,56 @@ def summarize(run: RunDir, cfg: NoiseConfig | None = None) -> dict:
     return out
 
 
+def source_label_corruption(source) -> float:
+    try:
+        return RunDir(source).label_corruption()
+    except StoreError:
+        return 0.0
+
+
 def run_names(sources) -> list[str]:
     """Folder names for the source runs: their names, with the parent's where names repeat."""
     names = [Path(s).name for s in sources]
     return [f"{Path(s).parent.name}-{n}" if names.count(n) > 1 else n for s, n in zip(sources, names)]
 
 
-def ramp(sources, cfg: NoiseConfig, out, overwrite: bool = False) -> list[RunDir]:
-    """One noise-ramp run per source run in OUT/<name>, and OUT/summary.json."""
+def start(cfg: NoiseConfig, out, overwrite: bool = False, keep_existing: bool = False, sources=()) -> list[RunDir]:
+    """One noise-ramp run per source run in OUT/<name>, and OUT/summary.json. Every source is checked
+    (and its data loaded) before anything is written; with keep_existing, ramps already in OUT are
+    resumed or left alone."""
+    sources = [str(Path(s).resolve()) for s in sources]   # the ramp must find them from anywhere
     if not sources:
         raise ConfigError("runs", "give at least one trained run directory")
     cfg.validate()
-    RunDir.check_new(out, overwrite)
-    cfgs = [dataclasses.replace(cfg, source=str(s)) for s in sources]
+    if not keep_existing:
+        RunDir.check_new(out, overwrite)
+    cfgs = [dataclasses.replace(cfg, source=s) for s in sources]
     for c in cfgs:
-        build_loop(c, RunDir(Path(out) / "probe"))   # raises on any bad source before writing
+        build_loop(c, RunDir(Path(out) / "probe"))   # raises on any bad source (or checkpoint) before writing
     if overwrite and Path(out).is_dir():
+        RunDir(out).lock()
         import shutil
-        shutil.rmtree(out)
+        for p in Path(out).iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     runs = []
     for c, name in zip(cfgs, run_names(sources)):
-        run = RunDir(Path(out) / name)
-        loop = build_loop(c, run)
-        run.create(c.to_dict(), environment(loop.device), protocol="noise")
-        runs.append(train_run(run, loop, lambda r, c=c: summarize(r, c)))
+        path = Path(out) / name
+        if keep_existing and RunDir(path).config_file.is_file():
+            runs.append(resume(path))
+        else:
+            runs += start_one("noise", c, path, summary=lambda r, c=c: summarize(r, c))
+    RunDir(out).unlock()
     write_summary(out)
     return runs
 
 
+def ramp(sources, cfg: NoiseConfig, out, overwrite: bool = False) -> list[RunDir]:
+    return start(cfg, out, overwrite, sources=sources)
+
+
 def ramp_dirs(path) -> list[Path]:
-    return sorted(p.parent for p in Path(path).glob("*/config.json")
-                  if json.loads(p.read_text()).get("protocol") == "noise")
+    return runs_in(path, "noise")
 
 
 def write_summary(out) -> Path:
@@ -171,3 +241,43 @@ def write_summary(out) -> Path:
     path = Path(out) / "summary.json"
     atomic_write_json(path, {"runs": rows})
     return path
+
+
+def resume_folder(out) -> list[RunDir]:
+    dirs = ramp_dirs(out)
+    if not dirs:
+        raise ConfigError("--resume", f"{out} holds no noise-ramp runs")
+    runs = [resume(d) for d in dirs]
+    write_summary(out)
+    return runs
+
+
+def add_arguments(parser):
+    parser.add_argument("runs", nargs="*", help="trained run directories")
+
+
+def report_line(run: RunDir) -> str:
+    half = run.read_status().get("summary", {}).get("half_acc")
+    return (f"train accuracy below half of its noise-free value at alpha {half['alpha']:.3g} (epoch {half['epoch']}, "
+            f"log-uniform KL {half['kl_loguniform_bits']:.4g} bits)" if half
+            else "train accuracy stayed above half of its noise-free value")
+
+
+def group_figures(paths):
+    from ..plots import plot_noise_ramp
+    return [plot_noise_ramp(p, [summarize(RunDir(d)) for d in ramp_dirs(p)]) for p in paths if ramp_dirs(p)]
+
+
+def report_section(runs, folder):
+    parents = sorted({r.path.parent for r in runs if r.read_protocol() == "noise"}, key=str)
+    return [(f"noise ramp: {p.name}", png) for p in parents for png in group_figures([p])]
+
+
+PROTOCOL = register(Protocol(
+    name="noise", config=NoiseConfig, start=start, build_loop=build_loop, summarize=summarize,
+    help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
+    description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and raise alpha every "
+                "--every epochs; each run's results go to OUT/<name>.",
+    trains=False, sweepable=False, add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs},
+    group_figures=group_figures, report_section=report_section, resume_folder=resume_folder,
+    extra={"report_line": report_line, "cli_skip": ("source",)}))

@@ -1,0 +1,41 @@
+"""What the loop hands its hooks. Kept free of torch so that protocol files (which define hooks) can be
+imported, and their figures drawn, without it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from .engine import Evaluation, Loop
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    metrics: dict                          # what goes to metrics.jsonl (hooks may add keys)
+    evals: dict[str, Evaluation]           # a clean pass over each named split
+    presented: dict[str, torch.Tensor]     # per-example correctness during the training passes, per
+                                           # split trained on (empty unless example_record == presentation)
+
+    @property
+    def train(self) -> Evaluation:
+        return self.evals["train"]
+
+    @property
+    def test(self) -> Evaluation:
+        return self.evals["test"]
+
+
+class Hook:
+    """Override what you need. Hooks run in the order given; each sees what earlier ones added.
+    `on_backward` (called after each training batch's backward pass) is only called on hooks that
+    define it, so the others cost nothing per batch."""
+
+    def on_start(self, loop: "Loop"): ...
+    def on_epoch_end(self, loop: "Loop", result: EpochResult): ...
+    def on_end(self, loop: "Loop"): ...
+
+
