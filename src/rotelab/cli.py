@@ -149,6 +149,26 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import list_studies, reproduce, summary_line
+    if args.list:
+        for line in list_studies():
+            print(line)
+        return 0
+    if not args.name:
+        raise ConfigError("NAME", "say which study, e.g. rotelab reproduce zhang-fig1 (rotelab reproduce --list)")
+    results = reproduce(args.name, args.scale, args.out, dry_run=args.dry_run, executor=args.executor,
+                        jobs=args.jobs, address=args.address, cpus_per_point=args.cpus_per_point,
+                        gpus_per_point=args.gpus_per_point, data_root=args.data_root)
+    if args.dry_run:
+        return 0
+    for c in results["checks"]:
+        mark = {True: "pass", False: "FAIL", None: "    "}[c["pass"]]
+        print(f"{mark}  {c['name']}: {c['value']} (expected {c['expected']})")
+    print(summary_line(results))
+    return 0 if all(c["pass"] is not False for c in results["checks"]) else 1
+
+
 def cmd_report(args) -> int:
     from .report import report
     written = report(args.runs, args.out)
@@ -216,6 +236,22 @@ def make_parser() -> argparse.ArgumentParser:
                     help="train new fit points that differ only in seed or corruption as one batched model "
                          "(mlp and tishby; each still gets its own run directory)")
     sw.set_defaults(func=cmd_sweep)
+
+    rr = sub.add_parser("reproduce", help="run a study (a paper's figure) end to end and check it against the paper",
+                        description="Run every step of a study at a scale (skipping finished runs), then write "
+                                    "OUT/figures/*.png, OUT/results.json and OUT/report.html.")
+    rr.add_argument("name", nargs="?", help="study name (see --list) or a study .toml file")
+    rr.add_argument("--list", action="store_true", help="list the studies, what they reproduce and their time per scale")
+    rr.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"), help="(default: cpu)")
+    rr.add_argument("--out", default=None, help="output folder (default: runs/reproduce/NAME-SCALE)")
+    rr.add_argument("--dry-run", action="store_true", help="list the steps' runs and their state, run nothing")
+    rr.add_argument("--data-root", default=None, help="folder of torchvision-format data (cifar10, ...)")
+    rr.add_argument("--executor", choices=("local", "ray"), default="local", help="(default: local)")
+    rr.add_argument("--jobs", type=int, default=None, help="local: runs at a time (default: 1)")
+    rr.add_argument("--address", default=None, help="ray: cluster address")
+    rr.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs per run (default: 1)")
+    rr.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs per run (default: 0)")
+    rr.set_defaults(func=cmd_reproduce)
 
     rp = sub.add_parser("report", help="an HTML report (figures embedded), PNGs and a CSV from finished runs")
     rp.add_argument("runs", nargs="+", help="run directories or folders holding them (searched recursively)")

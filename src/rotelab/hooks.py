@@ -205,17 +205,34 @@ class StatusWriter(Hook):
 
 
 class ProgressBar(Hook):
-    def __init__(self, total: int, enabled: bool = True, desc: str = "epochs"):
+    """A tqdm bar on a terminal; elsewhere (a log file, a pipe) one line every `line_secs` with the
+    epoch, accuracies and the time left, so a long run is never silent."""
+
+    def __init__(self, total: int, enabled: bool = True, desc: str = "epochs", line_secs: float = 30):
         self.total, self.enabled, self.desc, self.bar = total, enabled, desc, None
+        self.line_secs, self.started, self.last_line, self.first_epoch = line_secs, 0.0, 0.0, 0
 
     def on_start(self, loop: Loop):
+        import sys
         from tqdm.auto import tqdm
         # disable=None: no bar when the output is not a terminal
         self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, unit="ep", dynamic_ncols=True,
                         disable=None if self.enabled else True)
+        self.lines = self.enabled and self.bar.disable and not sys.stderr.isatty()
+        self.started = self.last_line = time.perf_counter()
+        self.first_epoch = loop.epoch
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
         if self.bar.disable:
+            now = time.perf_counter()
+            if self.lines and now - self.last_line >= self.line_secs:
+                import sys
+                m = result.metrics
+                rate = (now - self.started) / max(result.epoch - self.first_epoch, 1)
+                print(f"{self.desc}: epoch {result.epoch}/{self.total}, train acc {m['train_acc']:.4f}, test acc "
+                      f"{m['test_acc']:.4f}, at most {rate * max(self.total - result.epoch, 0) / 60:.1f} min left",
+                      file=sys.stderr, flush=True)
+                self.last_line = now
             return
         m = result.metrics
         self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", train=f"{m['train_acc']:.3f}", test=f"{m['test_acc']:.3f}")

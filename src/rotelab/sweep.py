@@ -85,15 +85,26 @@ def sweep_points(spec: dict, out=None) -> tuple[str, list[Point]]:
     base = spec.get("base", {})
     axes = {k: axis_values(k, v) for k, v in spec.get("axes", {}).items()}
     names = {f.name for f in dataclasses.fields(cls)}
-    for key in list(base) + list(axes):
+    # An axis whose values are tables sets several fields together (a "variant"): the table's `name`
+    # names the point, its other keys are config fields.
+    grouped = {k for k, v in axes.items() if all(isinstance(x, dict) for x in v)}
+    for k in grouped:
+        for v in axes[k]:
+            if "name" not in v:
+                raise ConfigError(f"axes.{k}", f"each table of a variant axis needs a `name`, got {v!r}")
+    fields = list(base) + [k for k in axes if k not in grouped] + \
+        [f for k in grouped for v in axes[k] for f in v if f != "name"]
+    for key in fields:
         if key not in names:
             raise ConfigError(key, f"is not a field of the {protocol} config; see `rotelab {protocol} --help`")
     points = []
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo))
-        config = {**base, **values}
+        config = dict(base)
+        for k, v in values.items():
+            config.update({f: x for f, x in v.items() if f != "name"} if k in grouped else {k: v})
         cls.from_dict(config).validate()
-        name = point_name(values)
+        name = point_name({k: (v["name"] if k in grouped else v) for k, v in values.items()})
         points.append(Point(name, Path(root).resolve() / name, values, config))
     if len({p.name for p in points}) != len(points):
         raise ConfigError("axes", "two points got the same name; make the axis values distinct")
