@@ -242,7 +242,8 @@ def make_parser() -> argparse.ArgumentParser:
                                     "OUT/figures/*.png, OUT/results.json and OUT/report.html.")
     rr.add_argument("name", nargs="?", help="study name (see --list) or a study .toml file")
     rr.add_argument("--list", action="store_true", help="list the studies, what they reproduce and their time per scale")
-    rr.add_argument("--scale", default="cpu", choices=("smoke", "cpu", "paper"), help="(default: cpu)")
+    rr.add_argument("--scale", default=None, choices=("smoke", "cpu", "paper"),
+                    help="(default: cpu where the study has it, else paper)")
     rr.add_argument("--out", default=None, help="output folder (default: runs/reproduce/NAME-SCALE)")
     rr.add_argument("--dry-run", action="store_true", help="list the steps' runs and their state, run nothing")
     rr.add_argument("--data-root", default=None, help="folder of torchvision-format data (cifar10, ...)")

@@ -189,9 +189,11 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
     return steps
 
 
-def reproduce(name, scale: str = "cpu", out=None, dry_run: bool = False, **run_options) -> dict:
-    """Run a study at a scale, then write its figures, results.json and report.html."""
+def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, **run_options) -> dict:
+    """Run a study at a scale (default: cpu where the study has it, else its largest), then write its
+    figures, results.json and report.html."""
     study = load_study(name)
+    scale = scale or ("cpu" if "cpu" in study.scales else list(study.scales)[-1])
     if scale not in study.scales:
         raise ConfigError("--scale", f"study {study.name} has scales {', '.join(study.scales)}, not {scale!r}")
     out = Path(out or f"runs/reproduce/{study.name}-{scale}")

@@ -125,6 +125,12 @@ def point_state(protocol: str, path: Path) -> str:
     return "done" if all(RunDir(r).read_status().get("state") == "done" for r in runs) else "partial"
 
 
+def quiet(cls, config: dict) -> dict:
+    """A point's config without a progress bar, where the config has one (workers share a terminal)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {**config, "progress": False} if "progress" in names else dict(config)
+
+
 def run_point(protocol: str, config: dict, path: str, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one point. Never raises: a failure is returned with its error."""
     import torch
@@ -136,7 +142,7 @@ def run_point(protocol: str, config: dict, path: str, threads: int | None = None
         if state == "done":
             return {"path": str(path), "state": "skipped"}
         proto = get_protocol(protocol)
-        proto.start(proto.config.from_dict({**config, "progress": False}), path, keep_existing=True)
+        proto.start(proto.config.from_dict(quiet(proto.config, config)), path, keep_existing=True)
         return {"path": str(path), "state": "done"}
     except BaseException as e:   # a failing point must not stop the grid
         if isinstance(e, KeyboardInterrupt):
@@ -154,7 +160,7 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
     from .vectorized import fit_together
     cls = get_protocol(protocol).config
     try:
-        fit_together([cls.from_dict({**c, "progress": False}) for c in configs], paths)
+        fit_together([cls.from_dict(quiet(cls, c)) for c in configs], paths)
         return [{"path": p, "state": "done"} for p in paths]
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):

@@ -1,0 +1,123 @@
+"""The protocol registry: a protocol defined here, in a test file, gets a CLI command, sweep support and
+a report section with no edit anywhere else; plotting finished runs needs no torch."""
+
+import ast
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rotelab.cli import main
+from rotelab.config import ConfigError, config_from_dict, opt
+from rotelab.registry import PROTOCOLS, Protocol, load_protocols, register
+from rotelab.store import RunDir, environment
+
+
+@dataclass
+class CountConfig:
+    steps: int = opt(3, "how many lines to write")
+    start: float = opt(0.0, "first value")
+    seed: int = opt(0, "seed")
+
+    def validate(self):
+        if self.steps < 1:
+            raise ConfigError("--steps", f"must be >= 1, got {self.steps}")
+        return self
+
+    def to_dict(self):
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, d):
+        return config_from_dict(cls, d)
+
+
+def count_start(cfg, out, overwrite=False, keep_existing=False):
+    cfg.validate()
+    run = RunDir(out)
+    if keep_existing and run.config_file.is_file():
+        return [run]
+    RunDir.check_new(out, overwrite)
+    run.create(cfg.to_dict(), {"rotelab": "test"}, overwrite, protocol="count")
+    for e in range(1, cfg.steps + 1):
+        run.append_metrics({"epoch": e, "value": cfg.start + e + cfg.seed})
+    run.write_status("done", epochs_completed=cfg.steps)
+    run.unlock()
+    return [run]
+
+
+def count_section(runs, folder):
+    from rotelab.plots import plt, save_figure
+    fig, ax = plt.subplots()
+    for r in runs:
+        m = r.read_metrics()
+        ax.plot([x["epoch"] for x in m], [x["value"] for x in m])
+    return [("all counts", save_figure(fig, Path(folder) / "counts.png"))]
+
+
+@pytest.fixture
+def count_protocol():
+    load_protocols()
+    proto = register(Protocol(name="count", config=CountConfig, start=count_start, help="write a count",
+                              trains=False, report_section=count_section))
+    yield proto
+    PROTOCOLS.pop("count")
+
+
+def test_registry_lists_the_shipped_protocols():
+    assert {"fit", "forget", "infoplane", "noise"} <= set(load_protocols())
+    for proto in load_protocols().values():   # every protocol is complete enough for every entry point
+        assert proto.config.from_dict({}).validate() is not None or proto.name == "noise"
+        assert callable(proto.start) and proto.help
+
+
+def test_a_protocol_in_a_test_file_gets_cli_sweep_and_report(count_protocol, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["count", "--steps", "4", "--start", "10", "--out", str(out)]) == 0
+    assert [m["value"] for m in RunDir(out).read_metrics()] == [11, 12, 13, 14]
+    assert main(["count", "--steps", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--steps: must be >= 1" in capsys.readouterr().err
+    sweep_file = tmp_path / "grid.toml"
+    sweep_file.write_text(f'protocol = "count"\nout = "{tmp_path / "grid"}"\n[base]\nsteps = 2\n[axes]\nseed = [0, 5]\n')
+    assert main(["sweep", str(sweep_file), "--jobs", "1"]) == 0
+    assert RunDir(tmp_path / "grid" / "seed-5").read_metrics()[-1]["value"] == 7
+    assert main(["report", str(tmp_path / "grid"), "--out", str(tmp_path / "rep.html")]) == 0
+    page = (tmp_path / "rep.html").read_text()
+    assert "count: all counts" in page and (tmp_path / "rep_figures" / "counts.png").is_file()
+
+
+def test_plotting_a_finished_run_does_not_import_torch(tmp_path, small_cfg):
+    from rotelab.protocols.fit import fit
+    fit(small_cfg(epochs=2), tmp_path / "run")
+    code = ("import sys\nfrom rotelab.cli import main\n"
+            f"assert main(['plot', {str(tmp_path / 'run')!r}]) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "figures" / "curves.png").is_file()
+
+
+def test_nothing_below_protocols_imports_a_protocol():
+    src = Path(__file__).resolve().parents[1] / "src" / "rotelab"
+    below = ["engine.py", "hooks.py", "hook.py", "store.py", "config.py", "plots.py", "analysis.py", "report.py",
+             "seeding.py", *[str(p.relative_to(src)) for d in ("models", "data", "measures") for p in (src / d).glob("*.py")]]
+    for name in below:
+        tree = ast.parse((src / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert "protocols" not in (node.module or ""), f"{name} imports a protocol"
+            elif isinstance(node, ast.Import):
+                assert not any("protocols" in a.name for a in node.names), f"{name} imports a protocol"
+
+
+def test_store_errors_are_neutral_and_the_cli_names_the_option(tmp_path, small_cfg, capsys):
+    from rotelab.protocols.fit import fit
+    run = fit(small_cfg(epochs=2), tmp_path / "run")
+    (run.path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    assert main(["fit", "--resume", str(run.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rotelab: error: --resume: checkpoint ") and "unreadable" in err
+    assert json.loads((run.path / "status.json").read_text())["state"] == "done"   # nothing rewritten
