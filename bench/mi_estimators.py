@@ -6,8 +6,11 @@
 2. KDE bounds for N = 10,000 samples of d = 1,024 units: seconds and peak memory (child process).
 3. Information-plane bookkeeping: a 12-bit run at the default capture schedule, with and without
    the capture hook (ratio of loop time).
+4. The cost of binning + KDE at the default 200 captures over an 8,000-epoch 12-bit run, as a share of
+   the run: one capture of each estimator timed on the trained net's layers (median of repeats,
+   after a warm-up), times the number of captures, against the measured epoch time times 8,000.
 
-    python bench/mi_estimators.py [--data-file var_u.mat] [--epochs 1000]
+    python bench/mi_estimators.py [--data-file var_u.mat] [--epochs 1000] [--quick]
 
 Ends with one JSON line of figures.
 """
@@ -22,13 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import statistics
+
 import numpy as np
 import torch
-from _common import print_figures
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_figures  # noqa: E402
 
 from rotelab.config import FitConfig
 from rotelab.protocols.infoplane import InfoPlaneConfig
-from rotelab.measures.information import binning_mi, row_ids
+from rotelab.measures.information import binning_mi, kde_mi, row_ids
 from rotelab.protocols import fit as fit_protocol
 from rotelab.protocols import infoplane as ip
 from rotelab.store import RunDir
@@ -72,11 +79,13 @@ def trained_activations(cfg: InfoPlaneConfig, tmp: Path):
 
 
 def kde_child(n: int, d: int) -> dict:
-    """Run the KDE bounds in a fresh process; report its seconds and peak resident memory."""
+    """Run the KDE bounds in a fresh process (after a small warm-up call); report its seconds and
+    peak resident memory."""
     code = ("import time, numpy as np, resource, json\n"
             "from rotelab.measures.information import kde_mi\n"
             f"rng = np.random.default_rng(0); t = np.tanh(rng.standard_normal(({n}, {d})))\n"
             f"y = rng.integers(0, 10, {n})\n"
+            "kde_mi(t[:200], y[:200], 0.1)\n"
             "t0 = time.perf_counter(); r = kde_mi(t, y, 0.1); s = time.perf_counter() - t0\n"
             "print(json.dumps({'seconds': s, 'peak_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,"
             " 'ixt_upper': r['ixt_upper']}))\n")
@@ -94,39 +103,59 @@ def loop_seconds(build, cfg, tmp: Path, name: str) -> tuple[float, float]:
     return time.perf_counter() - t, loop.last_metrics.get("seconds_info", 0.0)
 
 
-def main():
+def median_time(fn, repeats: int) -> float:
+    fn()   # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-file", default=None, help="var_u.mat (default: the generated 12-bit task)")
     ap.add_argument("--epochs", type=int, default=1000, help="epochs of the bookkeeping comparison")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of the bookkeeping comparison")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the bookkeeping comparison")
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of each estimator timing (median)")
     ap.add_argument("--kde-n", type=int, default=10_000)
     ap.add_argument("--kde-d", type=int, default=1024)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="small sizes, one round: checks the bench runs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.rounds, args.repeats, args.kde_n, args.kde_d = 30, 1, 1, 500, 32
 
     cfg = InfoPlaneConfig(dataset="tishby", data_file=args.data_file, model="tishby", optimizer="adam", lr=4e-4,
-                          batch_size=512, epochs=200, progress=False, hist_every=0)
+                          batch_size=512, epochs=20 if args.quick else 200, progress=False, hist_every=0)
     edges = cfg.edges
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         acts, x_ids, y = trained_activations(cfg, tmp)
 
-        t = time.perf_counter()
+        t_ours = median_time(lambda: [binning_mi(a, x_ids, y, edges=edges) for a in acts], args.repeats)
+        t_ref = median_time(lambda: [original_style_binning(a, x_ids, y, edges) for a in acts],
+                            max(1, args.repeats // 2))
         ours = [binning_mi(a, x_ids, y, edges=edges) for a in acts]
-        t_ours = time.perf_counter() - t
-        t = time.perf_counter()
         ref = [original_style_binning(a, x_ids, y, edges) for a in acts]
-        t_ref = time.perf_counter() - t
         max_diff = float(np.max(np.abs(np.array(ours) - np.array(ref))))
+        # one capture of the default estimators (binning + KDE at the 12-bit task's variance)
+        t_kde = median_time(lambda: [kde_mi(a, y, 1e-3) for a in acts], args.repeats)
+        n_captures = len(ip.capture_epochs(8000, 200))
 
         kde = kde_child(args.kde_n, args.kde_d)
 
         run_cfg = InfoPlaneConfig(**{**cfg.to_dict(), "epochs": args.epochs})
         fit_cfg = FitConfig(**{k: v for k, v in run_cfg.to_dict().items() if k in FitConfig.__dataclass_fields__})
-        plain = with_info = float("inf")
-        for r in range(args.rounds):   # alternate, keep the best of each: the machine drifts
-            plain = min(plain, loop_seconds(fit_protocol.build_loop, fit_cfg, tmp, f"plain{r}")[0])
+        plains, withs, owns = [], [], []
+        for r in range(args.rounds):   # alternate, medians: the machine drifts
+            plains.append(loop_seconds(fit_protocol.build_loop, fit_cfg, tmp, f"plain{r}")[0])
             seconds, own = loop_seconds(ip.build_loop, run_cfg, tmp, f"info{r}")
-            with_info = min(with_info, seconds)
+            withs.append(seconds)
+            owns.append(own)
+        plain, with_info, own = map(statistics.median, (plains, withs, owns))
+        epoch_s = plain / args.epochs
+        capture_8000 = n_captures * (t_ours + t_kde)
 
     figures = {
         "binning_reference_s": round(t_ref, 4),
@@ -143,8 +172,14 @@ def main():
         "capture_overhead": round(with_info / plain - 1, 3),
         "capture_seconds_accounted": round(own, 2),
         "capture_share_accounted": round(own / plain, 3),
+        "capture_binning_s": round(t_ours, 4),
+        "capture_kde_s": round(t_kde, 4),
+        "captures_at_8000_epochs": n_captures,
+        "epoch_s": round(epoch_s, 5),
+        "capture_share_of_8000_epoch_run": round(capture_8000 / (capture_8000 + 8000 * epoch_s), 3),
     }
     print_figures(figures)
+    return figures
 
 
 if __name__ == "__main__":

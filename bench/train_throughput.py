@@ -1,16 +1,21 @@
-"""Training throughput: rotelab's engine against a loop built the usual way, in one process.
+"""Training throughput: rotelab's engine against three references and the epoch's arithmetic floor.
 
-MLP 784-512-10 on Fashion-MNIST (60k), batch 128, SGD with momentum, one epoch.
+MLP 784-512-10 on Fashion-MNIST (60k), batch 128, SGD with momentum; every variant uses the same model
+(rotelab.models.build_model) and the same optimizer implementation (rotelab.engine.build_optimizer:
+torch's fused SGD), in one process, taking turns for several rounds (medians and min-max reported):
 
-  reference  torchvision FashionMNIST with per-sample ToTensor + Normalize, a DataLoader, the
-             same model and optimizer (torch defaults)
-  rotelab    tensors in memory, index-slice batches (engine.train_epoch)
+  (a) dataloader_transforms  torchvision's FashionMNIST, per-sample ToTensor + Normalize, a DataLoader
+                             (the way the original fitting-random-labels code feeds its nets)
+  (b) dataloader_tensors     a TensorDataset of the same in-memory tensors, a DataLoader
+  (c) minimal_loop           in-memory tensors, index slices, forward, backward, step, nothing else:
+                             the floor for eager code
+  rotelab_train              rotelab.engine.train_epoch (the training pass of every run)
+  rotelab_epoch              Loop.run_epoch + its hooks: training pass, clean evaluation of train and
+                             test, per-example bits (examples.npz rows) and the metrics line
+  gemm_floor                 the summed time of the epoch's own matrix products at their exact shapes
+                             (forward, weight gradient, input gradient), each timed alone
 
-Also: the fraction of the machine's matmul roofline the rotelab epoch reaches (FLOPs of the epoch
-over its time, against a large matmul measured here and against a batch-128 matmul of the first
-layer's shape), the cost of per-example tracking, and the peak memory of a `rotelab fit` run.
-
-    python bench/train_throughput.py [--data-root DIR] [--epochs 2]
+    python bench/train_throughput.py [--rounds 5] [--quick]
 
 Ends with one JSON line of figures.
 """
@@ -19,58 +24,39 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import resource
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import print_figures
 import torch.nn.functional as F
 
-from rotelab.config import FitConfig
-from rotelab.data import load_data
-from rotelab.data.sources import DEBIAN_FASHION_MNIST
-from rotelab.engine import Loop, build_optimizer, train_epoch
-from rotelab.hooks import ExampleRecorder, MetricsWriter
-from rotelab.models import build_model
-from rotelab.store import RunDir
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_figures  # noqa: E402
+
+from rotelab.config import FitConfig  # noqa: E402
+from rotelab.data import load_data  # noqa: E402
+from rotelab.data.sources import DEBIAN_FASHION_MNIST  # noqa: E402
+from rotelab.engine import Loop, build_optimizer, train_epoch  # noqa: E402
+from rotelab.hooks import ExampleRecorder, MetricsWriter  # noqa: E402
+from rotelab.models import build_model  # noqa: E402
+from rotelab.store import RunDir  # noqa: E402
 
 BATCH = 128
 
 
-def best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
-def matmul_flops(m: int, k: int, n: int, repeats: int) -> float:
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    for _ in range(3):
-        a @ b
-    inner = max(1, int(2e9 // (2 * m * k * n)))  # ~2 GFLOP per timing
-    t = best_time(lambda: [a @ b for _ in range(inner)], repeats)
-    return 2 * m * k * n * inner / t
-
-
-def epoch_flops(n: int, widths=(784, 512, 10)) -> float:
-    """Training FLOPs of one epoch: forward 2*in*out per layer and example; backward the weight
-    gradient (same again) and, for every layer but the first, the input gradient (same again)."""
-    total = 0
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        total += 2 * a * b * (2 if i == 0 else 3)
-    return total * n
-
-
-def raw_idx_folder(src: Path, dest: Path) -> Path:
-    """torchvision's FashionMNIST layout (uncompressed IDX files under FashionMNIST/raw)."""
+def raw_idx_folder(src: Path, dest: Path, n: int) -> Path | None:
+    """torchvision's FashionMNIST layout (uncompressed IDX files under FashionMNIST/raw), or None
+    where the IDX files are not on this machine."""
     raw = dest / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
@@ -78,113 +64,138 @@ def raw_idx_folder(src: Path, dest: Path) -> Path:
             if cand.is_file():
                 shutil.copy(cand, raw / name)
                 break
-            if cand.with_suffix(".gz").is_file() or Path(str(cand) + ".gz").is_file():
+            if Path(str(cand) + ".gz").is_file():
                 with gzip.open(str(cand) + ".gz") as f:
                     (raw / name).write_bytes(f.read())
                 break
         else:
-            sys.exit(f"no {name} under {src}; install dataset-fashion-mnist or pass --data-root")
+            return None
     return dest
 
 
-def reference_epoch(root: Path, cfg: FitConfig, workers: int) -> float:
-    from torchvision import datasets, transforms
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
-    ds = datasets.FashionMNIST(str(root), train=True, transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers)
-    model = build_model(cfg, (1, 28, 28), 10)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+class Subset(torch.utils.data.Dataset):
+    def __init__(self, ds, n):
+        self.ds, self.n = ds, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def loader_epoch(model, opt, loader) -> None:
     model.train()
-    t = time.perf_counter()
     for x, y in loader:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
+        loss = F.cross_entropy(model(x.flatten(1) if x.dim() > 2 else x), y)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return time.perf_counter() - t
 
 
-def loop_epochs(cfg: FitConfig, data, tmp: Path, rounds: int) -> dict[str, float]:
-    """Best time of a full engine epoch (training, both evaluation passes, hooks) per way of
-    recording examples; the variants take turns, so drift of the machine hits them alike."""
-    loops = {}
-    for record in ("none", "evaluation", "presentation"):
-        run = RunDir(tmp / f"loop-{record}")
-        run.path.mkdir(parents=True)
-        c = FitConfig(**{**cfg.to_dict(), "example_record": record, "epochs": rounds + 1})
-        hooks = [MetricsWriter(run)] if record == "none" else [ExampleRecorder(run, data.splits, record), MetricsWriter(run)]
-        loops[record] = Loop(build_model(c, data.input_shape, 10), data.splits, c, hooks)
-        loops[record].run_epoch()  # warm-up
-    best = {k: float("inf") for k in loops}
-    for _ in range(rounds):
-        for record, loop in loops.items():
-            t = time.perf_counter()
-            result = loop.run_epoch()
-            for h in loop.hooks:
-                h.on_epoch_end(loop, result)
-            best[record] = min(best[record], time.perf_counter() - t)
-    return best
+def minimal_epoch(model, opt, x, y, order) -> None:
+    model.train()
+    for i in range(0, len(order), BATCH):
+        idx = order[i:i + BATCH]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
-def peak_rss_of_fit(data_root: str, tmp: Path) -> float:
-    cmd = [sys.executable, "-m", "rotelab.cli", "fit", "--dataset", "fashion-mnist", "--data-root", data_root,
-           "--epochs", "1", "--no-progress", "--example-margins", "--out", str(tmp / "peak")]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+def gemm_floor(n: int, widths=(784, 512, 10), repeats: int = 3) -> float:
+    """The epoch's matrix products at their exact shapes, each timed alone (best of `repeats`),
+    summed over the epoch's batches: forward X W^T per layer, weight gradient G^T X per layer,
+    input gradient G W for every layer but the first."""
+    batches = [BATCH] * (n // BATCH) + ([n % BATCH] if n % BATCH else [])
+    total = 0.0
+    for b in sorted(set(batches)):
+        count = batches.count(b)
+        for i, (a, o) in enumerate(zip(widths[:-1], widths[1:])):
+            x, w, g = torch.randn(b, a), torch.randn(o, a), torch.randn(b, o)
+            shapes = [(x, w.t()), (g.t(), x)] + ([(g, w)] if i > 0 else [])
+            for p, q in shapes:
+                for _ in range(5):
+                    p @ q
+                reps = 50
+                best = min(timed(lambda: [p @ q for _ in range(reps)]) for _ in range(repeats)) / reps
+                total += best * count
+    return total
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default="data")
-    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per variant (best is kept)")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds of the full-epoch comparison")
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference")
-    args = ap.parse_args()
+    ap.add_argument("--rounds", type=int, default=5, help="rounds; in each every variant runs one epoch")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers of references (a) and (b)")
+    ap.add_argument("--quick", action="store_true", help="a 2,000-example epoch, 1 round: checks the bench runs")
+    args = ap.parse_args(argv)
+    rounds = 1 if args.quick else args.rounds
 
     cfg = FitConfig(dataset="fashion-mnist", data_root=args.data_root, model="mlp", widths=[512],
-                    batch_size=BATCH, lr=0.01, progress=False)
+                    batch_size=BATCH, lr=0.01, progress=False, subset=2000 if args.quick else None)
     data = load_data(cfg)
     n = len(data.train)
+    x, y = data.train.x.flatten(1), data.train.y
     src = Path(args.data_root) if (Path(args.data_root) / "FashionMNIST").is_dir() else DEBIAN_FASHION_MNIST
+
+    def fresh():
+        model = build_model(cfg, data.input_shape, 10)
+        return model, build_optimizer(model, cfg)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        peak_gemm = matmul_flops(2048, 2048, 2048, 3)
-        batch_gemm = matmul_flops(BATCH, 784, 512, 5)
+        variants = {}
+        root = raw_idx_folder(src, tmp / "tv", n)
+        if root is not None:
+            from torchvision import datasets, transforms
+            tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
+            ds = Subset(datasets.FashionMNIST(str(root), train=True, transform=tf), n)
+            m, o = fresh()
+            loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=args.workers)
+            variants["dataloader_transforms"] = lambda m=m, o=o, loader=loader: loader_epoch(m, o, loader)
+        m, o = fresh()
+        tl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True,
+                                         num_workers=args.workers)
+        variants["dataloader_tensors"] = lambda m=m, o=o: loader_epoch(m, o, tl)
+        m, o = fresh()
+        variants["minimal_loop"] = lambda m=m, o=o: minimal_epoch(m, o, x, y, torch.randperm(n))
+        m, o = fresh()
+        variants["rotelab_train"] = lambda m=m, o=o: train_epoch(m, o, data.train.x, y, BATCH, torch.randperm(n))
+        run = RunDir(tmp / "loop")
+        run.path.mkdir()
+        c = FitConfig(**{**cfg.to_dict(), "epochs": 10_000})
+        loop = Loop(build_model(c, data.input_shape, 10), data.splits, c,
+                    [ExampleRecorder(run, data.splits, "evaluation"), MetricsWriter(run)])
+        loop.start()
+        variants["rotelab_epoch"] = lambda: loop.close_epoch(loop.run_epoch(), persist=False)
 
-        model = build_model(cfg, data.input_shape, 10)
-        opt = build_optimizer(model, cfg)
-        warm = torch.randperm(n)[: 50 * BATCH]
-        train_epoch(model, opt, data.train.x, data.train.y, BATCH, warm)
-        ours = best_time(lambda: train_epoch(model, opt, data.train.x, data.train.y, BATCH, torch.randperm(n)),
-                         args.epochs)
+        for fn in variants.values():   # warm-up: first-call costs out of every clock
+            fn()
+        times = {k: [] for k in variants}
+        floor = []
+        for _ in range(rounds):
+            for k, fn in variants.items():
+                times[k].append(timed(fn))
+            floor.append(gemm_floor(n, repeats=1 if args.quick else 3))
+        loop.finish()
 
-        root = raw_idx_folder(src, tmp / "tv")
-        reference = min(reference_epoch(root, cfg, args.workers) for _ in range(args.epochs))
-
-        full = loop_epochs(cfg, data, tmp, args.rounds)
-        t_none, t_eval, t_pres = full["none"], full["evaluation"], full["presentation"]
-        peak_gemm = max(peak_gemm, matmul_flops(2048, 2048, 2048, 3))  # the machine's best moment
-        peak_gib = peak_rss_of_fit(str(args.data_root), tmp)
-
-    flops = epoch_flops(n)
-    figures = {
-        "reference_epoch_s": round(reference, 3),
-        "rotelab_epoch_s": round(ours, 3),
-        "speedup": round(reference / ours, 2),
-        "epoch_gflops": round(flops / 1e9, 1),
-        "achieved_gflop_per_s": round(flops / ours / 1e9, 1),
-        "peak_matmul_gflop_per_s": round(peak_gemm / 1e9, 1),
-        "batch128_matmul_gflop_per_s": round(batch_gemm / 1e9, 1),
-        "roofline_fraction": round(flops / ours / peak_gemm, 3),
-        "batch128_roofline_fraction": round(flops / ours / batch_gemm, 3),
-        "full_epoch_s_no_tracking": round(t_none, 3),
-        "tracking_overhead_evaluation": round(t_eval / t_none - 1, 4),
-        "tracking_overhead_presentation": round(t_pres / t_none - 1, 4),
-        "peak_rss_gib": round(peak_gib, 2),
-        "threads": torch.get_num_threads(),
-    }
+    med = {k: statistics.median(v) for k, v in times.items()}
+    spread = {k: f"{min(v):.3f}-{max(v):.3f}" for k, v in times.items()}
+    floor_s = statistics.median(floor)
+    figures = {"examples": n, "rounds": rounds, "threads": torch.get_num_threads()}
+    for k in variants:
+        figures[f"{k}_s"] = round(med[k], 4)
+        figures[f"{k}_range_s"] = spread[k]
+    figures["gemm_floor_s"] = round(floor_s, 4)
+    figures["rotelab_train_over_minimal_loop"] = round(med["rotelab_train"] / med["minimal_loop"], 3)
+    figures["rotelab_epoch_over_train"] = round(med["rotelab_epoch"] / med["rotelab_train"], 3)
+    figures["train_rate_over_gemm_floor"] = round(floor_s / med["rotelab_train"], 3)
+    if "dataloader_transforms" in med:
+        figures["dataloader_transforms_over_rotelab_train"] = round(med["dataloader_transforms"] / med["rotelab_train"], 2)
+    figures["dataloader_tensors_over_rotelab_train"] = round(med["dataloader_tensors"] / med["rotelab_train"], 2)
     print_figures(figures)
+    return figures
 
 
 if __name__ == "__main__":
