@@ -14,9 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_figures
+import sys
 
-from rotelab.sweep import sweep
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_figures  # noqa: E402
+
+from rotelab.sweep import sweep  # noqa: E402
 
 GRID = """
 protocol = "fit"
@@ -40,10 +43,13 @@ def timed(grid: Path, out: Path, jobs: int) -> float:
     return time.perf_counter() - t
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=60)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs = 2
     cores = os.cpu_count() or 1
     from rotelab.config import FitConfig
     from rotelab.data import load_data
@@ -53,8 +59,10 @@ def main():
         grid.write_text(GRID.format(epochs=args.epochs))
         sequential = timed(grid, Path(tmp) / "seq", 1)
         parallel = timed(grid, Path(tmp) / "par", cores)
-    print_figures({"points": 8, "epochs": args.epochs, "jobs": cores, "sequential_s": round(sequential, 2),
-                   "parallel_s": round(parallel, 2), "parallel_over_sequential": round(parallel / sequential, 3)})
+    figures = {"points": 8, "epochs": args.epochs, "jobs": cores, "sequential_s": round(sequential, 2),
+               "parallel_s": round(parallel, 2), "parallel_over_sequential": round(parallel / sequential, 3)}
+    print_figures(figures)
+    return figures
 
 
 if __name__ == "__main__":

@@ -15,12 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import print_figures
+import sys
 
-from rotelab.config import FitConfig
-from rotelab.data.sources import DEBIAN_FASHION_MNIST
-from rotelab.protocols.fit import fit
-from rotelab.vectorized import fit_together
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import print_figures  # noqa: E402
+
+from rotelab.config import FitConfig  # noqa: E402
+from rotelab.data.sources import DEBIAN_FASHION_MNIST  # noqa: E402
+from rotelab.protocols.fit import fit  # noqa: E402
+from rotelab.vectorized import fit_together  # noqa: E402
 
 
 def compare(name: str, base: dict, seeds: int, tmp: Path) -> dict:
@@ -58,12 +61,15 @@ def compare(name: str, base: dict, seeds: int, tmp: Path) -> dict:
             f"{name}_speedup": round(t_seq / t_vec, 2), f"{name}_max_metric_diff": worst}
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--cases", nargs="+", default=["tishby", "mlp512"], choices=["tishby", "mlp512"])
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.cases = 2, 3, ["tishby"]
     figures = {"seeds": args.seeds, "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -74,6 +80,7 @@ def main():
             figures.update(compare("mlp512", dict(dataset="fashion-mnist", subset=10_000, widths=[512], lr=0.01,
                                                   batch_size=128, epochs=max(1, args.epochs // 20)), args.seeds, tmp))
     print_figures(figures)
+    return figures
 
 
 if __name__ == "__main__":

@@ -2,10 +2,18 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
+# One torch thread per test process (and per subprocess a test starts): the suite's processes never
+# oversubscribe the cores, so it stays fast beside other CPU-bound work (a sweep, a second test run).
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
-from rotelab.config import FitConfig
-from rotelab.engine import Hook
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from rotelab.config import FitConfig  # noqa: E402
+from rotelab.engine import Hook  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VAR_U = REPO.parent / "shared" / "data" / "var_u.mat"

@@ -1,0 +1,97 @@
+"""rotelab reproduce: every study's smoke scale runs end to end (so no study can rot), the checks give
+known answers on hand-made runs, and the paper-scale Table 1 study runs on small CIFAR-format files."""
+
+import html
+import json
+from pathlib import Path
+
+import pytest
+
+from rotelab import reproduce as rp
+from rotelab.cli import main
+from rotelab.store import RunDir, atomic_write_json
+
+STUDIES = [f.stem for f in rp.study_files()]
+
+
+def test_list_names_every_study_with_its_scales(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("zhang-fig1", "zhang-table1", "noise-ramp", "forgetting", "oscillation", "infoplane-12bit"):
+        assert name in STUDIES and name in out
+    assert "cpu ~" in out and "smoke ~" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [s for s in STUDIES if s != "zhang-table1"])
+def test_smoke_scale_runs_end_to_end(name, tmp_path):
+    out = tmp_path / name
+    results = rp.reproduce(name, "smoke", out, jobs=1)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert set(saved) >= {"study", "scale", "version", "seconds", "checks", "notes"}
+    assert saved["checks"] and all(set(c) == {"name", "value", "expected", "pass"} for c in saved["checks"])
+    assert list((out / "figures").glob("*.png"))
+    page = (out / "report.html").read_text()
+    assert "<img" in page and html.escape(saved["checks"][0]["name"]) in page
+
+
+def test_a_study_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "o"
+    rp.reproduce("oscillation", "smoke", out)
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    capsys.readouterr()
+    assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == stamp
+    assert "checks pass" in capsys.readouterr().out
+
+
+def test_table1_dry_run_and_a_smoke_run_on_written_cifar_files(tmp_path, capsys):
+    from test_data import write_cifar
+    assert main(["reproduce", "zhang-table1", "--dry-run", "--out", str(tmp_path / "dry")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("new ") == 8 and "variant-inception" in out and not (tmp_path / "dry").exists()
+    write_cifar(tmp_path / "cifar", n_per_batch=40)
+    results = rp.reproduce("zhang-table1", "smoke", tmp_path / "t1", data_root=str(tmp_path / "cifar"))
+    assert [c["pass"] for c in results["checks"]] == [False, False]   # one epoch on 200 images fits nothing
+    assert "variant-alexnet: train" in results["checks"][0]["value"]
+
+
+def fake_fit(path: Path, corrupt: str, fit_epoch, test_acc: float, classes: int = 10):
+    import numpy as np
+    run = RunDir(path)
+    run.create({"corrupt": corrupt, "batch_size": 10}, {}, protocol="fit")
+    run.append_metrics({"epoch": 1, "train_acc": 1.0, "test_acc": test_acc, "train_loss": 0.1})
+    run.write_status("done", fit_epoch=fit_epoch)
+    run.write_examples({"train_labels_true": np.arange(classes), "n_train": np.int64(classes)})
+    run.unlock()
+
+
+def test_checks_on_hand_made_runs(tmp_path):
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "fits", "protocol": "fit"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    for p, epochs, acc in ((0.0, 10, 0.9), (0.5, 20, 0.5), (1.0, 30, 0.1), (1.0, None, 0.12)):
+        fake_fit(tmp_path / "fits" / f"p{p}-{epochs}", f"labels={p}", epochs, acc)
+    value, _, passed = rp.check_all_fit(ctx, "fits")
+    assert value.startswith("3 of 4") and passed is False
+    value, _, passed = rp.check_rises_with_p(ctx, "fits", "fit_epoch")
+    assert "rank correlation 1.000" in value and "p=1: 30" in value and passed
+    value, _, passed = rp.check_rises_with_p(ctx, "fits", "test_error")
+    assert passed and "p=1: 0.89" in value   # mean of the two p = 1 runs' errors, 0.9 and 0.88
+    value, expected, passed = rp.check_chance(ctx, "fits", p=1.0, tolerance=0.02)
+    assert "0.1100" in value and expected == "0.100 +- 0.02" and passed
+    assert rp.check_chance(ctx, "fits", p=1.0, tolerance=0.005)[2] is False
+
+
+def test_information_terms_check_knows_the_closed_form(tmp_path):
+    import math
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "ramp", "protocol": "noise"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    run = RunDir(tmp_path / "ramp" / "a")
+    run.create({"source": "x"}, {}, protocol="noise")
+    for e in range(1, 10):
+        alpha = 1e-4 * 2 ** ((e - 1) // 3)
+        run.append_metrics({"epoch": e, "alpha": alpha, "neg_half_log_alpha": -0.5 * math.log(alpha)})
+    run.unlock()
+    value, _, passed = rp.check_information_terms(ctx, "ramp")
+    assert passed and "4.6052" in value and "0.3466" in value
