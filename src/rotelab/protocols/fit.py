@@ -102,17 +102,30 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
         m = r.read_metrics()
         x = np.array([e["epoch"] for e in m], dtype=float) * (spe or 1)
         curves[cfg.get("corrupt", "none"), spe is not None].append((x, np.array([e["train_loss"] for e in m])))
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (spec, in_steps), series in sorted(curves.items()):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pixel_styles = {"shuffled-pixels": ("C1", "--"), "random-pixels": ("C3", "-."), "gaussian": ("k", ":")}
+
+    def order(item):
+        kind, p = parse_corruption(item[0][0])
+        return (kind not in ("none", "labels"), kind, p)
+    for (spec, in_steps), series in sorted(curves.items(), key=order):
+        kind, p = parse_corruption(spec)
+        color, style = pixel_styles.get(kind, (plt.cm.viridis(0.9 * p), "-"))
+        # mean over seeds up to the shortest run (runs stop when they fit); a dot where it ends
         n = min(len(s[0]) for s in series)
-        ax.plot(series[0][0][:n], np.mean([s[1][:n] for s in series], axis=0), label=f"{spec} ({len(series)} runs)")
-    ax.set(xlabel="step" if all(k[1] for k in curves) else "epoch", ylabel="training loss",
+        mean = np.mean([s[1][:n] for s in series], axis=0)
+        ax.plot(series[0][0][:n], mean, color=color, ls=style, lw=2 if p == 0 and kind != "gaussian" else 1.3,
+                label=f"{'true labels' if kind == 'none' or (kind == 'labels' and p == 0) else spec} ({len(series)} runs)")
+        ax.plot(series[0][0][n - 1], mean[-1], "o", color=color, ms=4)
+    ax.plot([], [], "o", color="grey", ms=4, label="first seed to fit its training set (mean up to here)")
+    ax.set(xlabel="step" if all(k[1] for k in curves) else "epoch", ylabel="training loss (mean over seeds)",
            title="(a) learning curves per corruption")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     out.append(("Zhang et al. Fig. 1a: training loss", save_figure(fig, folder / "zhang_1a_loss.png")))
     # (b) convergence time and (c) test error against the label-corruption level
     by_level = defaultdict(list)
+    classes = None
     for r in fits:
         cfg = r.read_config()
         kind, p = parse_corruption(cfg.get("corrupt", "none"))
@@ -120,6 +133,8 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
             status = r.read_status()
             last = r.read_metrics()[-1]
             by_level[p].append((status.get("fit_epoch"), 1 - last["test_acc"]))
+            if classes is None and r.examples_file.is_file():
+                classes = int(r.read_examples()["train_labels_true"].max()) + 1
     if by_level:
         levels = sorted(by_level)
         for key, idx, ylabel, title, name in (
@@ -135,12 +150,15 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                     lo.append(np.min(vals))
                     hi.append(np.max(vals))
             if xs:
-                ax.errorbar(xs, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)], marker="o", capsize=3)
-            ax.set(xlabel="label corruption p", ylabel=ylabel, title=f"{title} (mean, min-max over seeds)")
+                ax.errorbar(xs, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)], marker="o", capsize=3,
+                            label="mean over seeds (bars: min to max)")
+            if key == "c" and classes:
+                ax.axhline(1 - 1 / classes, color="grey", ls="--", lw=1, label=f"chance (1 - 1/{classes})")
+            ax.set(xlabel="label corruption p", ylabel=ylabel, title=title)
             ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
             out.append((f"Zhang et al. Fig. 1{key}: {ylabel}", save_figure(fig, folder / name)))
     return out
-
 
 
 def report_section(runs, folder):
