@@ -116,8 +116,12 @@ def test_nothing_below_protocols_imports_a_protocol():
 def test_store_errors_are_neutral_and_the_cli_names_the_option(tmp_path, small_cfg, capsys):
     from rotelab.protocols.fit import fit
     run = fit(small_cfg(epochs=2), tmp_path / "run")
+    assert main(["fit", "--resume", str(run.path)]) == 0
+    assert "already finished; nothing to do" in capsys.readouterr().out
+    run.write_status("running")   # as if killed before its final status
     (run.path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    before = (run.path / "status.json").read_text()
     assert main(["fit", "--resume", str(run.path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rotelab: error: --resume: checkpoint ") and "unreadable" in err
-    assert json.loads((run.path / "status.json").read_text())["state"] == "done"   # nothing rewritten
+    assert (run.path / "status.json").read_text() == before   # nothing rewritten

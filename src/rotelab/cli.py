@@ -114,6 +114,31 @@ def resume_path(path) -> list:
     return proto.resume_folder(path) if proto.resume_folder else [resume(d) for d in dirs]
 
 
+def check_resumable(path, protocol: str):
+    """--resume of `rotelab NAME` continues runs of protocol NAME only."""
+    from .registry import protocol_of
+    from .store import StoreError, runs_in
+    if not Path(path).is_dir():
+        raise StoreError(path, f"{path} does not exist")
+    dirs = runs_in(path)
+    if not dirs:
+        raise StoreError(path, f"{path} holds no rotelab runs")
+    other = protocol_of(dirs[0]).name
+    if other != protocol:
+        raise ConfigError("--resume", f"{path} is a {other} run; continue it with `rotelab {other} --resume {path}`")
+
+
+def all_done(path) -> bool:
+    """Every run in path finished, with its final epoch checkpointed (resuming would change nothing)."""
+    from .registry import protocol_of
+    from .store import RunDir, runs_in
+    dirs = runs_in(path)
+    proto = protocol_of(dirs[0])
+    if len(dirs) < proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config())):
+        return False
+    return all(RunDir(d).read_status().get("state") == "done" for d in dirs)
+
+
 def cmd_protocol(args) -> int:
     """Every protocol's command: a new run in --out, or --resume, or the protocol's own way to start."""
     from .registry import get_protocol
@@ -123,6 +148,10 @@ def cmd_protocol(args) -> int:
     runs = proto.cli_start(args) if proto.cli_start else None
     if runs is None:
         if _resume_or_out(args, proto.config, given_inputs):
+            check_resumable(args.resume, proto.name)
+            if all_done(args.resume):
+                print(f"{args.resume}: already finished; nothing to do")
+                return 0
             runs = resume_path(args.resume)
         else:
             runs = proto.start(config_from_args(args, proto.config), args.out, overwrite=args.overwrite, **inputs)
@@ -133,6 +162,8 @@ def cmd_protocol(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .sweep import load_sweep, point_state, sweep
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError("--jobs", f"must be >= 1, got {args.jobs}")
     if args.dry_run:
         protocol, points = load_sweep(args.file, args.out)
         for p in points:
@@ -157,6 +188,8 @@ def cmd_reproduce(args) -> int:
         return 0
     if not args.name:
         raise ConfigError("NAME", "say which study, e.g. rotelab reproduce zhang-fig1 (rotelab reproduce --list)")
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError("--jobs", f"must be >= 1, got {args.jobs}")
     results = reproduce(args.name, args.scale, args.out, dry_run=args.dry_run, executor=args.executor,
                         jobs=args.jobs, address=args.address, cpus_per_point=args.cpus_per_point,
                         gpus_per_point=args.gpus_per_point, data_root=args.data_root)
@@ -203,9 +236,19 @@ def cmd_list(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (what is wrong and where the options are listed), not
+    the command's whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rotelab", description="Experiments on how deep networks memorize.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+    p = Parser(prog="rotelab", description="Experiments on how deep networks memorize.")
+    p.add_argument("--version", action="version", version=f"rotelab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     from .registry import load_protocols
     for proto in load_protocols().values():
@@ -313,6 +356,12 @@ def main(argv=None) -> int:
         return 2
     except StoreError as e:
         print(f"rotelab: error: {store_error_line(args, e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # a path the user gave cannot be read or written (permissions, a full disk, a file for a folder)
+        print(f"rotelab: error: {e.filename}: {e.strerror}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rotelab: interrupted; continue with `rotelab fit --resume RUN`", file=sys.stderr)

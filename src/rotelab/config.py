@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +17,12 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def opt(default, help: str, choices=None, flag_type=None, aliases=()):
-    """A config field with its CLI help text (and optional choices and extra flag names)."""
-    meta = {"help": help, "aliases": tuple(aliases)}
+def opt(default, help: str, choices=None, flag_type=None, aliases=(), **bounds):
+    """A config field: its default, CLI help text, optional choices and extra flag names, and its
+    bounds (gt, ge, lt, le: pydantic's constraints), declared once and enforced by check_fields
+    wherever a config enters (flags, config files, sweep points, saved configs). Floats must be
+    finite unless `allow_inf_nan=True` is given."""
+    meta = {"help": help, "aliases": tuple(aliases), "bounds": bounds}
     if choices is not None:
         meta["choices"] = choices
     if flag_type is not None:
@@ -29,8 +32,59 @@ def opt(default, help: str, choices=None, flag_type=None, aliases=()):
     return field(default=default, metadata=meta)
 
 
+@functools.lru_cache(maxsize=None)
+def _field_adapters(cls) -> dict:
+    """One pydantic TypeAdapter per field of a config class: the field's type with its bounds."""
+    import typing
+    from typing import Annotated, Optional
+
+    from pydantic import Field, TypeAdapter
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint, bounds = hints[f.name], dict(f.metadata.get("bounds", {}))
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        inner = next(a for a in args if a is not type(None)) if optional else hint
+        if inner is float:
+            bounds.setdefault("allow_inf_nan", False)
+        if f.metadata.get("choices"):
+            inner = typing.Literal[tuple(f.metadata["choices"])]
+        # strict for bool (no "yes" -> True) and int (no 1.5 -> 1, no "ten"); a float field takes integers
+        strict = inner in (bool, int)
+        typed = Annotated[inner, Field(strict=strict, **bounds)] if bounds or strict else inner
+        out[f.name] = TypeAdapter(Optional[typed] if optional else typed)
+    return out
+
+
+def check_fields(cfg):
+    """Check every field of a config against its declared type and bounds (one ConfigError naming the
+    flag); floats given as integers are converted. Returns cfg."""
+    from pydantic import ValidationError
+    for name, adapter in _field_adapters(type(cfg)).items():
+        value = getattr(cfg, name)
+        try:
+            setattr(cfg, name, adapter.validate_python(value))
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(flag(name), f"{_plain(err)}, got {value!r}") from None
+    return cfg
+
+
+def _plain(err: dict) -> str:
+    """pydantic's message in the words of a command line."""
+    msg = err["msg"]
+    if err["type"] == "finite_number":
+        return "must be a finite number"
+    if err["type"] == "literal_error":
+        return msg.replace("Input should be", "must be one of").replace("'", "")
+    return msg.replace("Input should be", "must be").replace("Input should be a valid", "must be")
+
+
 def config_from_dict(cls, d: dict):
     """A config dataclass from a dict, naming the first unknown field."""
+    if not isinstance(d, dict):
+        raise ConfigError("--config", f"expected a table of config fields, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
@@ -49,8 +103,8 @@ class FitConfig:
     data_root: str = opt("data", "folder with torchvision-format data (cifar10, cifar100, mnist, fashion-mnist)")
     data_file: str | None = opt(None, "tishby: path to var_u.mat; without it a generated 12-bit task is used")
     download: bool = opt(False, "download torchvision data sets into --data-root when missing")
-    subset: int | None = opt(None, "train on a fixed, class-balanced subset of this many training examples")
-    test_fraction: float = opt(0.2, "held-out fraction for data sets without a standard split (digits, tishby)")
+    subset: int | None = opt(None, "train on a fixed, class-balanced subset of this many training examples", ge=1)
+    test_fraction: float = opt(0.2, "held-out fraction for data sets without a standard split (digits, tishby)", gt=0, lt=1)
     corrupt: str = opt("none", "KIND=P with KIND in labels, shuffled-pixels, random-pixels, gaussian; P in [0,1] is the fraction of examples corrupted")
     corrupt_test: bool = opt(False, "corrupt the test set the same way (own random stream; shuffled-pixels keeps the train permutation)")
     label_noise_mode: str = opt("uniform", "uniform: redraw from all classes (may keep the true one, as Zhang et al.); other: always a different class", ("uniform", "other"))
@@ -58,46 +112,49 @@ class FitConfig:
     model: str = opt("mlp", "model name (see `rotelab models`)")
     widths: list[int] = opt([512], "mlp hidden widths, comma-separated, e.g. 512,512,512", flag_type="ints")
     activation: str | None = opt(None, "relu or tanh (default: the model's own, relu for mlp, tanh for tishby)", ("relu", "tanh"))
-    depth: int = opt(16, "wrn depth (6n+4)")
-    widen: int = opt(4, "wrn widen factor")
+    depth: int = opt(16, "wrn depth (6n+4)", ge=10)
+    widen: int = opt(4, "wrn widen factor", ge=1)
     # optimisation
-    epochs: int = opt(100, "maximum number of epochs")
-    until_train_acc: float | None = opt(None, "stop once train accuracy (clean pass) reaches this value, e.g. 1.0")
-    batch_size: int = opt(128, "training batch size")
-    eval_batch_size: int = opt(2048, "batch size of evaluation passes")
+    epochs: int = opt(100, "maximum number of epochs", ge=1)
+    until_train_acc: float | None = opt(None, "stop once train accuracy (clean pass) reaches this value, e.g. 1.0", gt=0, le=1)
+    batch_size: int = opt(128, "training batch size", ge=1)
+    eval_batch_size: int = opt(2048, "batch size of evaluation passes", ge=1)
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam"))
-    lr: float = opt(0.01, "learning rate")
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(0.0, "weight decay")
+    lr: float = opt(0.01, "learning rate", gt=0)
+    momentum: float = opt(0.9, "SGD momentum, in [0, 1)", ge=0, lt=1)
+    weight_decay: float = opt(0.0, "weight decay", ge=0)
     schedule: str = opt("constant", "lr schedule, stepped once per epoch", SCHEDULES)
-    lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step")
-    lr_step: int = opt(30, "epochs between lr drops for --schedule step")
+    lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step", gt=0)
+    lr_step: int = opt(30, "epochs between lr drops for --schedule step", ge=1)
     augment: bool = opt(False, "random crop (pad 4) and horizontal flip, on batched tensors")
     # weight noise and the information in the weights
     weight_noise: str = opt("none", "lognormal: multiplicative log-normal noise on every Linear and Conv weight", ("none", "lognormal"))
-    noise_alpha: float = opt(1e-3, "initial alpha = Var[log eps] of the weight noise")
+    noise_alpha: float = opt(1e-3, "initial alpha = Var[log eps] of the weight noise", gt=0)
     noise_granularity: str = opt("layer", "one alpha per weight, per output unit or per layer", ("weight", "unit", "layer"))
     learn_alpha: bool = opt(False, "learn log alpha with the weights")
     noise_sampling: str = opt("lrt", "lrt: Gaussian pre-activations with the exact moments (Linear); weights: exact draws shared by a batch", ("lrt", "weights"))
-    info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)")
-    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant")
-    fisher_every: int = opt(0, "log the trace of the Fisher information per layer every N epochs (0: never)")
-    fisher_samples: int = opt(256, "training examples of the Monte Carlo Fisher trace (labels sampled from the model)")
+    info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)", ge=0)
+    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant", gt=0)
+    fisher_every: int = opt(0, "log the trace of the Fisher information per layer every N epochs (0: never)", ge=0)
+    fisher_samples: int = opt(256, "training examples of the Monte Carlo Fisher trace (labels sampled from the model)", ge=1)
     # bookkeeping
-    seed: int = opt(0, "one seed for corruption, init, batch order and augmentation")
+    seed: int = opt(0, "one seed for corruption, init, batch order and augmentation", ge=0)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     example_record: str = opt("evaluation", "source of per-example correctness: a clean evaluation pass, the training forward passes (presentation), or none", ("evaluation", "presentation", "none"))
     example_margins: bool = opt(False, "also store each example's margin (true logit minus largest other) per epoch, float16")
-    hist_every: int = opt(10, "TensorBoard weight histograms every N epochs (and at the first and last); 0 disables")
+    hist_every: int = opt(10, "TensorBoard weight histograms every N epochs (and at the first and last); 0 disables", ge=0)
     save_epochs: list[int] = opt([], "also keep checkpoints of these epochs, comma-separated", flag_type="ints")
-    checkpoint_every: float = opt(30.0, "seconds between checkpoints (with examples.npz and status.json); the last epoch is always saved; 0: every epoch")
+    checkpoint_every: float = opt(30.0, "seconds between checkpoints (with examples.npz and status.json); the last epoch is always saved; 0: every epoch", ge=0)
     progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
         for name in ("widths", "save_epochs"):  # config files may write "512,512"
             value = getattr(self, name)
             if isinstance(value, str):
-                setattr(self, name, [int(v) for v in value.split(",") if v.strip()])
+                try:
+                    setattr(self, name, [int(v) for v in value.split(",") if v.strip()])
+                except ValueError:
+                    pass   # left as it is: check_fields names the field
             elif isinstance(value, int):
                 setattr(self, name, [value])
 
@@ -107,37 +164,26 @@ class FitConfig:
         return parse_corruption(self.corrupt)
 
     def validate(self) -> "FitConfig":
+        """Every field against its declaration, then what involves several fields or names."""
+        check_fields(self)
         parse_corruption(self.corrupt)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "eval_batch_size": self.eval_batch_size, "lr_step": self.lr_step}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(flag(name), f"must be >= 1, got {value}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError("--lr", f"must be a positive number, got {self.lr}")
-        if self.subset is not None and self.subset < 1:
-            raise ConfigError("--subset", f"must be >= 1, got {self.subset}")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError("--test-fraction", f"must be in (0, 1), got {self.test_fraction}")
-        if self.until_train_acc is not None and not 0 < self.until_train_acc <= 1:
-            raise ConfigError("--until-train-acc", f"must be in (0, 1], got {self.until_train_acc}")
         if not self.widths or min(self.widths) < 1:
             raise ConfigError("--widths", f"needs positive widths such as 512 or 512,512, got {self.widths}")
-        if not self.noise_alpha > 0:
-            raise ConfigError("--noise-alpha", f"must be positive, got {self.noise_alpha}")
-        if not self.alpha_ref > 0:
-            raise ConfigError("--alpha-ref", f"must be positive, got {self.alpha_ref}")
-        if self.info_weight < 0:
-            raise ConfigError("--info-weight", f"must be >= 0, got {self.info_weight}")
+        if any(e < 1 for e in self.save_epochs):
+            raise ConfigError("--save-epochs", f"needs epochs >= 1, got {self.save_epochs}")
+        self.check_names()
         if self.info_weight > 0 and self.weight_noise == "none":
             raise ConfigError("--info-weight", "penalizes the information in noisy weights; add --weight-noise lognormal")
-        if self.fisher_every < 0 or self.fisher_samples < 1:
-            raise ConfigError("--fisher-every", "needs --fisher-every >= 0 and --fisher-samples >= 1")
-        if self.checkpoint_every < 0:
-            raise ConfigError("--checkpoint-every", f"must be >= 0 seconds, got {self.checkpoint_every}")
-        if self.hist_every < 0:
-            raise ConfigError("--hist-every", f"must be >= 0, got {self.hist_every}")
         return self
+
+    def check_names(self):
+        """Model and dataset names against their registries (these import torch, so only here)."""
+        from .data.sources import SOURCES
+        from .models import MODELS
+        if self.dataset not in SOURCES:
+            raise ConfigError("--dataset", f"unknown dataset {self.dataset!r}; use one of {', '.join(sorted(SOURCES))}")
+        if self.model not in MODELS:
+            raise ConfigError("--model", f"unknown model {self.model!r}; use one of {', '.join(MODELS)}")
 
     # -- files ---------------------------------------------------------
     def to_dict(self) -> dict:
@@ -192,14 +238,24 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("--config", f"no such file {str(path)!r}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("--config", f"cannot read {path} ({e})") from None
     if path.suffix == ".json":
-        return json.loads(text)
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("--config", f"{path} is not valid TOML ({e})") from None
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError("--config", f"{path} is not valid JSON ({e})") from None
+    else:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("--config", f"{path} is not valid TOML ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError("--config", f"{path} must hold a table of config fields, not a {type(values).__name__}")
+    return values

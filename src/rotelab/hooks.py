@@ -129,8 +129,9 @@ class TensorBoardWriter(Hook):
     def on_start(self, loop: Loop):
         from torch.utils.tensorboard import SummaryWriter
         fast_event_checksums()
-        # purge_step drops events a killed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if loop.epoch else None,
+        # purge_step drops events a killed run wrote after its last checkpoint (also when it had none)
+        resuming = self.run.tb.is_dir() and any(self.run.tb.iterdir())
+        self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if resuming else None,
                                     flush_secs=self.handoff_secs, max_queue=100_000)
         self.last_handoff = time.perf_counter()
         if self.backfill:  # a run that starts from another run's epochs shows them too

@@ -88,15 +88,29 @@ def environment(device) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Every complete JSON line of a file (a line cut by a kill is ignored); [] if it is missing."""
-    if not Path(path).is_file():
+    """Every JSON line of a file; [] if it is missing. A last line cut by a kill (no newline after
+    it) is left out; a bad line anywhere else means the file is damaged (StoreError)."""
+    path = Path(path)
+    if not path.is_file():
         return []
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise StoreError(path, f"{path} is damaged (not text)") from None
+    lines = text.split("\n")
     out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+    for i, line in enumerate(lines):
+        if not line.strip():
             continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if i == len(lines) - 1:   # the torn tail of a killed writer: cut back on resume
+                break
+            raise StoreError(path, f"{path} is damaged (line {i + 1} is not a JSON record)")
+        out.append(record)
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
 import traceback
@@ -44,13 +45,22 @@ def axis_values(name: str, spec) -> list:
         return spec
     if isinstance(spec, dict) and {"from", "to"} <= set(spec):
         lo, hi = spec["from"], spec["to"]
+        extra = set(spec) - {"from", "to", "step", "num"}
+        numbers = [spec[k] for k in ("from", "to", "step", "num") if k in spec]
+        if extra or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise ConfigError(f"axes.{name}", f"a range is {{from, to[, step|num]}} of finite numbers, got {spec!r}")
         if "num" in spec:
-            n = int(spec["num"])
+            n = spec["num"]
+            if not isinstance(n, int) or n < 1:
+                raise ConfigError(f"axes.{name}", f"num must be a positive integer, got {n!r}")
             return [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else [lo]
         step = spec.get("step", 1)
+        if step <= 0 or hi < lo:
+            raise ConfigError(f"axes.{name}", f"the range from {lo} to {hi} in steps of {step} yields no values; "
+                                              "use from <= to and a positive step")
         if all(isinstance(v, int) for v in (lo, hi, step)):
             return list(range(lo, hi + 1, step))
-        n = int(round((hi - lo) / step)) + 1
+        n = int(math.floor((hi - lo) / step + 1e-9)) + 1
         return [round(lo + i * step, 12) for i in range(n)]
     raise ConfigError(f"axes.{name}", f"needs a list or a table {{from, to[, step|num]}}, got {spec!r}")
 

@@ -3,7 +3,7 @@ resume and keep status.json honest."""
 
 from __future__ import annotations
 
-from ..store import RunDir
+from ..store import RunDir, StoreError
 
 
 def train_run(run: RunDir, loop, summary=None) -> RunDir:
@@ -16,6 +16,8 @@ def train_run(run: RunDir, loop, summary=None) -> RunDir:
             loop.run()
         except KeyboardInterrupt:
             run.write_status("interrupted", epochs_completed=loop.epoch)
+            raise
+        except StoreError:   # a damaged run file, not a crash of the run: status stays as it was
             raise
         except Exception as e:
             run.write_status("failed", epochs_completed=loop.epoch, error=f"{type(e).__name__}: {e}")
@@ -37,10 +39,16 @@ def resume(path) -> RunDir:
     run.lock()
     try:
         cfg = proto.config.from_dict(run.read_config()).validate()
+        metrics = run.read_metrics()   # damaged files stop the resume here, before anything is written
+        if run.examples_file.is_file():
+            run.read_examples()
+        run.read_info()
         state = run.load_checkpoint() if run.last_checkpoint.is_file() else None
         loop = proto.build_loop(cfg, run, state)
         if loop.done and run.read_status().get("state") == "done":
             return run
+        # killed after its last checkpoint but before its final status: the final metrics are on disk
+        loop.last_metrics = next((m for m in reversed(metrics) if m.get("epoch") == loop.epoch), None)
         run.write_status("running", epochs_completed=loop.epoch)
     except BaseException:
         run.unlock()

@@ -156,7 +156,8 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                 ax.axhline(1 - 1 / classes, color="grey", ls="--", lw=1, label=f"chance (1 - 1/{classes})")
             ax.set(xlabel="label corruption p", ylabel=ylabel, title=title)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
             out.append((f"Zhang et al. Fig. 1{key}: {ylabel}", save_figure(fig, folder / name)))
     return out
 

@@ -31,15 +31,15 @@ class ForgetConfig(FitConfig):
     corrupt: str = opt("none", "corruption of the train part, KIND=P as for fit", aliases=["--train-corrupt"])
     epochs: int = opt(100, "maximum epochs of stage 1 (train + val parts)", aliases=["--epochs1"])
     until_train_acc: float | None = opt(1.0, "end stage 1 once train and val parts both reach this accuracy", aliases=["--until-fit"])
-    val_size: int | None = opt(None, "examples split off the training set as the val part (default: a sixth of it)")
+    val_size: int | None = opt(None, "examples split off the training set as the val part (default: a sixth of it)", ge=1)
     val_corrupt: str = opt("none", "corruption of the val part, KIND=P")
-    epochs2: int = opt(100, "epochs of stage 2 (train part only)")
+    epochs2: int = opt(100, "epochs of stage 2 (train part only)", ge=0)
     optimizer2: str | None = opt(None, "stage-2 optimizer (default: stage 1's)", ("sgd", "adam"))
-    lr2: float | None = opt(None, "stage-2 learning rate (default: stage 1's last, with its schedule going on)")
+    lr2: float | None = opt(None, "stage-2 learning rate (default: stage 1's last, with its schedule going on)", gt=0)
     schedule2: str | None = opt(None, "stage-2 lr schedule (default: stage 1's)", SCHEDULES)
     reset_lr: bool = opt(False, "restart the lr schedule at stage 2 (momentum buffers are kept when the optimizer is the same)")
-    collapse_drop: float = opt(0.2, "a collapse: accuracy falls by more than this below its best of the previous --collapse-window epochs")
-    collapse_window: int = opt(5, "epochs looked back by the collapse detector")
+    collapse_drop: float = opt(0.2, "a collapse: accuracy falls by more than this below its best of the previous --collapse-window epochs", gt=0, lt=1)
+    collapse_window: int = opt(5, "epochs looked back by the collapse detector", ge=1)
     stage2_from: str | None = opt(None, "(set by --stage2-from) the stage-1 checkpoint stage 2 started from")
 
     STAGE2_FIELDS = ("epochs2", "optimizer2", "lr2", "schedule2", "reset_lr", "collapse_drop", "collapse_window")
@@ -57,19 +57,7 @@ class ForgetConfig(FitConfig):
     def validate(self) -> "ForgetConfig":
         super().validate()
         parse_corruption(self.val_corrupt, "--val-corrupt")
-        if self.val_size is not None and self.val_size < 1:
-            raise ConfigError("--val-size", f"must be >= 1, got {self.val_size}")
-        if self.epochs2 < 0:
-            raise ConfigError("--epochs2", f"must be >= 0, got {self.epochs2}")
-        if self.lr2 is not None and not self.lr2 > 0:
-            raise ConfigError("--lr2", f"must be a positive number, got {self.lr2}")
-        if not 0 < self.collapse_drop < 1:
-            raise ConfigError("--collapse-drop", f"must be in (0, 1), got {self.collapse_drop}")
-        if self.collapse_window < 1:
-            raise ConfigError("--collapse-window", f"must be >= 1, got {self.collapse_window}")
         return self
-
-
 
 
 class StageSwitch(Hook):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError, FitConfig, flag, opt, parse_seeds
+from ..config import ConfigError, FitConfig, opt, parse_seeds
 from ..hook import EpochResult, Hook
 from ..registry import Protocol, register
 from ..store import RunDir, runs_in, truncate_jsonl
@@ -32,14 +32,14 @@ class InfoPlaneConfig(FitConfig):
     """fit, plus capture of every layer at log-spaced epochs and mutual-information estimates."""
 
     seeds: str = opt("0", "seeds to run, e.g. 0-9 or 0,3,7; each is its own run directory OUT/seed-N")
-    captures: int = opt(200, "about this many log-spaced epochs at which layers are captured (epoch 0 and the last always)")
-    eval_size: int | None = opt(None, "evaluation samples: default all data for tishby (train and test), else 2000 class-balanced training examples")
+    captures: int = opt(200, "about this many log-spaced epochs at which layers are captured (epoch 0 and the last always)", ge=2)
+    eval_size: int | None = opt(None, "evaluation samples: default all data for tishby (train and test), else 2000 class-balanced training examples", ge=10)
     estimators: str = opt("binning", "comma-separated estimators: binning, kde, ksg")
     bin_range: str = opt("-1,1", "lo,hi of the fixed binning edges")
-    n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)")
-    bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges (as Saxe et al. for ReLU)")
-    kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)")
-    ksg_k: int = opt(3, "neighbours of the KSG estimator")
+    n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)", ge=2)
+    bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges (as Saxe et al. for ReLU)", gt=0)
+    kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)", gt=0)
+    ksg_k: int = opt(3, "neighbours of the KSG estimator", ge=1)
     save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
     grad_snr: bool = opt(False, "at captured epochs, log each layer's gradient mean and standard deviation over the batches")
 
@@ -70,21 +70,9 @@ class InfoPlaneConfig(FitConfig):
         parse_seeds(self.seeds)
         self.estimator_list
         self.edges
-        if self.captures < 2:
-            raise ConfigError("--captures", f"must be >= 2, got {self.captures}")
-        if self.n_bins < 2:
-            raise ConfigError("--n-bins", f"must be >= 2, got {self.n_bins}")
-        for name in ("bin_size", "kde_var"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ConfigError(flag(name), f"must be positive, got {v}")
-        if self.eval_size is not None and self.eval_size < 10:
-            raise ConfigError("--eval-size", f"must be >= 10, got {self.eval_size}")
         if self.model not in ("mlp", "tishby"):
             raise ConfigError("--model", f"infoplane captures the layers of mlp and tishby models, not {self.model}")
         return self
-
-
 
 
 def capture_epochs(last: int, n: int) -> set[int]:

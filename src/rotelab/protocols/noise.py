@@ -14,7 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, config_from_dict, flag, opt
+import math
+
+from ..config import ConfigError, check_fields, config_from_dict, opt
 from ..hook import EpochResult, Hook
 from ..registry import Protocol, protocol_of, register
 from ..store import RunDir, StoreError, atomic_write_json, runs_in
@@ -25,21 +27,21 @@ class NoiseConfig:
     """The noise ramp on one trained run: freeze it, raise alpha step by step, evaluate under noise."""
 
     source: str = opt("", "(set from the positional RUN arguments) the trained run directory")
-    alpha_start: float = opt(1e-4, "alpha of the first step")
-    alpha_factor: float = opt(2.0, "alpha is multiplied by this every --every epochs")
-    every: int = opt(3, "epochs per alpha step")
-    steps: int = opt(15, "number of alpha steps")
+    alpha_start: float = opt(1e-4, "alpha of the first step", gt=0)
+    alpha_factor: float = opt(2.0, "alpha is multiplied by this every --every epochs", gt=0)
+    every: int = opt(3, "epochs per alpha step", ge=1)
+    steps: int = opt(15, "number of alpha steps", ge=1)
     alphas: str | None = opt(None, "explicit comma-separated alphas, one per step (overrides start, factor and steps)")
-    noise_samples: int = opt(4, "noisy passes averaged per evaluation (their spread is reported as _std)")
+    noise_samples: int = opt(4, "noisy passes averaged per evaluation (their spread is reported as _std)", ge=1)
     train_means: bool = opt(False, "keep training the weights' means under the rising noise (alpha stays fixed)")
-    lr: float | None = opt(None, "learning rate with --train-means (default: the run's)")
+    lr: float | None = opt(None, "learning rate with --train-means (default: the run's)", gt=0)
     noise_granularity: str = opt("layer", "one alpha per weight, per output unit or per layer", ("weight", "unit", "layer"))
     noise_sampling: str = opt("weights", "weights: exact draws per forward pass; lrt: Gaussian pre-activations (Linear)", ("weights", "lrt"))
-    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL")
-    seed: int = opt(0, "seed of the noise draws (and batch order with --train-means)")
+    alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL", gt=0)
+    seed: int = opt(0, "seed of the noise draws (and batch order with --train-means)", ge=0)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    eval_batch_size: int = opt(2048, "batch size of evaluation passes")
-    checkpoint_every: float = opt(30.0, "seconds between checkpoints; 0: every epoch")
+    eval_batch_size: int = opt(2048, "batch size of evaluation passes", ge=1)
+    checkpoint_every: float = opt(30.0, "seconds between checkpoints; 0: every epoch", ge=0)
     progress: bool = opt(True, "show a progress bar")
 
     def alpha_list(self) -> list[float]:
@@ -58,16 +60,11 @@ class NoiseConfig:
         return len(self.alpha_list()) * self.every
 
     def validate(self) -> "NoiseConfig":
-        if not self.alpha_start > 0:
-            raise ConfigError("--alpha-start", f"must be positive, got {self.alpha_start}")
-        if not self.alpha_factor > 0:
-            raise ConfigError("--alpha-factor", f"must be positive, got {self.alpha_factor}")
-        for name in ("every", "steps", "noise_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(flag(name), f"must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError("--lr", f"must be positive, got {self.lr}")
-        self.alpha_list()
+        check_fields(self)
+        alphas = self.alpha_list()
+        if not all(math.isfinite(a) for a in alphas):
+            raise ConfigError("--alphas" if self.alphas else "--alpha-factor",
+                              f"the ramp reaches a non-finite alpha ({max(alphas)}); use fewer --steps or a smaller factor")
         return self
 
     def to_dict(self) -> dict:
@@ -76,8 +73,6 @@ class NoiseConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "NoiseConfig":
         return config_from_dict(cls, d)
-
-
 
 
 class AlphaRamp(Hook):
