@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .measures.examples import example_summary, unpack
-from .store import RunDir, atomic_write_json
+from .store import RunDir, StoreError, atomic_write_json
 
 
 def split_names(ex: dict) -> list[str]:
@@ -19,6 +19,8 @@ def correctness(ex: dict, split: str):
 
 
 def summarize_examples(run: RunDir) -> dict:
+    if not run.path.is_dir():
+        raise StoreError(run.path, f"{run.path} does not exist")
     if not run.examples_file.is_file():
         raise ConfigError("runs", f"{run.path} has no examples.npz; runs record it unless --example-record none")
     ex = run.read_examples()

@@ -144,7 +144,7 @@ def cmd_protocol(args) -> int:
     from .registry import get_protocol
     proto = get_protocol(args.protocol)
     inputs = proto.inputs(args) if proto.inputs else {}
-    given_inputs = [k for k, v in inputs.items() if v]
+    given_inputs = ["runs"] if any(inputs.values()) else []   # positional inputs: the runs a protocol reads
     runs = proto.cli_start(args) if proto.cli_start else None
     if runs is None:
         if _resume_or_out(args, proto.config, given_inputs):
@@ -338,6 +338,8 @@ def store_error_line(args, e) -> str:
         fix = "wait for it to finish, or stop that process first"
     elif option == "out":
         fix = "choose another --out, pass --resume to continue it, or --overwrite to replace it"
+    elif option == "resume" and not e.path.exists():
+        fix = "give the folder of a run (or of a group of runs) to continue"
     elif option == "resume":
         fix = "start it again with --out ... --overwrite, or give another run"
     else:

@@ -281,7 +281,7 @@ class RunDir:
             with np.load(self.examples_file) as z:
                 return {k: z[k] for k in z.files}
         except Exception as e:
-            raise StoreError(self.examples_file, f"{self.examples_file} is damaged ({type(e).__name__}: {e})") from None
+            raise StoreError(self.examples_file, f"{self.examples_file} is damaged ({_short(e)})") from None
 
     def save_checkpoint(self, state: dict, name: str = "last.pt"):
         import torch
@@ -296,7 +296,7 @@ class RunDir:
         try:
             state = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e:
-            raise StoreError(path, f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+            raise StoreError(path, f"checkpoint {path} is unreadable ({_short(e)})") from None
         if not isinstance(state, dict) or "model" not in state:
             raise StoreError(path, f"checkpoint {path} is damaged (it holds no model state)")
         return state
@@ -313,6 +313,12 @@ class RunDir:
 
     def __repr__(self):
         return f"RunDir({str(self.path)!r})"
+
+
+def _short(e: Exception) -> str:
+    """An exception in a few words, for a one-line message."""
+    text = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return text if len(text) <= 90 else text[:87] + "..."
 
 
 LOCK = ".lock"

@@ -53,7 +53,10 @@ class NoiseConfig:
             if not values or min(values) <= 0:
                 raise ConfigError("--alphas", f"needs positive alphas, got {self.alphas!r}")
             return values
-        return [self.alpha_start * self.alpha_factor ** k for k in range(self.steps)]
+        try:
+            return [self.alpha_start * self.alpha_factor ** k for k in range(self.steps)]
+        except OverflowError:
+            return [math.inf]
 
     @property
     def epochs(self) -> int:
