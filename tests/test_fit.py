@@ -174,3 +174,29 @@ def test_fast_event_checksums_equal_tensorboards_own():
     assert record_writer.masked_crc32c is not reference
     for data in [b"", b"123456789", os.urandom(1), os.urandom(613), os.urandom(4096)]:
         assert record_writer.masked_crc32c(data) == reference(data)
+
+
+def test_resume_from_before_the_first_checkpoint_shows_each_epoch_once(tmp_path, small_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = small_cfg(epochs=5, checkpoint_every=3600.0)   # no checkpoint until the end
+    run = RunDir.check_new(tmp_path / "cut")
+    loop = build_loop(cfg, run)
+    loop.hooks[[type(h).__name__ for h in loop.hooks].index("TensorBoardWriter")].handoff_secs = 0
+    loop.hooks.append(Crash(3))
+    run.create(cfg.to_dict(), {})
+    with pytest.raises(RuntimeError):
+        loop.run()
+    loop.hooks[[type(h).__name__ for h in loop.hooks].index("TensorBoardWriter")].writer.close()
+    run.unlock()
+    assert not run.last_checkpoint.is_file() and list(run.tb.iterdir())
+    resumed = resume(tmp_path / "cut")
+    tb = EventAccumulator(str(resumed.tb), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in tb.Scalars("acc/train")] == list(range(1, 6))
+
+
+def test_resume_after_the_last_checkpoint_but_before_the_final_status(tmp_path, small_cfg):
+    run = fit(small_cfg(epochs=3), tmp_path / "r")
+    final = run.read_status()["final"]
+    run.write_status("running")   # killed between the final checkpoint and the final status
+    resume(tmp_path / "r")
+    assert run.read_status()["state"] == "done" and run.read_status()["final"] == final
