@@ -215,6 +215,19 @@ def plot_noise_ramp(path, summaries: list[dict]) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    from matplotlib.patches import Patch
+    axes[1].legend(handles=[plt.Line2D([], [], marker="o", ls="", color="grey",
+                                       label="first epoch below half the noise-free train accuracy"),
+                            Patch(color="grey", alpha=0.2, label="mean +- std over noisy passes")], fontsize=7,
+                   loc="lower left")
+    # alpha of each epoch on a top axis of the centre panel (the ramp is the same for every run)
+    first = next((RunDir(d) for d in runs_in(path, "noise")), None)
+    if first is not None:
+        m = [r for r in first.read_metrics() if r["epoch"] > 0]
+        ticks = m[::max(1, len(m) // 6)]
+        top = axes[1].secondary_xaxis("top")
+        top.set_xticks([r["epoch"] for r in ticks], [f"{r['alpha']:.0e}" for r in ticks], fontsize=7)
+        top.set_xlabel("alpha", fontsize=8)
     return save_figure(fig, Path(path) / "figures" / "noise_ramp.png")
 
 

@@ -210,8 +210,9 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
     for chk in study.spec.get("checks", []):
         value, expected, passed = CHECKS[chk["kind"]](ctx, **_args(chk))
         checks.append({"name": chk["name"], "value": value, "expected": expected, "pass": passed})
+    compute = sum(m.get("seconds", 0.0) for step in steps for r in ctx.runs(step["name"]) for m in r.read_metrics())
     results = {"study": study.name, "scale": scale, "version": __version__,
-               "seconds": round(time.perf_counter() - t0, 1), "checks": checks,
+               "seconds": round(time.perf_counter() - t0, 1), "compute_seconds": round(compute, 1), "checks": checks,
                "notes": "\n".join([study.spec.get("notes", "").strip(), *notes]).strip(),
                "reproduces": study.spec.get("reproduces", ""),
                "command": f"rotelab reproduce {study.name} --scale {scale}"}
@@ -500,7 +501,8 @@ def write_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Pa
         f"<!doctype html><html><head><meta charset='utf-8'><title>{results['study']}</title><style>{style}</style>"
         f"</head><body><h1>{html.escape(results['study'])} ({results['scale']} scale)</h1>"
         f"<p>{html.escape(results['reproduces'])}</p><p><code>{html.escape(results['command'])}</code>: "
-        f"{results['seconds']:.0f} s, rotelab {results['version']}</p>"
+        f"{results['seconds']:.0f} s this call, {results['compute_seconds']:.0f} s of training and evaluation in all "
+        f"its runs; rotelab {results['version']}</p>"
         f"<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>expected</th><th></th></tr>{rows}</table>"
         f"<h2>Figures</h2>{figs}<h2>Notes</h2><p>{notes}</p></body></html>")
     return path
@@ -509,7 +511,8 @@ def write_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Pa
 def summary_line(results: dict) -> str:
     passed = sum(c["pass"] is True for c in results["checks"])
     judged = sum(c["pass"] is not None for c in results["checks"])
-    return f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass, {results['seconds']:.0f} s"
+    return (f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass, {results['seconds']:.0f} s "
+            f"({results['compute_seconds']:.0f} s of training and evaluation in its runs)")
 
 
 def dumps(results: dict) -> str:
