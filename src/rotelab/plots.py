@@ -156,9 +156,11 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         layers = sorted({r["layer"] for r in sel})
         last = max(r["epoch"] for r in sel)
         norm = LogNorm(vmin=1, vmax=last + 1)
-        fig_p, axes_p = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
-        fig_x, axes_x = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False, sharey=True)
-        for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], groups):
+        mine_groups = [g for g in groups if any(r["group"] == g for r in sel)]   # groups with this estimator
+        fig_p, axes_p = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4.5), squeeze=False)
+        fig_x, axes_x = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4), squeeze=False,
+                                     sharey=True)
+        for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], mine_groups):
             mine = [r for r in sel if r["group"] == g]
             epochs = sorted({r["epoch"] for r in mine})
             # table[e][layer] -> list over seeds of (ixt, ity)

@@ -397,7 +397,8 @@ def check_info_bounds(ctx: Context, step: str):
         ex = run.read_examples()
         labels = ex["train_labels_used"]
         hy = float(-sum(q * math.log2(q) for q in np.bincount(labels) / len(labels) if q > 0))
-        n_eval = 4096 if run.read_config().get("dataset") == "tishby" else 2000
+        cfg = run.read_config()
+        n_eval = cfg.get("eval_size") or (4096 if cfg.get("dataset") == "tishby" else 2000)
         pairs = {}
         for r in rows:
             n += 1
@@ -432,18 +433,21 @@ def check_output_ity(ctx: Context, step: str, group: str, at_least: float = 0.9,
         bool(np.mean(vals) >= at_least)
 
 
-def report_ixt_fall(ctx: Context, step: str, estimator: str = "binning"):
-    """How far the last hidden layers' I(X;T) falls from its maximum by the last epoch (reported, not judged)."""
+def report_ixt_fall(ctx: Context, step: str, estimator: str | None = None):
+    """How far the last hidden layers' I(X;T) falls from its maximum by the last epoch (reported, not
+    judged); by default with the group's binning estimator (fixed edges, else fixed bin size)."""
     parts = []
     for g in ctx.groups(step):
         falls = {}
         for d in runs_in(g):
-            layers = _final_layers(RunDir(d), estimator)
+            names = {r["estimator"] for r in RunDir(d).read_info()}
+            est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
+            layers = _final_layers(RunDir(d), est)
             for layer in sorted(layers)[-3:-1]:   # the last two hidden layers
                 series = sorted(layers[layer])
                 peak = max(v[1] for v in series)
                 falls.setdefault(layer, []).append(peak - series[-1][1])
-        parts.append(f"{g.name}: " + ", ".join(f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak"
+        parts.append(f"{g.name} ({est}): " + ", ".join(f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak"
                                                for l, v in falls.items()))
     return "; ".join(parts), "reported", None
 
