@@ -200,3 +200,11 @@ def test_resume_after_the_last_checkpoint_but_before_the_final_status(tmp_path, 
     run.write_status("running")   # killed between the final checkpoint and the final status
     resume(tmp_path / "r")
     assert run.read_status()["state"] == "done" and run.read_status()["final"] == final
+
+
+def test_a_run_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path, small_cfg, capsys, monkeypatch):
+    from rotelab.hooks import ProgressBar
+    monkeypatch.setattr(ProgressBar, "LINE_SECS", 0.0)
+    fit(small_cfg(epochs=3, progress=True), tmp_path / "r")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("r: epoch 3/3, train acc ") and "min left" in lines[-1]

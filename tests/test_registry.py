@@ -125,3 +125,21 @@ def test_store_errors_are_neutral_and_the_cli_names_the_option(tmp_path, small_c
     err = capsys.readouterr().err
     assert err.startswith("rotelab: error: --resume: checkpoint ") and "unreadable" in err
     assert (run.path / "status.json").read_text() == before   # nothing rewritten
+
+
+def test_load_gives_tables_and_arrays_for_a_notebook(tmp_path, small_cfg):
+    import numpy as np
+    import rotelab
+    from rotelab.measures.examples import unpack
+    from rotelab.protocols.fit import fit
+    fit(small_cfg(epochs=3), tmp_path / "a")
+    fit(small_cfg(epochs=2, seed=1), tmp_path / "b")
+    run = rotelab.load(tmp_path / "a")
+    assert run.protocol == "fit" and run.config["epochs"] == 3 and run.status["state"] == "done"
+    assert list(run.metrics["epoch"]) == [1, 2, 3] and run.metrics["train_acc"].between(0, 1).all()
+    correct = run.correct("train")
+    assert correct.shape == (3, int(run.examples["n_train"]))
+    assert np.array_equal(correct, unpack(run.examples["train_correct"], int(run.examples["n_train"])))
+    assert abs(correct[-1].mean() - run.metrics["train_acc"].iloc[-1]) < 1e-9
+    both = rotelab.load(tmp_path)
+    assert sorted(r.path.name for r in both) == ["a", "b"]

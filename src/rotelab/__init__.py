@@ -1,3 +1,16 @@
-"""rotelab: experiments on how deep networks memorize."""
+"""rotelab: experiments on how deep networks memorize.
+
+    import rotelab
+    run = rotelab.load("runs/fm-rand")        # a run: config, status, metrics / info tables, examples
+    runs = rotelab.load("runs/zhang-fig1")    # a folder: every run below it
+"""
 
 __version__ = "0.1.0"
+
+
+def load(path):
+    """A run directory as a `rotelab.store.Run` (config, status, metrics and info as pandas
+    DataFrames, per-example arrays), or, for a folder of runs (a sweep, an infoplane group, a noise
+    ramp, a study), the list of every run below it."""
+    from .store import load as _load
+    return _load(path)

@@ -209,9 +209,11 @@ class ProgressBar(Hook):
     """A tqdm bar on a terminal; elsewhere (a log file, a pipe) one line every `line_secs` with the
     epoch, accuracies and the time left, so a long run is never silent."""
 
-    def __init__(self, total: int, enabled: bool = True, desc: str = "epochs", line_secs: float = 30):
+    LINE_SECS = 30.0
+
+    def __init__(self, total: int, enabled: bool = True, desc: str = "epochs"):
         self.total, self.enabled, self.desc, self.bar = total, enabled, desc, None
-        self.line_secs, self.started, self.last_line, self.first_epoch = line_secs, 0.0, 0.0, 0
+        self.line_secs, self.started, self.last_line, self.first_epoch = self.LINE_SECS, 0.0, 0.0, 0
 
     def on_start(self, loop: Loop):
         import sys

@@ -364,6 +364,59 @@ def find_runs(paths) -> list[RunDir]:
     return runs
 
 
+class Run:
+    """A finished (or running) run, read for analysis: what `rotelab.load` gives.
+
+    run.config, run.status   dicts (the config fields; state, fit_epoch, final, summary)
+    run.metrics              DataFrame, one row per epoch (and noise step)
+    run.info                 DataFrame of information-plane records (epoch, layer, estimator, ixt, ity)
+    run.examples             dict of examples.npz's arrays
+    run.correct(split)       bool array (epochs x examples): which examples were right at each epoch
+    """
+
+    def __init__(self, path):
+        self.dir = RunDir(path)
+        self.path = self.dir.path
+        self.protocol = self.dir.read_protocol()
+        self.config = self.dir.read_config()
+
+    @property
+    def status(self) -> dict:
+        return self.dir.read_status()
+
+    @property
+    def metrics(self):
+        import pandas as pd
+        return pd.DataFrame(self.dir.read_metrics())
+
+    @property
+    def info(self):
+        import pandas as pd
+        return pd.DataFrame(self.dir.read_info(), columns=None)
+
+    @property
+    def examples(self) -> dict:
+        return self.dir.read_examples()
+
+    def correct(self, split: str = "train") -> np.ndarray:
+        ex = self.examples
+        if f"{split}_correct" not in ex:
+            raise StoreError(self.dir.examples_file, f"{self.dir.examples_file} has no split {split!r}")
+        bits = np.asarray(ex[f"{split}_correct"], dtype=np.uint8)
+        return np.unpackbits(bits, axis=-1, count=int(ex[f"n_{split}"])).astype(bool)
+
+    def __repr__(self):
+        return f"Run({str(self.path)!r}, protocol={self.protocol!r}, state={self.status.get('state')!r})"
+
+
+def load(path):
+    """A Run for a run directory; a list of Runs for a folder that holds runs (searched recursively)."""
+    path = Path(path)
+    if is_run(path):
+        return Run(path)
+    return [Run(r.path) for r in find_runs([path])]
+
+
 def read_info(paths) -> list[dict]:
     """info.jsonl records of runs or of folders of runs, each tagged with the folder (`group`) it came from."""
     rows = []
