@@ -156,3 +156,15 @@ def test_grad_snr_in_a_run_and_its_figure(tmp_path):
     assert all(r["grad_std/layer5"] > 0 for r in m if r["epoch"] in captured)
     assert main(["plot", str(tmp_path / "g")]) == 0
     assert (tmp_path / "g" / "figures" / "grad_snr.png").stat().st_size > 10_000
+
+
+def test_random_labels_on_the_12bit_task_randomize_all_4096_patterns(tmp_path):
+    from rotelab.protocols.infoplane import InfoPlaneConfig, infoplane
+    from rotelab.store import RunDir
+    cfg = InfoPlaneConfig(dataset="tishby", model="tishby", epochs=1, corrupt="labels=1.0", captures=2,
+                          progress=False, hist_every=0)
+    run = infoplane(cfg, tmp_path / "r")[0]
+    assert run.read_config()["corrupt_test"] is True
+    ex = RunDir(run.path).read_examples()
+    # the test part's labels were redrawn too (about 1 - 1/2 of 820 differ from the true ones)
+    assert 0.3 < (ex["test_labels_used"] != ex["test_labels_true"]).mean() < 0.7

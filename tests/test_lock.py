@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rotelab.store import RunDir, RunLocked
+from rotelab.store import RunDir
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

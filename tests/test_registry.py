@@ -2,7 +2,6 @@
 a report section with no edit anywhere else; plotting finished runs needs no torch."""
 
 import ast
-import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import pytest
 from rotelab.cli import main
 from rotelab.config import ConfigError, config_from_dict, opt
 from rotelab.registry import PROTOCOLS, Protocol, load_protocols, register
-from rotelab.store import RunDir, environment
+from rotelab.store import RunDir
 
 
 @dataclass

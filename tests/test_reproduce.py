@@ -9,7 +9,7 @@ import pytest
 
 from rotelab import reproduce as rp
 from rotelab.cli import main
-from rotelab.store import RunDir, atomic_write_json
+from rotelab.store import RunDir
 
 STUDIES = [f.stem for f in rp.study_files()]
 

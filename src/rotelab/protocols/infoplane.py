@@ -101,6 +101,16 @@ def layer_estimates(t: np.ndarray, x: np.ndarray, x_ids: np.ndarray, y: np.ndarr
     return rows
 
 
+def whole_task_labels(cfg: InfoPlaneConfig) -> InfoPlaneConfig:
+    """On the 12-bit task the information plane is measured on all 4,096 patterns, train and test;
+    with corrupted labels the original randomizes all of them, so that I(T;Y) is measured against
+    the labels the network was trained with. Here that is --corrupt-test, set (and saved) for it."""
+    kind, p = cfg.corruption
+    if cfg.dataset == "tishby" and cfg.eval_size is None and kind == "labels" and p > 0 and not cfg.corrupt_test:
+        return dataclasses.replace(cfg, corrupt_test=True)
+    return cfg
+
+
 def evaluation_set(data, cfg: InfoPlaneConfig):
     """All of the 12-bit task (train and test, as the original study), else a fixed class-balanced
     sample of the training set; labels as used in training."""
@@ -213,7 +223,7 @@ def seed_dirs(path) -> list[Path]:
 def start(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
     """One run per seed in out/seed-N; everything is checked before the first is written. With
     keep_existing, seeds already in `out` are resumed (or left alone when done) instead of refused."""
-    cfg.validate()
+    cfg = whole_task_labels(cfg.validate())
     seeds = parse_seeds(cfg.seeds)
     if not keep_existing:
         RunDir.check_new(out, overwrite)
