@@ -168,3 +168,17 @@ def test_random_labels_on_the_12bit_task_randomize_all_4096_patterns(tmp_path):
     ex = RunDir(run.path).read_examples()
     # the test part's labels were redrawn too (about 1 - 1/2 of 820 differ from the true ones)
     assert 0.3 < (ex["test_labels_used"] != ex["test_labels_true"]).mean() < 0.7
+
+
+def test_bin_edges_are_float32_as_the_original():
+    import numpy as np
+    from rotelab.protocols.infoplane import InfoPlaneConfig
+    edges = InfoPlaneConfig().edges
+    e32 = np.linspace(-1, 1, 30).astype(np.float32)
+    assert np.array_equal(edges, e32.astype(np.float64))
+    # an activation exactly on a float32 edge that lies below the float64 edge: float64 edges would
+    # put it in the bin below, the original's float32 edges (and ours) in the bin above
+    on_edge = e32[1:2]
+    assert float(on_edge[0]) < np.linspace(-1, 1, 30)[1]
+    assert np.digitize(on_edge.astype(np.float64), edges) == np.digitize(on_edge, e32) == 2
+    assert np.digitize(on_edge.astype(np.float64), np.linspace(-1, 1, 30)) == 1

@@ -60,7 +60,9 @@ class InfoPlaneConfig(FitConfig):
             raise ConfigError("--bin-range", f"expected lo,hi such as -1,1, got {self.bin_range!r}") from None
         if not lo < hi:
             raise ConfigError("--bin-range", f"needs lo < hi, got {self.bin_range!r}")
-        return np.linspace(lo, hi, self.n_bins)
+        # float32 edges, as the original code's: a float32 activation that lies exactly on an edge
+        # then falls in the same bin as there (float64 edges can put it on the other side)
+        return np.linspace(lo, hi, self.n_bins).astype(np.float32).astype(np.float64)
 
     def resolved_kde_var(self) -> float:
         return self.kde_var if self.kde_var is not None else (1e-3 if self.dataset == "tishby" else 1e-1)
