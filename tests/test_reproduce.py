@@ -95,3 +95,13 @@ def test_information_terms_check_knows_the_closed_form(tmp_path):
     run.unlock()
     value, _, passed = rp.check_information_terms(ctx, "ramp")
     assert passed and "4.6052" in value and "0.3466" in value
+
+
+def test_publish_writes_the_docs_page_and_small_figures(tmp_path):
+    rp.reproduce("oscillation", "smoke", tmp_path / "o")
+    page = rp.publish(tmp_path / "o", tmp_path / "docs")
+    text = page.read_text()
+    assert "## oscillation" in text and "| intersection <= accuracy" in text
+    figs = list((tmp_path / "docs" / "figures").glob("oscillation_*.png"))
+    assert figs and all(f.stat().st_size < 300_000 for f in figs) and f"figures/{figs[0].name}" in text
+    json.loads((tmp_path / "docs" / "results" / "oscillation.json").read_text())

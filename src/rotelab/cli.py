@@ -195,6 +195,9 @@ def cmd_reproduce(args) -> int:
                         gpus_per_point=args.gpus_per_point, data_root=args.data_root)
     if args.dry_run:
         return 0
+    if args.publish:
+        from .reproduce import publish
+        print(publish(results["out"], args.publish))
     for c in results["checks"]:
         mark = {True: "pass", False: "FAIL", None: "    "}[c["pass"]]
         print(f"{mark}  {c['name']}: {c['value']} (expected {c['expected']})")
@@ -289,6 +292,8 @@ def make_parser() -> argparse.ArgumentParser:
                     help="(default: cpu where the study has it, else paper)")
     rr.add_argument("--out", default=None, help="output folder (default: runs/reproduce/NAME-SCALE)")
     rr.add_argument("--dry-run", action="store_true", help="list the steps' runs and their state, run nothing")
+    rr.add_argument("--publish", metavar="DOCS", default=None,
+                    help="also copy the results and figures into DOCS and rewrite DOCS/reproductions.md")
     rr.add_argument("--data-root", default=None, help="folder of torchvision-format data (cifar10, ...)")
     rr.add_argument("--executor", choices=("local", "ray"), default="local", help="(default: local)")
     rr.add_argument("--jobs", type=int, default=None, help="local: runs at a time (default: 1)")

@@ -218,7 +218,7 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
                "command": f"rotelab reproduce {study.name} --scale {scale}"}
     atomic_write_json(out / "results.json", results)
     write_page(results, figures, out / "report.html")
-    return results
+    return {**results, "out": str(out)}
 
 
 def _args(entry: dict) -> dict:
@@ -510,6 +510,55 @@ def write_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Pa
         f"<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>expected</th><th></th></tr>{rows}</table>"
         f"<h2>Figures</h2>{figs}<h2>Notes</h2><p>{notes}</p></body></html>")
     return path
+
+
+def publish(out, docs) -> Path:
+    """Copy a finished study's results and figures into a docs folder (`docs/results/NAME.json`,
+    `docs/figures/NAME_*.png`, each PNG under 300 kB) and rewrite `docs/reproductions.md` from every
+    study published there."""
+    out, docs = Path(out), Path(docs)
+    results = json.loads((out / "results.json").read_text())
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    (docs / "figures").mkdir(parents=True, exist_ok=True)
+    figures = []
+    for png in sorted((out / "figures").glob("*.png")):
+        dst = docs / "figures" / f"{results['study']}_{png.name}"
+        _small_png(png, dst)
+        figures.append(dst.name)
+    results["figures"] = figures
+    atomic_write_json(docs / "results" / f"{results['study']}.json", results)
+    page = ["# Reproductions", "",
+            "Each study below was run with `rotelab reproduce NAME` at its cpu scale on a 2-core CPU (no GPU).",
+            "Numbers in *expected* are the original papers' (or the closed form's); *value* is what the run gave.",
+            "Times are the summed training and evaluation time of the study's runs (two runs at a time where",
+            "`--jobs 2` was given). `rotelab reproduce --list` gives every study and scale.", ""]
+    for f in sorted((docs / "results").glob("*.json")):
+        r = json.loads(f.read_text())
+        mark = {True: "pass", False: "**fail**", None: "reported"}
+        page += [f"## {r['study']}", "", r.get("reproduces", ""), "",
+                 f"`{r['command']}`: {r.get('compute_seconds', r['seconds']) / 60:.0f} min of training and evaluation; "
+                 f"rotelab {r['version']}.", "",
+                 "| check | value | expected | |", "| --- | --- | --- | --- |"]
+        page += [f"| {c['name']} | {c['value']} | {c['expected']} | {mark[c['pass']]} |".replace("\n", " ")
+                 for c in r["checks"]]
+        page += [""] + [f"![{name}](figures/{name})" for name in r.get("figures", [])] + [""]
+        page += ["**Notes.** " + r["notes"].replace("\n\n", "\n\n").strip(), ""]
+    (docs / "reproductions.md").write_text("\n".join(page) + "\n")
+    return docs / "reproductions.md"
+
+
+def _small_png(src: Path, dst: Path, limit: int = 300_000):
+    """Copy a PNG, redrawn smaller (fewer pixels, fewer colors) until it is under `limit` bytes."""
+    shutil.copyfile(src, dst)
+    if dst.stat().st_size <= limit:
+        return
+    from PIL import Image
+    img = Image.open(src).convert("RGB")
+    scale = 1.0
+    while dst.stat().st_size > limit and scale > 0.2:
+        scale *= 0.8
+        small = img.resize((int(img.width * scale), int(img.height * scale)), Image.LANCZOS)
+        small.quantize(colors=128).save(dst, optimize=True)
 
 
 def summary_line(results: dict) -> str:
