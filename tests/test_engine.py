@@ -56,3 +56,41 @@ def test_lr_schedules(schedule, expected):
         assert opt.param_groups[0]["lr"] == pytest.approx(expected(e), rel=1e-6)
         opt.step()
         sched.step()
+
+
+def test_hooks_own_their_checkpoint_state(tmp_path, small_cfg):
+    """A hook's state_dict goes into every checkpoint and comes back, before the model and optimizer
+    are loaded, on resume."""
+    from rotelab.engine import Hook
+    from rotelab.protocols import resume
+    from rotelab.protocols.fit import build_loop
+    from rotelab.store import RunDir
+
+    class Counter(Hook):
+        seen = []
+
+        def __init__(self):
+            self.n = 0
+
+        def on_epoch_end(self, loop, result):
+            self.n += result.epoch
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state, loop):
+            Counter.seen.append((state["n"], loop.epoch))
+            self.n = state["n"]
+
+    run = RunDir(tmp_path / "r")
+    loop = build_loop(small_cfg(epochs=3), run)
+    loop.hooks.insert(0, Counter())
+    run.create(small_cfg(epochs=3).to_dict(), {})
+    loop.run()
+    state = run.load_checkpoint()
+    assert state["hooks"]["Counter"] == {"n": 6}
+    fresh = build_loop(small_cfg(epochs=3), run)
+    fresh.hooks.insert(0, Counter())
+    fresh.load_state_dict(state)
+    assert Counter.seen == [(6, 0)] and fresh.hooks[0].n == 6 and fresh.epoch == 3
+    run.unlock()

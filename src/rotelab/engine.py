@@ -249,11 +249,46 @@ class Loop:
     def done(self) -> bool:
         return self.epoch >= self.end_epoch or (self.until is not None and self.fit_epoch is not None)
 
+    def change_stage(self, fit_on, end_epoch: int, until: float | None, cfg=None):
+        """Train on other splits from the next epoch on, up to `end_epoch`, stopping at `until`; with
+        `cfg`, a fresh optimizer and schedule of cfg's (momentum buffers or moments are kept where the
+        optimizer class stays the same; the lr restarts at cfg.lr)."""
+        self.set_fit(fit_on)
+        self.end_epoch, self.until = end_epoch, until
+        if cfg is not None:
+            old = self.opt
+            self.opt = build_optimizer(self.model, cfg)
+            if type(old) is type(self.opt):
+                self.opt.load_state_dict(old.state_dict())
+                for group in self.opt.param_groups:
+                    group["lr"] = cfg.lr
+                    group.pop("initial_lr", None)
+            self.sched = build_scheduler(self.opt, cfg)
+
+    def hook_states(self) -> dict:
+        """Each stateful hook's state, keyed by its class name (numbered if a class repeats)."""
+        out, seen = {}, {}
+        for h in self.hooks:
+            state = h.state_dict()
+            if state is not None:
+                name = type(h).__name__
+                seen[name] = seen.get(name, 0) + 1
+                out[name if seen[name] == 1 else f"{name}#{seen[name]}"] = state
+        return out
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "epoch": self.epoch, "fit_epoch": self.fit_epoch}
+                "scheduler": self.sched.state_dict(), "epoch": self.epoch, "fit_epoch": self.fit_epoch,
+                "hooks": self.hook_states()}
 
     def load_state_dict(self, state: dict):
+        saved, seen = state.get("hooks", {}), {}
+        for h in self.hooks:   # first: a hook may change the loop's stage, optimizer and schedule
+            name = type(h).__name__
+            seen[name] = seen.get(name, 0) + 1
+            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+            if key in saved:
+                h.load_state_dict(saved[key], self)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])

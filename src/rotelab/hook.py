@@ -38,4 +38,12 @@ class Hook:
     def on_epoch_end(self, loop: "Loop", result: EpochResult): ...
     def on_end(self, loop: "Loop"): ...
 
+    # A hook with state that a resume needs returns it here; the loop saves it in every checkpoint
+    # (under the hook's class name) and hands it back, before the model and optimizer are loaded,
+    # to load_state_dict, which may reconfigure the loop (a stage change, say).
+    def state_dict(self) -> dict | None:
+        return None
+
+    def load_state_dict(self, state: dict, loop: "Loop"): ...
+
 

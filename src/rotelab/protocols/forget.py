@@ -69,21 +69,9 @@ class StageSwitch(Hook):
         self.stage, self.stage1_end = 1, None
 
     def apply(self, loop, stage1_end: int):
-        """Turn `loop` into its stage-2 form after epoch `stage1_end` (also used when resuming)."""
-        from ..engine import build_optimizer, build_scheduler
-        cfg2 = self.cfg.stage2()
-        loop.set_fit(("train",))
-        loop.end_epoch = stage1_end + self.cfg.epochs2
-        loop.until = None
-        if self.cfg.resets_stage2:
-            old = loop.opt
-            loop.opt = build_optimizer(loop.model, cfg2)
-            if type(old) is type(loop.opt):   # keep momentum buffers / moments, restart the lr
-                loop.opt.load_state_dict(old.state_dict())
-                for group in loop.opt.param_groups:
-                    group["lr"] = cfg2.lr
-                    group.pop("initial_lr", None)
-            loop.sched = build_scheduler(loop.opt, cfg2)
+        """Turn `loop` into its stage-2 form after epoch `stage1_end` (also when resuming)."""
+        loop.change_stage(("train",), stage1_end + self.cfg.epochs2, None,
+                          self.cfg.stage2() if self.cfg.resets_stage2 else None)
         self.stage, self.stage1_end = 2, stage1_end
 
     def stage1_over(self, loop) -> bool:
@@ -92,22 +80,20 @@ class StageSwitch(Hook):
     def on_epoch_end(self, loop, result: EpochResult):
         result.metrics["stage"] = self.stage
         if self.stage == 1 and self.stage1_over(loop):
-            self.run.save_checkpoint({**loop.state_dict(), "stage": 1}, "stage1.pt")
+            self.run.save_checkpoint(loop.state_dict(), "stage1.pt")
             self.apply(loop, loop.epoch)
 
-    def extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"stage": self.stage, "stage1_end": self.stage1_end}
 
+    def load_state_dict(self, state: dict, loop):
+        if state.get("stage") == 2:
+            self.apply(loop, state["stage1_end"])
 
-def stage_checkpointer(run, keep_epochs, switch: StageSwitch):
-    """The usual checkpointer, with the stage and its boundary in every checkpoint."""
-    from ..hooks import Checkpointer
 
-    class StageCheckpointer(Checkpointer):
-        def on_epoch_end(self, loop, result):
-            self.extra = switch.extra_state()
-            super().on_epoch_end(loop, result)
-    return StageCheckpointer(run, keep_epochs)
+def checkpoint_stage(state: dict) -> int:
+    """The stage a checkpoint was saved in (checkpoints of earlier versions kept it at the top level)."""
+    return state.get("hooks", {}).get("StageSwitch", state).get("stage", 1)
 
 
 def load_parts(cfg: ForgetConfig):
@@ -135,12 +121,11 @@ def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None, backfill_tb
     data = load_parts(cfg).to(device)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     switch = StageSwitch(run, cfg)
-    hooks = standard_hooks(cfg, run, data, [switch], stage_checkpointer(run, cfg.save_epochs, switch),
-                           cfg.epochs + cfg.epochs2, backfill_tb)
+    hooks = standard_hooks(cfg, run, data, [switch], total_epochs=cfg.epochs + cfg.epochs2, backfill_tb=backfill_tb)
     loop = Loop(model, data.splits, cfg, hooks, device, fit_on=("train", "val"),
                 penalty=information_penalty(cfg, model, len(data.train) + len(data.val)))
     if state is not None:
-        if state.get("stage") == 2:
+        if "hooks" not in state and state.get("stage") == 2:   # a checkpoint of an earlier version
             switch.apply(loop, state["stage1_end"])
         loop.load_state_dict(state)
     return loop, switch
@@ -189,7 +174,7 @@ def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> Ru
                           f"with --stage2-from only {', '.join('--' + f.replace('_', '-') for f in ForgetConfig.STAGE2_FIELDS)} may be given")
     cfg = dataclasses.replace(ForgetConfig.from_dict(src_cfg), **overrides, stage2_from=str(ckpt)).validate()
     state = source.load_checkpoint(ckpt)
-    if state.get("stage") != 1:
+    if checkpoint_stage(state) != 1:
         raise ConfigError("--stage2-from", f"{ckpt} is a stage-2 checkpoint; give a stage-1 one such as "
                                            f"{source.checkpoints / 'stage1.pt'} or an epoch_NNNN.pt saved in stage 1")
     run = RunDir.check_new(out, overwrite)
