@@ -4,7 +4,9 @@ K runs one after another, in one process, with per-run metrics compared.
     python bench/vectorized_seeds.py [--seeds 16] [--epochs 100]
 
 Cases: the 12-10-7-5-4-3-2 net on the 12-bit task (Adam, batch 512) and an MLP 1x512 on a
-10,000-example subset of Fashion-MNIST (SGD, batch 128; skipped if Fashion-MNIST is not installed).
+10,000-example subset of Fashion-MNIST (SGD, batch 128; skipped if Fashion-MNIST is not installed),
+both through the written-out MLP kernel; and Zhang et al.'s small AlexNet on a 2,000-example subset
+of Fashion-MNIST (SGD, batch 128, 4 seeds, 2 epochs) through the torch.func stack.
 Ends with one JSON line of figures.
 """
 
@@ -65,7 +67,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--cases", nargs="+", default=["tishby", "mlp512"], choices=["tishby", "mlp512"])
+    ap.add_argument("--cases", nargs="+", default=["tishby", "mlp512", "alexnet"], choices=["tishby", "mlp512", "alexnet"])
+    ap.add_argument("--convnet-seeds", type=int, default=4, help="seeds of the convnet case (torch.func stack)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
     args = ap.parse_args(argv)
     if args.quick:
@@ -76,6 +79,11 @@ def main(argv=None):
         if "tishby" in args.cases:
             figures.update(compare("tishby", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
                                                   batch_size=512, epochs=args.epochs), args.seeds, tmp))
+        if "alexnet" in args.cases:   # any model: the torch.func stack
+            figures.update(compare("alexnet", dict(dataset="fashion-mnist" if DEBIAN_FASHION_MNIST.is_dir() else "digits",
+                                                   subset=2000 if DEBIAN_FASHION_MNIST.is_dir() else 500,
+                                                   model="alexnet-small", lr=0.01, batch_size=128, epochs=2),
+                                   args.convnet_seeds, tmp))
         if "mlp512" in args.cases and DEBIAN_FASHION_MNIST.is_dir():
             figures.update(compare("mlp512", dict(dataset="fashion-mnist", subset=10_000, widths=[512], lr=0.01,
                                                   batch_size=128, epochs=max(1, args.epochs // 20)), args.seeds, tmp))

@@ -62,7 +62,6 @@ def test_hooks_own_their_checkpoint_state(tmp_path, small_cfg):
     """A hook's state_dict goes into every checkpoint and comes back, before the model and optimizer
     are loaded, on resume."""
     from rotelab.engine import Hook
-    from rotelab.protocols import resume
     from rotelab.protocols.fit import build_loop
     from rotelab.store import RunDir
 

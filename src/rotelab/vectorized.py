@@ -40,8 +40,6 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
             raise ConfigError("--vectorize-seeds", f"runs trained together must share every option but "
                                                    f"{', '.join(sorted(PER_RUN_FIELDS))}; they differ in {diff[0]}")
     c = cfgs[0]
-    if c.model not in ("mlp", "tishby"):
-        raise ConfigError("--vectorize-seeds", f"works for mlp and tishby models, not {c.model}")
     if c.augment or c.weight_noise != "none" or c.example_record == "presentation":
         raise ConfigError("--vectorize-seeds", "works without --augment, --weight-noise and "
                                                "--example-record presentation")
@@ -108,7 +106,10 @@ class Stack:
                 else:
                     stacked[key] = _copy(value)
             self.opt.state[self.flat] = stacked
-        # data: inputs stored once when every run has the same ones, else stacked; labels stacked
+        self.stack_data(loops)
+
+    def stack_data(self, loops: list[Loop]):
+        """Inputs stored once when every run has the same ones, else stacked; labels stacked."""
         self.x, self.shared, self.y, self.y_true, self.corrupted = {}, {}, {}, {}, {}
         for name in loops[0].splits:
             splits = [l.splits[name] for l in loops]
@@ -253,6 +254,87 @@ class Stack:
                                               for key, v in per_layer.items()}
 
 
+class FuncStack:
+    """Any model's runs stacked with torch.func: stack_module_state gives every parameter and buffer
+    a leading run axis, one vmap of functional_call over a stateless copy of the model computes every
+    run's logits on its own batch, one backward pass of the sum of the runs' mean losses gives each
+    run its own gradient (a run's loss depends only on its own slice), and one optimizer steps all
+    slices with the same elementwise update as the separate optimizers. Batch norm keeps per-run
+    running statistics. The same interface as Stack (the written-out kernel for MLPs, faster there)."""
+
+    def __init__(self, loops: list[Loop]):
+        import copy
+        from torch.func import stack_module_state
+        self.loops, self.k = loops, len(loops)
+        models = [l.model for l in loops]
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.params = {n: nn.Parameter(p.detach().clone()) for n, p in params.items()}
+        self.buffers = {n: b.clone() for n, b in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")   # the architecture, without data
+        self.run_params = [dict(m.named_parameters()) for m in models]
+        self.run_buffers = [dict(m.named_buffers()) for m in models]
+        self.opt = build_optimizer(nn.ParameterList(self.params.values()), loops[0].cfg)
+        states = [[l.opt.state.get(ps[n]) for n in self.names] for l, ps in zip(loops, self.run_params)]
+        if all(all(row) for row in states):
+            for i, n in enumerate(self.names):
+                self.opt.state[self.params[n]] = {
+                    key: torch.stack([row[i][key] for row in states]) if _per_run(v) else _copy(v)
+                    for key, v in states[0][i].items()}
+        Stack.stack_data(self, loops)
+
+    def _one(self, params, buffers, x):
+        from torch.func import functional_call
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Logits (K, classes, B) of every run, for inputs (B, ...) shared by all runs or (K, B, ...)."""
+        from torch.func import vmap
+        out = vmap(self._one, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+        return out.transpose(1, 2)
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.base.train()
+        logits = self.forward(xb, shared=False)
+        ce = F.cross_entropy(logits, yb, reduction="none")
+        self.opt.zero_grad(set_to_none=True)
+        ce.mean(1).sum().backward()
+        self.opt.step()
+        return ce.detach(), logits.detach()
+
+    _batch = Stack._batch
+    train_epoch = Stack.train_epoch
+    epoch = Stack.epoch
+
+    def evaluate(self, name: str, batch_size: int, with_margins: bool) -> Evaluation:
+        self.base.eval()
+        return Stack.evaluate(self, name, batch_size, with_margins)
+
+    @torch.no_grad()
+    def write_back_weights(self):
+        """Copy every run's parameters and buffers (batch-norm statistics) into its own model."""
+        for j in range(self.k):
+            for n, p in self.run_params[j].items():
+                p.copy_(self.params[n][j])
+            for n, b in self.run_buffers[j].items():
+                b.copy_(self.buffers[n][j])
+
+    @torch.no_grad()
+    def write_back_state(self, j: int):
+        for n in self.names:
+            state = self.opt.state.get(self.params[n])
+            if state:
+                self.loops[j].opt.state[self.run_params[j][n]] = {
+                    key: v[j].clone() if _per_run(v) else _copy(v) for key, v in state.items()}
+
+
+MLP_KERNEL_MODELS = ("mlp", "tishby")   # where the written-out kernel is measured faster (bench/vectorized_seeds.py)
+
+
+def stack_for(loops: list[Loop]):
+    return (Stack if loops[0].cfg.model in MLP_KERNEL_MODELS else FuncStack)(loops)
+
+
 class JointTrainer:
     """Runs several Loops as one stack (see the module docstring)."""
 
@@ -275,7 +357,7 @@ class JointTrainer:
                 if stack is not None:
                     for j in range(stack.k):
                         stack.write_back_state(j)
-                stack = Stack(active)
+                stack = stack_for(active)
             joint = stack.epoch()
             stack.write_back_weights()   # hooks may read a run's model
             for j, loop in enumerate(active):
