@@ -105,3 +105,12 @@ def test_publish_writes_the_docs_page_and_small_figures(tmp_path):
     figs = list((tmp_path / "docs" / "figures").glob("oscillation_*.png"))
     assert figs and all(f.stat().st_size < 300_000 for f in figs) and f"figures/{figs[0].name}" in text
     json.loads((tmp_path / "docs" / "results" / "oscillation.json").read_text())
+
+
+def test_plot_on_a_study_folder_does_what_report_does(tmp_path, capsys):
+    rp.reproduce("zhang-fig1", "smoke", tmp_path / "z")
+    assert main(["plot", str(tmp_path / "z")]) == 0
+    page = (tmp_path / "z" / "report.html").read_text()
+    assert "fit: Zhang et al. Fig. 1a" in page and "<img" in page
+    assert main(["plot", str(tmp_path / "z" / "fits")]) == 0   # a sweep folder: the same
+    assert (tmp_path / "z" / "fits" / "report.html").is_file()
