@@ -93,3 +93,20 @@ def test_hooks_own_their_checkpoint_state(tmp_path, small_cfg):
     fresh.load_state_dict(state)
     assert Counter.seen == [(6, 0)] and fresh.hooks[0].n == 6 and fresh.epoch == 3
     run.unlock()
+
+
+def test_the_loop_runs_hooks_by_phase_whatever_order_they_are_given(tmp_path, small_cfg):
+    from rotelab.hook import Hook
+    from rotelab.hooks import Checkpointer, MetricsWriter, StatusWriter
+    from rotelab.protocols.fit import build_loop
+    from rotelab.store import RunDir
+    run = RunDir(tmp_path / "r")
+    loop = build_loop(small_cfg(epochs=1), run)
+    hooks = list(reversed(loop.hooks)) + [Hook()]
+    from rotelab.engine import Loop
+    again = Loop(loop.model, loop.splits, loop.cfg, hooks)
+    names = [type(h).__name__ for h in again.hooks]
+    assert names.index("Hook") < names.index("MetricsWriter") < names.index("Checkpointer") < names.index("StatusWriter")
+    assert names[0] == "ExampleRecorder" and names[-1] == "ProgressBar"
+    assert [h.phase for h in again.hooks] == sorted(h.phase for h in again.hooks)
+    assert {MetricsWriter.phase, Checkpointer.phase, StatusWriter.phase} <= {h.phase for h in again.hooks}

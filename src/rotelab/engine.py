@@ -215,7 +215,8 @@ class Loop:
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
-        self.model, self.splits, self.cfg, self.hooks = model, splits, cfg, list(hooks)
+        self.model, self.splits, self.cfg = model, splits, cfg
+        self.hooks = sorted(hooks, key=lambda h: h.phase)   # the order the run directory relies on
         self.penalty = penalty      # a callable added to each batch's loss
         self.train = train          # False: evaluate only (a frozen network)
         # >0: evaluate with weight noise on, averaging this many passes (metrics get _std spreads);

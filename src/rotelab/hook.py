@@ -29,10 +29,18 @@ class EpochResult:
         return self.evals["test"]
 
 
+# The phases of an epoch's end, in the order the Loop runs hooks (stable within a phase): what adds to
+# the epoch's metrics first, then what writes them, then the checkpoint, then status.json (a run killed
+# between two of these resumes from the checkpoint and drops what came after it), then progress.
+RECORD, MEASURE, PROTOCOL, WRITE, CHECKPOINT, STATUS, REPORT = 10, 20, 30, 60, 80, 90, 100
+
+
 class Hook:
-    """Override what you need. Hooks run in the order given; each sees what earlier ones added.
-    `on_backward` (called after each training batch's backward pass) is only called on hooks that
-    define it, so the others cost nothing per batch."""
+    """Override what you need. The Loop runs hooks by `phase` (see above), in the order given within
+    a phase; each sees what earlier ones added. `on_backward` (called after each training batch's
+    backward pass) is only called on hooks that define it, so the others cost nothing per batch."""
+
+    phase = PROTOCOL
 
     def on_start(self, loop: "Loop"): ...
     def on_epoch_end(self, loop: "Loop", result: EpochResult): ...

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .engine import EpochResult, Hook, Loop
+from .hook import CHECKPOINT, MEASURE, RECORD, REPORT, STATUS, WRITE
 from .measures.examples import overlap, pack, unpack
 from .store import RunDir, examples_upto, metrics_line
 
@@ -24,6 +25,7 @@ class ExampleRecorder(Hook):
 
     With source 'presentation' the bits of the splits being trained on come from the training
     passes; the other splits (test, or a split no longer trained on) always from the clean pass."""
+    phase = RECORD
 
     def __init__(self, run: RunDir, splits: dict, source: str = "evaluation", margins: bool = False):
         self.run, self.source, self.with_margins = run, source, margins
@@ -70,6 +72,7 @@ class ExampleRecorder(Hook):
 class MetricsWriter(Hook):
     """One JSON line per epoch in metrics.jsonl (the file stays open; each line is flushed to the OS,
     so a killed process loses nothing written)."""
+    phase = WRITE
 
     def __init__(self, run: RunDir):
         self.run, self.file = run, None
@@ -120,6 +123,7 @@ class TensorBoardWriter(Hook):
     interval), when the loop persists and at the end: the writer's background thread then wakes
     once per batch instead of once per event, which with many runs in one process (vectorized
     seeds) cost more than everything else an epoch's hooks do. What TensorBoard shows is the same."""
+    phase = WRITE
 
     def __init__(self, run: RunDir, hist_every: int = 10, backfill: bool = False, handoff_secs: float = 10):
         self.run, self.hist_every, self.backfill, self.writer = run, hist_every, backfill, None
@@ -178,6 +182,7 @@ class TensorBoardWriter(Hook):
 
 class Checkpointer(Hook):
     """checkpoints/last.pt when the loop persists (atomically), plus epoch_NNNN.pt for chosen epochs."""
+    phase = CHECKPOINT
 
     def __init__(self, run: RunDir, keep_epochs=(), extra=None):
         self.run, self.keep, self.extra = run, set(keep_epochs), extra or {}
@@ -192,6 +197,8 @@ class Checkpointer(Hook):
 
 
 class StatusWriter(Hook):
+    phase = STATUS
+
     def __init__(self, run: RunDir):
         self.run = run
 
@@ -208,6 +215,7 @@ class StatusWriter(Hook):
 class ProgressBar(Hook):
     """A tqdm bar on a terminal; elsewhere (a log file, a pipe) one line every `line_secs` with the
     epoch, accuracies and the time left, so a long run is never silent."""
+    phase = REPORT
 
     LINE_SECS = 30.0
 
@@ -248,6 +256,7 @@ class ProgressBar(Hook):
 class WeightNoiseStats(Hook):
     """The information in noisy weights per epoch: KL under both priors (bits), mean -1/2 ln alpha
     (nats) and mean log10 alpha, in total and per layer (keys `name/layer`)."""
+    phase = MEASURE
 
     def __init__(self, alpha_ref: float = 1.0):
         self.alpha_ref = alpha_ref
@@ -266,6 +275,7 @@ class WeightNoiseStats(Hook):
 class FisherTrace(Hook):
     """Trace of the Fisher information per layer every `every` epochs (and the first), on a fixed
     sample of training examples; keys `fisher_trace` and `fisher_trace/layer`."""
+    phase = MEASURE
 
     def __init__(self, x: torch.Tensor, every: int, seed: int):
         self.x, self.every, self.seed = x, every, seed
