@@ -102,7 +102,7 @@ def test_plotting_a_finished_run_does_not_import_torch(tmp_path, small_cfg):
 def test_nothing_below_protocols_imports_a_protocol():
     src = Path(__file__).resolve().parents[1] / "src" / "rotelab"
     below = ["engine.py", "hooks.py", "hook.py", "store.py", "config.py", "plots.py", "analysis.py", "report.py",
-             "seeding.py", *[str(p.relative_to(src)) for d in ("models", "data", "measures") for p in (src / d).glob("*.py")]]
+             "seeding.py", "vectorized.py", *[str(p.relative_to(src)) for d in ("models", "data", "measures") for p in (src / d).glob("*.py")]]
     for name in below:
         tree = ast.parse((src / name).read_text())
         for node in ast.walk(tree):
@@ -142,3 +142,35 @@ def test_load_gives_tables_and_arrays_for_a_notebook(tmp_path, small_cfg):
     assert abs(correct[-1].mean() - run.metrics["train_acc"].iloc[-1]) < 1e-9
     both = rotelab.load(tmp_path)
     assert sorted(r.path.name for r in both) == ["a", "b"]
+
+
+def test_no_import_cycles_among_modules():
+    """Module-level imports of rotelab form no cycle (registries load their members lazily)."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    graph = {}
+    for path in (src / "rotelab").rglob("*.py"):
+        mod = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.parse(path.read_text()).body:   # top level only
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                target = f"{base}.{node.module}" if node.module else base
+                deps.add(target)
+                deps.update(f"{target}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("rotelab"))
+        graph[mod] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in graph[m]:
+            assert state.get(d) != 1, f"import cycle: {' -> '.join(stack + [m, d])}"
+            if d not in state:
+                visit(d, stack + [m])
+        state[m] = 2
+    for m in graph:
+        if m not in state:
+            visit(m, [])

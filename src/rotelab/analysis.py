@@ -5,17 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ConfigError
-from .measures.examples import example_summary, unpack
+from .measures.examples import correctness, example_summary, split_names
 from .store import RunDir, StoreError, atomic_write_json
-
-
-def split_names(ex: dict) -> list[str]:
-    return [k[:-len("_correct")] for k in ex if k.endswith("_correct")]
-
-
-def correctness(ex: dict, split: str):
-    """The (epochs x examples) boolean matrix of a split."""
-    return unpack(ex[f"{split}_correct"], int(ex[f"n_{split}"]))
 
 
 def summarize_examples(run: RunDir) -> dict:

@@ -193,14 +193,41 @@ def frozen_heap():
 # -- the loop ---------------------------------------------------------------------------------
 
 @dataclass
-class JointEpoch:
-    """One run's share of an epoch trained and evaluated together with other runs."""
-    loss: float                            # presented cross-entropy
-    acc: float                             # presented accuracy
-    seconds_train: float                   # this run's share of the shared pass's time
-    seconds: float                         # ... and of the shared pass and evaluation's time
-    evals: dict[str, Evaluation]
+class EpochShare:
+    """What a training strategy gives a loop for one epoch."""
+    loss: float | None                     # presented cross-entropy (None when nothing was trained)
+    acc: float | None                      # presented accuracy
+    presented: torch.Tensor | None         # per-example correctness at presentation, or None
+    evals: dict[str, Evaluation]           # a clean pass over each split
     metrics: dict                          # split metrics, as evaluate_splits gives them
+    seconds_train: float                   # this run's training time (its share, when shared)
+    seconds: float                         # ... and of the training and evaluation together
+    stepped_elsewhere: bool = False        # the run's own optimizer did not step (a stack's did)
+
+
+class Eager:
+    """The default strategy: one run, eager PyTorch, batches as index slices of in-memory tensors."""
+
+    def epoch(self, loop: "Loop") -> EpochShare:
+        cfg, e = loop.cfg, loop.epoch + 1
+        t0 = time.perf_counter()
+        seed_global_streams(derive_seed(cfg.seed, "torch", e))  # dropout, weight noise, any global draws
+        loss = acc = presented = None
+        if loop.train:
+            aug = generator(cfg.seed, "augment", e) if cfg.augment else None
+            order = loop.epoch_order(e).to(loop.device)
+            per_batch = [h for h in loop.hooks if hasattr(h, "on_backward")]
+            after_backward = (lambda: [h.on_backward(loop) for h in per_batch]) if per_batch else None
+            loss, acc, presented = train_epoch(
+                loop.model, loop.opt, loop.fit_x, loop.fit_y, cfg.batch_size, order, aug,
+                record=cfg.example_record == "presentation", penalty=loop.penalty,
+                frozen_bn=loop.frozen_bn, after_backward=after_backward)
+        t_train = time.perf_counter() - t0
+        evals, metrics = loop.evaluate_splits()
+        return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0)
+
+    def before_persist(self, loop: "Loop"):
+        pass
 
 
 class Loop:
@@ -223,6 +250,7 @@ class Loop:
         # 0: evaluate the weights' means
         self.noisy_eval_samples = noisy_eval_samples
         self.frozen_bn = frozen_bn  # train with batch norm on its fixed running statistics
+        self.strategy = Eager()     # how an epoch is trained and evaluated (vectorized.Stacked: several runs as one)
         self.set_fit(fit_on)
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
         self.until = cfg.until_train_acc if until is None else until
@@ -323,52 +351,35 @@ class Loop:
         """The permutation of the training examples in `epoch` (a stream of its own per epoch)."""
         return torch.randperm(len(self.fit_y), generator=generator(self.cfg.seed, "order", epoch))
 
-    def run_epoch(self, joint: "JointEpoch | None" = None) -> EpochResult:
-        """Train one epoch, evaluate every split, step the schedule; or, with `joint`, take the
-        training pass and evaluation made for this run elsewhere (the vectorized trainer)."""
-        cfg = self.cfg
+    def run_epoch(self) -> EpochResult:
+        """Train one epoch, evaluate every split and step the schedule, the way the loop's strategy
+        does it (eager by default; several runs stacked for vectorized seeds)."""
         e = self.epoch + 1
-        t0 = time.perf_counter()
         lr = self.opt.param_groups[0]["lr"]
-        loss_p = acc_p = presented = None
-        if joint is not None:
-            loss_p, acc_p, evals, split_m = joint.loss, joint.acc, joint.evals, joint.metrics
-            t0 -= joint.seconds
-            t_train = joint.seconds_train
+        share = self.strategy.epoch(self)
+        t0 = time.perf_counter() - share.seconds   # this run's share of what the strategy did
+        if share.stepped_elsewhere:
             with warnings.catch_warnings():   # this optimizer did not step: its twin in the stack did
                 warnings.simplefilter("ignore", UserWarning)
                 self.sched.step()
-        else:
-            seed_global_streams(derive_seed(cfg.seed, "torch", e))  # dropout, weight noise, any global draws
-            if self.train:
-                aug = generator(cfg.seed, "augment", e) if cfg.augment else None
-                order = self.epoch_order(e).to(self.device)
-                per_batch = [h for h in self.hooks if hasattr(h, "on_backward")]
-                after_backward = (lambda: [h.on_backward(self) for h in per_batch]) if per_batch else None
-                loss_p, acc_p, presented = train_epoch(
-                    self.model, self.opt, self.fit_x, self.fit_y, cfg.batch_size, order, aug,
-                    record=cfg.example_record == "presentation", penalty=self.penalty,
-                    frozen_bn=self.frozen_bn, after_backward=after_backward)
-            t_train = time.perf_counter() - t0
-            evals, split_m = self.evaluate_splits()
-            if self.train:
-                self.sched.step()
+        elif self.train:
+            self.sched.step()
         self.epoch = e
-        metrics = {"epoch": e, "lr": lr, **split_m}
-        if loss_p is not None:
-            metrics.update(train_loss_presented=loss_p, train_acc_presented=acc_p)
+        metrics = {"epoch": e, "lr": lr, **share.metrics}
+        if share.loss is not None:
+            metrics.update(train_loss_presented=share.loss, train_acc_presented=share.acc)
         if self.until is not None and self.fit_epoch is None and \
                 all(metrics[f"{n}_acc"] >= self.until for n in self.fit_on):
             self.fit_epoch = e
-        metrics["seconds_train"] = t_train
+        metrics["seconds_train"] = share.seconds_train
         metrics["seconds"] = time.perf_counter() - t0
         by_split = {}
-        if presented is not None:
+        if share.presented is not None:
             start = 0
             for n in self.fit_on:
-                by_split[n] = presented[start:start + len(self.splits[n])]
+                by_split[n] = share.presented[start:start + len(self.splits[n])]
                 start += len(self.splits[n])
-        return EpochResult(e, metrics, evals, by_split)
+        return EpochResult(e, metrics, share.evals, by_split)
 
     def persist_due(self) -> bool:
         return (self.done or self.epoch in self.cfg.save_epochs
@@ -381,6 +392,8 @@ class Loop:
     def close_epoch(self, result: EpochResult, persist: bool | None = None):
         """Hooks of a finished epoch, writing state only when `persist` (default: persist_due())."""
         self.persist = self.persist_due() if persist is None else persist
+        if self.persist:
+            self.strategy.before_persist(self)   # e.g. a stack hands this run its optimizer state
         for h in self.hooks:
             h.on_epoch_end(self, result)
         if self.persist:
@@ -391,10 +404,32 @@ class Loop:
         for h in self.hooks:
             h.on_end(self)
 
+    def epochs(self, started: bool = False):
+        """The loop as a generator: one epoch (trained, evaluated, closed by the hooks) per step.
+        run() exhausts it; several loops of one stack advance theirs in turn (run_together)."""
+        if not started:
+            self.start()
+        while not self.done:
+            self.close_epoch(self.run_epoch())
+            yield self.epoch
+        self.finish()
+
     def run(self):
         with frozen_heap():
-            self.start()
-            while not self.done:
-                self.close_epoch(self.run_epoch())
-            self.finish()
+            for _ in self.epochs():
+                pass
         return self
+
+
+def run_together(loops: list["Loop"]) -> list["Loop"]:
+    """Several loops whose strategy trains them as one (vectorized seeds), epoch by epoch in turn:
+    the first loop to ask for an epoch gets it computed for every active loop of the stack."""
+    with frozen_heap():
+        for loop in loops:
+            loop.start()
+        running = [loop.epochs(started=True) for loop in loops]
+        while running:
+            for g in list(running):
+                if next(g, None) is None:
+                    running.remove(g)
+    return loops

@@ -98,8 +98,7 @@ def plot_example_dynamics(run: RunDir) -> list[Path]:
     """Histogram of forgetting events and the distribution of first-learned epochs, clean vs
     corrupted examples, for each trained split."""
     import numpy as np
-    from .analysis import correctness, split_names
-    from .measures.examples import first_correct, forgetting_events
+    from .measures.examples import correctness, first_correct, forgetting_events, split_names
     ex = run.read_examples()
     splits = [s for s in split_names(ex) if s != "test"]
     fig, axes = plt.subplots(2, len(splits), figsize=(5.5 * len(splits), 7), squeeze=False)

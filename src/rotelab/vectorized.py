@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, FitConfig
-from .engine import Evaluation, JointEpoch, Loop, build_optimizer, frozen_heap, margins, split_metrics_rows
+from .engine import EpochShare, Evaluation, Loop, build_optimizer, margins, run_together, split_metrics_rows
 
 # Fields that may differ between runs trained together: they change the data, not the computation.
 PER_RUN_FIELDS = {"seed", "corrupt", "label_noise_mode", "corrupt_test", "progress", "save_epochs", "checkpoint_every"}
@@ -218,7 +218,7 @@ class Stack:
         pred = torch.cat(preds, 1)
         return Evaluation(torch.cat(losses, 1), pred, pred == y, torch.cat(margs, 1) if with_margins else None)
 
-    def epoch(self) -> list[JointEpoch]:
+    def epoch(self) -> list[EpochShare]:
         """Train and evaluate every run for one epoch; each run's share."""
         t0 = time.perf_counter()
         cfg = self.loops[0].cfg
@@ -232,8 +232,8 @@ class Stack:
             for m, row in zip(metrics, split_metrics_rows(name, ev, self.corrupted[name], self.y_true[name])):
                 m.update(row)
         seconds = (time.perf_counter() - t0) / self.k
-        return [JointEpoch(loss[j], acc[j], t_train, seconds, {n: evals[n][j] for n in evals}, metrics[j])
-                for j in range(self.k)]
+        return [EpochShare(loss[j], acc[j], None, {n: evals[n][j] for n in evals}, metrics[j], t_train, seconds,
+                           stepped_elsewhere=True) for j in range(self.k)]
 
     @torch.no_grad()
     def write_back_weights(self):
@@ -335,46 +335,40 @@ def stack_for(loops: list[Loop]):
     return (Stack if loops[0].cfg.model in MLP_KERNEL_MODELS else FuncStack)(loops)
 
 
-class JointTrainer:
-    """Runs several Loops as one stack (see the module docstring)."""
+class Stacked:
+    """The strategy of loops trained together: the first loop to ask for an epoch gets it computed
+    for every active loop as one stack (Stack for MLPs, FuncStack for other models); the others take
+    their share. The stack lives across epochs and is rebuilt when runs leave it (--until-train-acc)."""
 
     def __init__(self, loops: list[Loop]):
-        self.loops = loops
+        self.loops, self.stack, self.shares = loops, None, {}
+        for loop in loops:
+            loop.strategy = self
 
-    def run(self):
-        with frozen_heap():
-            return self._run()
-
-    def _run(self):
-        for l in self.loops:
-            l.start()
-        stack = None
-        while True:
+    def epoch(self, loop: Loop) -> EpochShare:
+        if id(loop) not in self.shares:
             active = [l for l in self.loops if not l.done]
-            if not active:
-                break
-            if stack is None or stack.loops != active:   # first epoch, or runs have left
-                if stack is not None:
-                    for j in range(stack.k):
-                        stack.write_back_state(j)
-                stack = stack_for(active)
-            joint = stack.epoch()
-            stack.write_back_weights()   # hooks may read a run's model
-            for j, loop in enumerate(active):
-                result = loop.run_epoch(joint[j])
-                persist = loop.persist_due()
-                if persist:   # the checkpoint needs this run's optimizer state
-                    stack.write_back_state(j)
-                loop.close_epoch(result, persist)
-        for l in self.loops:
-            l.finish()
-        return self.loops
+            if self.stack is None or self.stack.loops != active:   # first epoch, or runs have left
+                if self.stack is not None:
+                    for j in range(self.stack.k):
+                        self.stack.write_back_state(j)
+                self.stack = stack_for(active)
+            shares = self.stack.epoch()
+            self.stack.write_back_weights()   # hooks may read a run's model
+            self.shares = {id(l): s for l, s in zip(active, shares)}
+        return self.shares.pop(id(loop))
+
+    def before_persist(self, loop: Loop):
+        """The checkpoint needs this run's optimizer state, which lives in the stack."""
+        self.stack.write_back_state(self.stack.loops.index(loop))
 
 
-def fit_together(cfgs: list[FitConfig], outs) -> list:
-    """`fit` for several configs at once; each gets its own ordinary run directory."""
-    from .protocols.fit import build_loop
+def fit_together(cfgs: list[FitConfig], outs, build_loop=None) -> list:
+    """`fit` for several configs at once; each gets its own ordinary run directory. `build_loop(cfg,
+    run)` builds each run's Loop (default: the fit protocol's, from the registry)."""
+    from .registry import get_protocol
     from .store import RunDir, environment
+    build_loop = build_loop or get_protocol("fit").build_loop
     for c in cfgs:
         c.validate()
     check_vectorizable(cfgs)
@@ -383,7 +377,8 @@ def fit_together(cfgs: list[FitConfig], outs) -> list:
     for c, r, l in zip(cfgs, runs, loops):
         r.create(c.to_dict(), environment(l.device))
     try:
-        JointTrainer(loops).run()
+        Stacked(loops)
+        run_together(loops)
     except Exception as e:
         for r, l in zip(runs, loops):
             r.write_status("failed", epochs_completed=l.epoch, error=f"{type(e).__name__}: {e}")

@@ -87,3 +87,13 @@ def example_summary(correct: np.ndarray, epochs: np.ndarray, corrupted: np.ndarr
             "never_learned": int((mask & ~ever).sum()),
         }
     return out
+
+
+def split_names(ex: dict) -> list[str]:
+    """The splits recorded in an examples.npz's arrays."""
+    return [k[:-len("_correct")] for k in ex if k.endswith("_correct")]
+
+
+def correctness(ex: dict, split: str) -> np.ndarray:
+    """The (epochs x examples) boolean matrix of a split of an examples.npz's arrays."""
+    return unpack(ex[f"{split}_correct"], int(ex[f"n_{split}"]))
