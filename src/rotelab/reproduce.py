@@ -249,8 +249,13 @@ def fig_oscillation(ctx: Context, step: str, split: str = "train") -> list[Path]
 
 
 def fig_infoplane(ctx: Context, step: str) -> list[Path]:
+    """The information planes and I(X;T) against epoch of a step's groups, side by side; files named
+    after the step (a study may hold several)."""
     from .plots import plot_infoplane
-    return plot_infoplane(ctx.groups(step), ctx.figures)
+    out = []
+    for png in plot_infoplane(ctx.groups(step), ctx.out / step / "figures"):
+        out.append(_copy(png, ctx.figures / f"{step}_{png.name}"))
+    return out
 
 
 def fig_forget(ctx: Context, step: str) -> list[Path]:
@@ -455,6 +460,15 @@ def report_ixt_fall(ctx: Context, step: str, estimator: str | None = None):
     return "; ".join(parts), "reported", None
 
 
+def report_final_train_acc(ctx: Context, step: str):
+    """Each group's train accuracy at its last epoch (mean and range over its runs), reported."""
+    parts = []
+    for g in ctx.groups(step):
+        accs = [RunDir(d).read_metrics()[-1]["train_acc"] for d in runs_in(g)]
+        parts.append(f"{g.name}: {np.mean(accs):.3f} ({min(accs):.3f}-{max(accs):.3f})")
+    return "; ".join(parts), "reported", None
+
+
 def report_collapses(ctx: Context, step: str):
     from .protocols.forget import summarize
     parts = []
@@ -487,7 +501,8 @@ CHECKS = {"all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance"
           "random_breaks_first": check_random_breaks_first, "information_terms": check_information_terms,
           "random_test_chance": check_random_test_chance, "overlap_bounds": check_overlap_bounds,
           "info_bounds": check_info_bounds, "output_ity": check_output_ity, "ixt_fall": report_ixt_fall,
-          "collapses": report_collapses, "table": check_table}
+          "collapses": report_collapses, "table": check_table,
+          "final_train_acc": report_final_train_acc}
 
 
 # -- the page ---------------------------------------------------------------------------------
