@@ -144,7 +144,7 @@ class Context:
         d = self.step_dir(step)
         if self.steps[step]["protocol"] == "noise":
             return [d]
-        return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+        return sorted(p for p in d.iterdir() if p.is_dir() and runs_in(p)) if d.is_dir() else []
 
     def runs(self, step: str) -> list[RunDir]:
         return [RunDir(r) for g in self.groups(step) for r in runs_in(g)]
@@ -253,7 +253,7 @@ def fig_infoplane(ctx: Context, step: str) -> list[Path]:
     after the step (a study may hold several)."""
     from .plots import plot_infoplane
     out = []
-    for png in plot_infoplane(ctx.groups(step), ctx.out / step / "figures"):
+    for png in plot_infoplane(ctx.groups(step), ctx.figures / step):
         out.append(_copy(png, ctx.figures / f"{step}_{png.name}"))
     return out
 
