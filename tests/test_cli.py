@@ -104,6 +104,7 @@ def test_resume_refuses_new_config_flags(tmp_path, capsys):
     assert "--lr" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """A real kill -9 in the middle of training; `--resume` finishes with identical metrics."""
     args = ["fit", "--dataset", "digits", "--corrupt", "labels=0.3", "--epochs", "25", "--lr", "0.05",
@@ -134,6 +135,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert strip(cut) == strip(tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_console_script_and_plot(tmp_path):
     out = tmp_path / "r"
     r = subprocess.run(["rotelab", "fit", *FAST, "--corrupt", "labels=1.0", "--out", str(out)],

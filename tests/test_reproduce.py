@@ -46,6 +46,7 @@ def test_a_study_skips_finished_runs(tmp_path, capsys):
     assert "checks pass" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_table1_dry_run_and_a_smoke_run_on_written_cifar_files(tmp_path, capsys):
     from test_data import write_cifar
     assert main(["reproduce", "zhang-table1", "--dry-run", "--out", str(tmp_path / "dry")]) == 0
@@ -107,6 +108,7 @@ def test_publish_writes_the_docs_page_and_small_figures(tmp_path):
     json.loads((tmp_path / "docs" / "results" / "oscillation.json").read_text())
 
 
+@pytest.mark.slow
 def test_plot_on_a_study_folder_does_what_report_does(tmp_path, capsys):
     rp.reproduce("zhang-fig1", "smoke", tmp_path / "z")
     assert main(["plot", str(tmp_path / "z")]) == 0

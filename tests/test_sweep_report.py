@@ -78,6 +78,7 @@ def test_failing_point_does_not_stop_the_grid(tmp_path):
     assert main(["sweep", str(f)]) == 1
 
 
+@pytest.mark.slow
 def test_killed_sweep_finishes_on_rerun_and_runs_nothing_twice(tmp_path):
     f = write(tmp_path, epochs=40)
     cmd = [sys.executable, "-m", "rotelab.cli", "sweep", str(f), "--jobs", "1"]
@@ -108,6 +109,7 @@ def test_dry_run_lists_points_with_their_state(tmp_path, capsys):
     assert not (tmp_path / "grid").exists()
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_a_two_point_grid(tmp_path):
     pytest.importorskip("ray")
     f = tmp_path / "r.toml"
