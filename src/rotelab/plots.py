@@ -171,6 +171,18 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
                 color = plt.cm.viridis(norm(e + 1))
                 ax_p.plot(pts[:, 0], pts[:, 1], "-", color=color, lw=0.5, alpha=0.6)
                 ax_p.scatter(pts[:, 0], pts[:, 1], color=color, s=8, zorder=3)
+            # name each layer at its last captured point (the hidden layers in order, the softmax last)
+            final, placed = table[epochs[-1]], []
+            for l in layers:
+                if l in final:
+                    x, y = np.mean(final[l], axis=0)
+                    near = sum(abs(x - px) < 0.3 and abs(y - py) < 0.05 for px, py in placed)   # stack, not overlap
+                    placed.append((x, y))
+                    ax_p.annotate("out" if l == max(layers) else f"L{l + 1}", (x, y), textcoords="offset points",
+                                  xytext=(4, 4 - 9 * near), fontsize=7)
+            ax_p.plot([], [], "-o", color="grey", ms=3, lw=0.5,
+                      label="one epoch: its layers, joined (mean over seeds)")
+            ax_p.legend(fontsize=7, loc="lower right")
             ax_p.set(xlabel="I(X;T) bits", ylabel="I(T;Y) bits", title=f"{g} ({est})")
             for l in layers:
                 xs = [e for e in epochs if l in table[e]]
@@ -178,6 +190,7 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
                 x1 = np.array(xs) + 1
                 ax_x.plot(x1, [v.mean() for v in vals], label=f"layer {l + 1}" if l < max(layers) else "output")
                 ax_x.fill_between(x1, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2)
+            ax_x.plot([], [], color="grey", lw=6, alpha=0.2, label="min-max over seeds")
             ax_x.set(xscale="log", xlabel="epoch + 1", ylabel="I(X;T) bits", title=f"{g} ({est})")
             ax_x.grid(alpha=0.3)
             ax_x.legend(fontsize=7)
