@@ -105,25 +105,31 @@ def binning_mi_reference(t, x_ids, y, edges=None, bin_size=None) -> tuple[float,
 
 def _logsumexp_kernels(t: torch.Tensor, groups: torch.Tensor, variances: tuple[float, ...], block: int):
     """For every row i and variance v: log sum_j exp(-||t_i - t_j||^2 / (2 v)) over all rows j
-    ("all") and over the rows of i's group ("group"). Squared distances are computed once per block
-    of rows (memory O(block * N)); each kernel is exponentiated without a max shift (the kernel of 4v
-    from that of v by two square roots) and summed per
-    group by one matrix product with the groups' one-hot matrix. No shift is needed: both sums
-    include the term j = i, which is exp(0) = 1, and terms that underflow are below 1e-300 of it."""
+    ("all") and over the rows of i's group ("group"). Squared distances are computed once per pair of
+    row blocks, and only for the upper triangle of blocks (distances are symmetric: a block's kernel
+    serves its rows and, transposed, its columns), in memory O(block^2); each kernel is exponentiated
+    without a max shift (the kernel of 4v from that of v by two square roots) and summed per group by
+    a matrix product with the groups' one-hot matrix. No shift is needed: both sums include the term
+    j = i, which is exp(0) = 1, and terms that underflow are below 1e-300 of it."""
     n = len(t)
     _, g = torch.unique(groups, return_inverse=True)
     onehot = torch.nn.functional.one_hot(g, int(g.max()) + 1).to(t.dtype)
     sq = (t * t).sum(dim=1)
-    per_group = {v: torch.empty(n, onehot.shape[1], dtype=t.dtype) for v in variances}
+    per_group = {v: torch.zeros(n, onehot.shape[1], dtype=t.dtype) for v in variances}
     for i in range(0, n, block):
-        dist = torch.addmm(sq[i:i + block, None] + sq[None, :], t[i:i + block], t.T, alpha=-2.0).clamp_min_(0)
-        kernels = {}
-        for v in sorted(variances):
-            if v / 4 in kernels:   # exp(-d / 8v) = exp(-d / 2v) ** (1/4): two square roots, far cheaper than exp
-                kernels[v] = kernels[v / 4].sqrt().sqrt_()
-            else:
-                kernels[v] = torch.mul(dist, -1 / (2 * v)).exp_()
-            per_group[v][i:i + block] = kernels[v] @ onehot
+        rows = slice(i, i + block)
+        for j in range(i, n, block):
+            cols = slice(j, j + block)
+            dist = torch.addmm(sq[rows, None] + sq[None, cols], t[rows], t[cols].T, alpha=-2.0).clamp_min_(0)
+            kernels = {}
+            for v in sorted(variances):
+                if v / 4 in kernels:   # exp(-d / 8v) = exp(-d / 2v) ** (1/4): two square roots, far cheaper than exp
+                    kernels[v] = kernels[v / 4].sqrt().sqrt_()
+                else:
+                    kernels[v] = torch.mul(dist, -1 / (2 * v)).exp_()
+                per_group[v][rows] += kernels[v] @ onehot[cols]
+                if j != i:
+                    per_group[v][cols] += kernels[v].T @ onehot[rows]
     out = {}
     for v, sums in per_group.items():
         out["all", v] = sums.sum(dim=1).log()
