@@ -182,3 +182,17 @@ def test_bin_edges_are_float32_as_the_original():
     assert float(on_edge[0]) < np.linspace(-1, 1, 30)[1]
     assert np.digitize(on_edge.astype(np.float64), edges) == np.digitize(on_edge, e32) == 2
     assert np.digitize(on_edge.astype(np.float64), np.linspace(-1, 1, 30)) == 1
+
+
+def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path):
+    from rotelab.protocols.infoplane import InfoPlaneConfig, infoplane
+    from rotelab.store import RunDir
+    base = dict(dataset="tishby", model="tishby", epochs=6, captures=3, optimizer="adam", lr=4e-3, batch_size=512,
+                seeds="0-2", estimators="binning,kde", eval_size=300, progress=False, hist_every=0)
+    together = infoplane(InfoPlaneConfig(**base, vectorize=True), tmp_path / "v")
+    apart = infoplane(InfoPlaneConfig(**base), tmp_path / "a")
+    for a, b in zip(together, apart):
+        ra, rb = RunDir(a.path).read_info(), RunDir(b.path).read_info()
+        assert [(r["epoch"], r["layer"], r["estimator"]) for r in ra] == [(r["epoch"], r["layer"], r["estimator"]) for r in rb]
+        assert max(abs(x["ixt"] - y["ixt"]) + abs(x["ity"] - y["ity"]) for x, y in zip(ra, rb)) < 1e-3
+        assert RunDir(a.path).read_protocol() == "infoplane" and RunDir(a.path).read_status()["state"] == "done"

@@ -363,19 +363,19 @@ class Stacked:
         self.stack.write_back_state(self.stack.loops.index(loop))
 
 
-def fit_together(cfgs: list[FitConfig], outs, build_loop=None) -> list:
-    """`fit` for several configs at once; each gets its own ordinary run directory. `build_loop(cfg,
-    run)` builds each run's Loop (default: the fit protocol's, from the registry)."""
+def fit_together(cfgs: list[FitConfig], outs, build_loop=None, protocol: str = "fit") -> list:
+    """Runs of a protocol (fit by default) for several configs at once, as one stack; each gets its
+    own ordinary run directory, locked while it is written."""
     from .registry import get_protocol
     from .store import RunDir, environment
-    build_loop = build_loop or get_protocol("fit").build_loop
+    build_loop = build_loop or get_protocol(protocol).build_loop
     for c in cfgs:
         c.validate()
     check_vectorizable(cfgs)
     runs = [RunDir.check_new(o) for o in outs]
     loops = [build_loop(c, r) for c, r in zip(cfgs, runs)]
     for c, r, l in zip(cfgs, runs, loops):
-        r.create(c.to_dict(), environment(l.device))
+        r.create(c.to_dict(), environment(l.device), protocol=protocol)
     try:
         Stacked(loops)
         run_together(loops)
@@ -383,4 +383,7 @@ def fit_together(cfgs: list[FitConfig], outs, build_loop=None) -> list:
         for r, l in zip(runs, loops):
             r.write_status("failed", epochs_completed=l.epoch, error=f"{type(e).__name__}: {e}")
         raise
+    finally:
+        for r in runs:
+            r.unlock()
     return runs

@@ -42,6 +42,7 @@ class InfoPlaneConfig(FitConfig):
     ksg_k: int = opt(3, "neighbours of the KSG estimator", ge=1)
     save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
     grad_snr: bool = opt(False, "at captured epochs, log each layer's gradient mean and standard deviation over the batches")
+    vectorize: bool = opt(False, "train the seeds together as one stacked model (vectorized seeds; each keeps its own run)")
 
     @property
     def estimator_list(self) -> list[str]:
@@ -74,6 +75,9 @@ class InfoPlaneConfig(FitConfig):
         self.edges
         if self.model not in ("mlp", "tishby"):
             raise ConfigError("--model", f"infoplane captures the layers of mlp and tishby models, not {self.model}")
+        if self.vectorize and self.grad_snr:
+            raise ConfigError("--grad-snr", "reads each run's gradients batch by batch, which a stack of runs "
+                                            "does not expose; drop --vectorize or --grad-snr")
         return self
 
 
@@ -236,14 +240,19 @@ def start(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: boo
         for p in Path(out).iterdir():
             if p.name != ".lock":
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
-    runs = []
+    runs, new = [], []
     for s in seeds:
         c = dataclasses.replace(cfg, seed=s)
         path = Path(out) / f"seed-{s}"
         if keep_existing and RunDir(path).config_file.is_file():
             runs.append(resume(path))
+        elif cfg.vectorize:
+            new.append((c, path))
         else:
             runs += start_one("infoplane", c, path)
+    if new:
+        from ..vectorized import fit_together
+        runs += fit_together([c for c, _ in new], [p for _, p in new], build_loop, protocol="infoplane")
     RunDir(out).unlock()
     return runs
 
