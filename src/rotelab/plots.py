@@ -87,6 +87,8 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
             ax.plot([e["lowest_epoch"]], [e["lowest"]], "v", color=colors[split], ms=7)
     if summary["stage1_end"] is not None:
         ax.axvline(summary["stage1_end"] + 0.5, color="k", ls="--", lw=1, label="stage 1 | stage 2")
+    if any(summary["collapses"].values()):
+        ax.plot([], [], "v", color="grey", ms=7, label="collapse: lowest point (arrow from the accuracy before it)")
     ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02),
            title=f"{run.path.name}: train+val, then train only (collapses marked)")
     ax.grid(alpha=0.3)
