@@ -582,7 +582,9 @@ def _small_png(src: Path, dst: Path, limit: int = 300_000):
 def summary_line(results: dict) -> str:
     passed = sum(c["pass"] is True for c in results["checks"])
     judged = sum(c["pass"] is not None for c in results["checks"])
-    return (f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass, {results['seconds']:.0f} s "
+    reported = len(results["checks"]) - judged
+    return (f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass"
+            + (f", {reported} reported" if reported else "") + f", {results['seconds']:.0f} s "
             f"({results['compute_seconds']:.0f} s of training and evaluation in its runs)")
 
 
