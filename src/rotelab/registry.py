@@ -30,6 +30,7 @@ class Protocol:
     summarize: Callable | None = None  # summarize(run, cfg=None) -> dict, stored in status.json at the end
     trains: bool = True                # its runs hold trained networks (a noise ramp may start from them)
     sweepable: bool = True             # a sweep file may name it
+    stackable: bool = False            # sweep --vectorize-seeds may train its points as one stack (one run per point)
     runs_per_point: Callable | None = None   # runs_per_point(cfg) -> how many run dirs `start` makes (default 1)
     add_arguments: Callable | None = None    # add_arguments(parser): its own CLI arguments beyond the config
     inputs: Callable | None = None           # inputs(args) -> extra keyword arguments of start (e.g. source runs)

@@ -170,7 +170,7 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
     from .vectorized import fit_together
     cls = get_protocol(protocol).config
     try:
-        fit_together([cls.from_dict(quiet(cls, c)) for c in configs], paths)
+        fit_together([cls.from_dict(quiet(cls, c)) for c in configs], paths, protocol=protocol)
         return [{"path": p, "state": "done"} for p in paths]
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
@@ -181,7 +181,7 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
 def plan(protocol: str, points: list[Point], vectorize: bool) -> list[tuple]:
     """Tasks: ("point", point) or, with vectorize, ("group", [points]) for new fit points that may
     be trained together (they differ only in the fields vectorized runs may differ in)."""
-    if not vectorize or protocol != "fit":
+    if not vectorize or not get_protocol(protocol).stackable:
         return [("point", p) for p in points]
     from .vectorized import PER_RUN_FIELDS
     groups, tasks = {}, []

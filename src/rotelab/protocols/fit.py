@@ -167,7 +167,7 @@ def report_section(runs, folder):
 
 
 PROTOCOL = register(Protocol(
-    name="fit", config=FitConfig, start=start, build_loop=build_loop,
+    name="fit", config=FitConfig, start=start, build_loop=build_loop, stackable=True,
     help="train on data with corrupted labels or pixels",
     description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
     report_section=report_section))
