@@ -210,7 +210,11 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
     for chk in study.spec.get("checks", []):
         value, expected, passed = CHECKS[chk["kind"]](ctx, **_args(chk))
         checks.append({"name": chk["name"], "value": value, "expected": expected, "pass": passed})
-    compute = sum(m.get("seconds", 0.0) for step in steps for r in ctx.runs(step["name"]) for m in r.read_metrics())
+    compute = 0.0   # every epoch's training and evaluation, and the information captures (seconds_info, cumulative)
+    for step in steps:
+        for r in ctx.runs(step["name"]):
+            m = r.read_metrics()
+            compute += sum(x.get("seconds", 0.0) for x in m) + (m[-1].get("seconds_info", 0.0) if m else 0.0)
     results = {"study": study.name, "scale": scale, "version": __version__,
                "seconds": round(time.perf_counter() - t0, 1), "compute_seconds": round(compute, 1), "checks": checks,
                "notes": "\n".join([study.spec.get("notes", "").strip(), *notes]).strip(),
@@ -523,8 +527,8 @@ def write_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Pa
         f"<!doctype html><html><head><meta charset='utf-8'><title>{results['study']}</title><style>{style}</style>"
         f"</head><body><h1>{html.escape(results['study'])} ({results['scale']} scale)</h1>"
         f"<p>{html.escape(results['reproduces'])}</p><p><code>{html.escape(results['command'])}</code>: "
-        f"{results['seconds']:.0f} s this call, {results['compute_seconds']:.0f} s of training and evaluation in all "
-        f"its runs; rotelab {results['version']}</p>"
+        f"{results['seconds']:.0f} s this call, {results['compute_seconds']:.0f} s of training, evaluation and "
+        f"measurement in all its runs; rotelab {results['version']}</p>"
         f"<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>expected</th><th></th></tr>{rows}</table>"
         f"<h2>Figures</h2>{figs}<h2>Notes</h2><p>{notes}</p></body></html>")
     return path
@@ -548,13 +552,15 @@ def publish(out, docs) -> Path:
     page = ["# Reproductions", "",
             "Each study below was run with `rotelab reproduce NAME` at its cpu scale on a 2-core CPU (no GPU).",
             "Numbers in *expected* are the original papers' (or the closed form's); *value* is what the run gave.",
-            "Times are the summed training and evaluation time of the study's runs (two runs at a time where",
-            "`--jobs 2` was given). `rotelab reproduce --list` gives every study and scale.", ""]
+            "Times are the summed time of the study's runs (training, evaluation and information captures;",
+            "on 2 cores two runs can go at once with `--jobs 2`). `rotelab reproduce --list` gives every study",
+            "and scale.", ""]
     for f in sorted((docs / "results").glob("*.json")):
         r = json.loads(f.read_text())
         mark = {True: "pass", False: "**fail**", None: "reported"}
         page += [f"## {r['study']}", "", r.get("reproduces", ""), "",
-                 f"`{r['command']}`: {r.get('compute_seconds', r['seconds']) / 60:.0f} min of training and evaluation; "
+                 f"`{r['command']}`: {r.get('compute_seconds', r['seconds']) / 60:.0f} min of training, evaluation and "
+                 "measurement; "
                  f"rotelab {r['version']}.", "",
                  "| check | value | expected | |", "| --- | --- | --- | --- |"]
         page += [f"| {c['name']} | {c['value']} | {c['expected']} | {mark[c['pass']]} |".replace("\n", " ")
@@ -585,7 +591,7 @@ def summary_line(results: dict) -> str:
     reported = len(results["checks"]) - judged
     return (f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass"
             + (f", {reported} reported" if reported else "") + f", {results['seconds']:.0f} s "
-            f"({results['compute_seconds']:.0f} s of training and evaluation in its runs)")
+            f"({results['compute_seconds']:.0f} s of training, evaluation and measurement in its runs)")
 
 
 def dumps(results: dict) -> str:
