@@ -219,6 +219,7 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
                "seconds": round(time.perf_counter() - t0, 1), "compute_seconds": round(compute, 1), "checks": checks,
                "notes": "\n".join([study.spec.get("notes", "").strip(), *notes]).strip(),
                "reproduces": study.spec.get("reproduces", ""),
+               "figures": [str(Path(png).relative_to(out / "figures")) for _, png in figures],
                "command": f"rotelab reproduce {study.name} --scale {scale}"}
     atomic_write_json(out / "results.json", results)
     write_page(results, figures, out / "report.html")
@@ -542,10 +543,12 @@ def publish(out, docs) -> Path:
     results = json.loads((out / "results.json").read_text())
     (docs / "results").mkdir(parents=True, exist_ok=True)
     (docs / "figures").mkdir(parents=True, exist_ok=True)
+    for old in (docs / "figures").glob(f"{results['study']}_*.png"):   # a figure the study no longer makes
+        old.unlink()
     figures = []
-    for png in sorted((out / "figures").glob("*.png")):
-        dst = docs / "figures" / f"{results['study']}_{png.name}"
-        _small_png(png, dst)
+    for name in results.get("figures", []):
+        dst = docs / "figures" / f"{results['study']}_{Path(name).name}"
+        _small_png(out / "figures" / name, dst)
         figures.append(dst.name)
     results["figures"] = figures
     atomic_write_json(docs / "results" / f"{results['study']}.json", results)
