@@ -5,7 +5,8 @@ K runs one after another, in one process, with per-run metrics compared.
 
 Cases: the 12-10-7-5-4-3-2 net on the 12-bit task (Adam, batch 512) and an MLP 1x512 on a
 10,000-example subset of Fashion-MNIST (SGD, batch 128; skipped if Fashion-MNIST is not installed),
-both through the written-out MLP kernel; and Zhang et al.'s small AlexNet on a 2,000-example subset
+both through the written-out MLP kernel; the 12-bit case again through the torch.func stack
+(`tishby_func`: what the kernel gains over it); and Zhang et al.'s small AlexNet on a 2,000-example subset
 of Fashion-MNIST (SGD, batch 128, 4 seeds, 2 epochs) through the torch.func stack.
 Ends with one JSON line of figures.
 """
@@ -28,16 +29,16 @@ from rotelab.protocols.fit import fit  # noqa: E402
 from rotelab.vectorized import fit_together  # noqa: E402
 
 
-def compare(name: str, base: dict, seeds: int, tmp: Path) -> dict:
+def compare(name: str, base: dict, seeds: int, tmp: Path, stack: str | None = None) -> dict:
     cfgs = [FitConfig(**base, seed=s, progress=False, hist_every=0) for s in range(seeds)]
     # one-time costs (imports, first calls, data caches) are paid before either clock starts
     warm = [FitConfig(**{**base, "epochs": 1}, seed=s, progress=False, hist_every=0) for s in range(2)]
-    fit_together(warm, [tmp / f"{name}-warm-{s}" for s in range(2)])
+    fit_together(warm, [tmp / f"{name}-warm-{s}" for s in range(2)], stack=stack)
     fit(warm[0], tmp / f"{name}-warm-seq")
 
     def run_together(tag):
         t = time.perf_counter()
-        runs = fit_together(cfgs, [tmp / f"{name}-vec{tag}-{s}" for s in range(seeds)])
+        runs = fit_together(cfgs, [tmp / f"{name}-vec{tag}-{s}" for s in range(seeds)], stack=stack)
         return runs, time.perf_counter() - t
 
     # The sequential runs in four blocks, with a vectorized run before, between and after them: the
@@ -67,7 +68,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--cases", nargs="+", default=["tishby", "mlp512", "alexnet"], choices=["tishby", "mlp512", "alexnet"])
+    ap.add_argument("--cases", nargs="+", default=["tishby", "tishby-func", "mlp512", "alexnet"],
+                    choices=["tishby", "tishby-func", "mlp512", "alexnet"])
     ap.add_argument("--convnet-seeds", type=int, default=4, help="seeds of the convnet case (torch.func stack)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
     args = ap.parse_args(argv)
@@ -79,6 +81,9 @@ def main(argv=None):
         if "tishby" in args.cases:
             figures.update(compare("tishby", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
                                                   batch_size=512, epochs=args.epochs), args.seeds, tmp))
+        if "tishby-func" in args.cases:   # the same runs through the torch.func stack: is the kernel worth keeping?
+            figures.update(compare("tishby_func", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
+                                                       batch_size=512, epochs=args.epochs), args.seeds, tmp, stack="func"))
         if "alexnet" in args.cases:   # any model: the torch.func stack
             figures.update(compare("alexnet", dict(dataset="fashion-mnist" if DEBIAN_FASHION_MNIST.is_dir() else "digits",
                                                    subset=2000 if DEBIAN_FASHION_MNIST.is_dir() else 500,

@@ -331,8 +331,11 @@ class FuncStack:
 MLP_KERNEL_MODELS = ("mlp", "tishby")   # where the written-out kernel is measured faster (bench/vectorized_seeds.py)
 
 
-def stack_for(loops: list[Loop]):
-    return (Stack if loops[0].cfg.model in MLP_KERNEL_MODELS else FuncStack)(loops)
+def stack_for(loops: list[Loop], kind: str | None = None):
+    """The written-out kernel for MLPs, torch.func for every other model; `kind` ("kernel" or "func")
+    forces one (the bench compares them)."""
+    kind = kind or ("kernel" if loops[0].cfg.model in MLP_KERNEL_MODELS else "func")
+    return (Stack if kind == "kernel" else FuncStack)(loops)
 
 
 class Stacked:
@@ -340,8 +343,8 @@ class Stacked:
     for every active loop as one stack (Stack for MLPs, FuncStack for other models); the others take
     their share. The stack lives across epochs and is rebuilt when runs leave it (--until-train-acc)."""
 
-    def __init__(self, loops: list[Loop]):
-        self.loops, self.stack, self.shares = loops, None, {}
+    def __init__(self, loops: list[Loop], kind: str | None = None):
+        self.loops, self.stack, self.shares, self.kind = loops, None, {}, kind
         for loop in loops:
             loop.strategy = self
 
@@ -352,7 +355,7 @@ class Stacked:
                 if self.stack is not None:
                     for j in range(self.stack.k):
                         self.stack.write_back_state(j)
-                self.stack = stack_for(active)
+                self.stack = stack_for(active, self.kind)
             shares = self.stack.epoch()
             self.stack.write_back_weights()   # hooks may read a run's model
             self.shares = {id(l): s for l, s in zip(active, shares)}
@@ -363,7 +366,7 @@ class Stacked:
         self.stack.write_back_state(self.stack.loops.index(loop))
 
 
-def fit_together(cfgs: list[FitConfig], outs, build_loop=None, protocol: str = "fit") -> list:
+def fit_together(cfgs: list[FitConfig], outs, build_loop=None, protocol: str = "fit", stack: str | None = None) -> list:
     """Runs of a protocol (fit by default) for several configs at once, as one stack; each gets its
     own ordinary run directory, locked while it is written."""
     from .registry import get_protocol
@@ -377,7 +380,7 @@ def fit_together(cfgs: list[FitConfig], outs, build_loop=None, protocol: str = "
     for c, r, l in zip(cfgs, runs, loops):
         r.create(c.to_dict(), environment(l.device), protocol=protocol)
     try:
-        Stacked(loops)
+        Stacked(loops, stack)
         run_together(loops)
     except Exception as e:
         for r, l in zip(runs, loops):
