@@ -12,6 +12,7 @@ import pytest
 from rotelab.cli import main
 
 FIT = ["fit", "--dataset", "digits", "--widths", "16", "--epochs", "2", "--no-progress", "--hist-every", "0"]
+IP = ["infoplane", "--dataset", "tishby", "--model", "tishby"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def ws(tmp_path_factory):
                  "--example-record", "none", "--out", str(r / "noex")]) == 0
     assert main(["forget", "--dataset", "digits", "--widths", "16", "--epochs1", "2", "--epochs2", "1",
                  "--no-progress", "--hist-every", "0", "--out", str(r / "forget")]) == 0
-    assert main(["infoplane", "--dataset", "tishby", "--model", "tishby", "--epochs", "2", "--captures", "2",
+    assert main([*IP, "--epochs", "2", "--captures", "2",
                  "--no-progress", "--hist-every", "0", "--out", str(r / "ip")]) == 0
     assert main(["noise", str(r / "fit"), "--steps", "1", "--every", "1", "--noise-samples", "1", "--no-progress",
                  "--out", str(r / "ramp")]) == 0
@@ -159,19 +160,19 @@ CASES = [
     ("--stage2-from", ["forget", "--stage2-from", R + "/forget/checkpoints/last.pt", "--out", "{root}/o"]),
     ("--resume", ["forget", "--resume", R + "/fit"]),
     # infoplane
-    ("--seeds", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--seeds", "x", "--out", "{root}/o"]),
-    ("--seeds", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--seeds", "1,1", "--out", "{root}/o"]),
-    ("--estimators", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--estimators", "foo", "--out", "{root}/o"]),
-    ("--bin-range", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--bin-range", "1,-1", "--out", "{root}/o"]),
-    ("--bin-range", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--bin-range", "a", "--out", "{root}/o"]),
-    ("--n-bins", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--n-bins", "1", "--out", "{root}/o"]),
-    ("--captures", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--captures", "1", "--out", "{root}/o"]),
-    ("--kde-var", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--kde-var", "0", "--out", "{root}/o"]),
-    ("--bin-size", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--bin-size", "-1", "--out", "{root}/o"]),
-    ("--eval-size", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--eval-size", "5", "--out", "{root}/o"]),
-    ("--ksg-k", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--ksg-k", "0", "--out", "{root}/o"]),
+    ("--seeds", [*IP, "--seeds", "x", "--out", "{root}/o"]),
+    ("--seeds", [*IP, "--seeds", "1,1", "--out", "{root}/o"]),
+    ("--estimators", [*IP, "--estimators", "foo", "--out", "{root}/o"]),
+    ("--bin-range", [*IP, "--bin-range", "1,-1", "--out", "{root}/o"]),
+    ("--bin-range", [*IP, "--bin-range", "a", "--out", "{root}/o"]),
+    ("--n-bins", [*IP, "--n-bins", "1", "--out", "{root}/o"]),
+    ("--captures", [*IP, "--captures", "1", "--out", "{root}/o"]),
+    ("--kde-var", [*IP, "--kde-var", "0", "--out", "{root}/o"]),
+    ("--bin-size", [*IP, "--bin-size", "-1", "--out", "{root}/o"]),
+    ("--eval-size", [*IP, "--eval-size", "5", "--out", "{root}/o"]),
+    ("--ksg-k", [*IP, "--ksg-k", "0", "--out", "{root}/o"]),
     ("--model", ["infoplane", "--dataset", "digits", "--model", "alexnet-small", "--out", "{root}/o"]),
-    ("--out", ["infoplane", "--dataset", "tishby", "--model", "tishby", "--out", R + "/ip"]),
+    ("--out", [*IP, "--out", R + "/ip"]),
     ("--resume", ["infoplane", "--resume", R + "/fit"]),
     # noise
     ("runs", ["noise", "--out", "{root}/o"]),

@@ -19,6 +19,16 @@ def parse_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,512, got {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _field_type(f: dataclasses.Field):
     t = str(f.type)
     if f.metadata.get("type") == "ints":
@@ -98,24 +108,9 @@ def _resume_or_out(args, cls, inputs=()) -> bool:
     return False
 
 
-def resume_path(path) -> list:
-    """--resume of a run directory, or of a folder of runs (infoplane seeds, noise ramps)."""
-    from .protocols import resume
-    from .registry import protocol_of
-    from .store import StoreError, is_run, runs_in
-    if not Path(path).is_dir():
-        raise StoreError(path, f"{path} does not exist")
-    if is_run(path):
-        return [resume(path)]
-    dirs = runs_in(path)
-    if not dirs:
-        raise StoreError(path, f"{path} holds no rotelab runs")
-    proto = protocol_of(dirs[0])
-    return proto.resume_folder(path) if proto.resume_folder else [resume(d) for d in dirs]
-
-
-def check_resumable(path, protocol: str):
-    """--resume of `rotelab NAME` continues runs of protocol NAME only."""
+def runs_to_resume(path, protocol: str) -> tuple:
+    """The protocol and run directories that --resume PATH of `rotelab PROTOCOL` continues: a run
+    directory, or a folder of runs (infoplane seeds, noise ramps), of that protocol only."""
     from .registry import protocol_of
     from .store import StoreError, runs_in
     if not Path(path).is_dir():
@@ -123,20 +118,23 @@ def check_resumable(path, protocol: str):
     dirs = runs_in(path)
     if not dirs:
         raise StoreError(path, f"{path} holds no rotelab runs")
-    other = protocol_of(dirs[0]).name
-    if other != protocol:
-        raise ConfigError("--resume", f"{path} is a {other} run; continue it with `rotelab {other} --resume {path}`")
-
-
-def all_done(path) -> bool:
-    """Every run in path finished, with its final epoch checkpointed (resuming would change nothing)."""
-    from .registry import protocol_of
-    from .store import RunDir, runs_in
-    dirs = runs_in(path)
     proto = protocol_of(dirs[0])
-    if len(dirs) < proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config())):
-        return False
-    return all(RunDir(d).read_status().get("state") == "done" for d in dirs)
+    if proto.name != protocol:
+        raise ConfigError("--resume", f"{path} is a {proto.name} run; continue it with "
+                                      f"`rotelab {proto.name} --resume {path}`")
+    return proto, dirs
+
+
+def resume_path(path, proto, dirs) -> list:
+    """Continue the runs of --resume PATH; None if every one of them is finished (nothing to do)."""
+    from .protocols import resume
+    from .store import RunDir, is_run
+    expected = proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config()))
+    if len(dirs) >= expected and all(RunDir(d).read_status().get("state") == "done" for d in dirs):
+        return None
+    if is_run(path):
+        return [resume(path)]
+    return proto.resume_folder(path) if proto.resume_folder else [resume(d) for d in dirs]
 
 
 def default_threads() -> int | None:
@@ -169,11 +167,10 @@ def cmd_protocol(args) -> int:
     runs = proto.cli_start(args) if proto.cli_start else None
     if runs is None:
         if _resume_or_out(args, proto.config, given_inputs):
-            check_resumable(args.resume, proto.name)
-            if all_done(args.resume):
+            runs = resume_path(args.resume, *runs_to_resume(args.resume, proto.name))
+            if runs is None:
                 print(f"{args.resume}: already finished; nothing to do")
                 return 0
-            runs = resume_path(args.resume)
         else:
             runs = proto.start(config_from_args(args, proto.config), args.out, overwrite=args.overwrite, **inputs)
     for run in runs:
@@ -183,8 +180,6 @@ def cmd_protocol(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .sweep import load_sweep, point_state, sweep
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError("--jobs", f"must be >= 1, got {args.jobs}")
     if args.dry_run:
         protocol, points = load_sweep(args.file, args.out)
         for p in points:
@@ -209,8 +204,6 @@ def cmd_reproduce(args) -> int:
         return 0
     if not args.name:
         raise ConfigError("NAME", "say which study, e.g. rotelab reproduce zhang-fig1 (rotelab reproduce --list)")
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError("--jobs", f"must be >= 1, got {args.jobs}")
     results = reproduce(args.name, args.scale, args.out, dry_run=args.dry_run, executor=args.executor,
                         jobs=args.jobs, address=args.address, cpus_per_point=args.cpus_per_point,
                         gpus_per_point=args.gpus_per_point, data_root=args.data_root)
@@ -294,7 +287,7 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="folder of the points (default: the file's `out`)")
     sw.add_argument("--dry-run", action="store_true", help="list the points and their state, run nothing")
     sw.add_argument("--executor", choices=("local", "ray"), default="local", help="(default: local)")
-    sw.add_argument("--jobs", type=int, default=None,
+    sw.add_argument("--jobs", type=positive_int, default=None,
                     help="local: points at a time (default: one per core, at most one per 2 GiB free memory)")
     sw.add_argument("--address", default=None, help="ray: cluster address, e.g. auto (default: start a local Ray)")
     sw.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs of each point's task (default: 1)")
@@ -317,7 +310,7 @@ def make_parser() -> argparse.ArgumentParser:
                     help="also copy the results and figures into DOCS and rewrite DOCS/reproductions.md")
     rr.add_argument("--data-root", default=None, help="folder of torchvision-format data (cifar10, ...)")
     rr.add_argument("--executor", choices=("local", "ray"), default="local", help="(default: local)")
-    rr.add_argument("--jobs", type=int, default=None, help="local: runs at a time (default: 1)")
+    rr.add_argument("--jobs", type=positive_int, default=None, help="local: runs at a time (default: 1)")
     rr.add_argument("--address", default=None, help="ray: cluster address")
     rr.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs per run (default: 1)")
     rr.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs per run (default: 0)")

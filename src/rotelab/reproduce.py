@@ -595,7 +595,3 @@ def summary_line(results: dict) -> str:
     return (f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass"
             + (f", {reported} reported" if reported else "") + f", {results['seconds']:.0f} s "
             f"({results['compute_seconds']:.0f} s of training, evaluation and measurement in its runs)")
-
-
-def dumps(results: dict) -> str:
-    return json.dumps(results, indent=2)

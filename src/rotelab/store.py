@@ -164,16 +164,23 @@ class RunDir:
 
     def create(self, config: dict, env: dict, overwrite: bool = False, protocol: str = "fit"):
         """Lock the folder (if this process does not hold it yet) and write a fresh run into it."""
-        self.lock()
         if overwrite:
-            for p in self.path.iterdir():   # the lock file stays: removing it would let a third writer in
-                if p.name != LOCK:
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        elif self.has_files():
+            self.clear()
+        else:
+            self.lock()
+        if self.has_files():
             raise StoreError(self.path, f"{self.path} is not empty")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.config_file, {"protocol": protocol, **config, "environment": env})
         self.write_status("running", epochs_completed=0)
+
+    def clear(self):
+        """Take the lock, then remove everything in the folder but the lock file (removing it would
+        let a third writer in). For --overwrite, of a run or of a folder of runs."""
+        self.lock()
+        for p in self.path.iterdir():
+            if p.name != LOCK:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     # -- the writer's lock --------------------------------------------------------------------
     def lock(self) -> "RunDir":

@@ -57,10 +57,10 @@ def resume(path) -> RunDir:
 
 
 def start_one(protocol: str, cfg, out, overwrite: bool = False, keep_existing: bool = False,
-              build=None, summary=None) -> list[RunDir]:
+              summary=None) -> list[RunDir]:
     """The usual `start` of a protocol whose output is one run directory: check, build (raising on bad
     input before anything is written), lock, create, train. keep_existing resumes (or leaves alone)
-    a run already in `out`. `build(cfg, run) -> loop` defaults to the protocol's build_loop."""
+    a run already in `out`; `summary(run)` defaults to the protocol's summarize."""
     from ..registry import get_protocol
     from ..store import environment
     proto = get_protocol(protocol)
@@ -68,7 +68,7 @@ def start_one(protocol: str, cfg, out, overwrite: bool = False, keep_existing: b
     if keep_existing and RunDir(out).config_file.is_file():
         return [resume(out)]
     run = RunDir.check_new(out, overwrite)
-    loop = (build or proto.build_loop)(cfg, run, None)
+    loop = proto.build_loop(cfg, run, None)
     run.lock()
     try:
         run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol=protocol)

@@ -235,11 +235,7 @@ def start(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: boo
         RunDir.check_new(out, overwrite)
     build_loop(dataclasses.replace(cfg, seed=seeds[0]), RunDir(Path(out) / f"seed-{seeds[0]}"))  # bad data or model
     if overwrite and Path(out).is_dir():
-        RunDir(out).lock()   # no other writer may be inside the folder we are about to clear
-        import shutil
-        for p in Path(out).iterdir():
-            if p.name != ".lock":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        RunDir(out).clear()
     runs, new = [], []
     for s in seeds:
         c = dataclasses.replace(cfg, seed=s)

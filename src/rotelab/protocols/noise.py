@@ -209,11 +209,7 @@ def start(cfg: NoiseConfig, out, overwrite: bool = False, keep_existing: bool = 
     for c in cfgs:
         build_loop(c, RunDir(Path(out) / "probe"))   # raises on any bad source (or checkpoint) before writing
     if overwrite and Path(out).is_dir():
-        RunDir(out).lock()
-        import shutil
-        for p in Path(out).iterdir():
-            if p.name != ".lock":
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        RunDir(out).clear()
     runs = []
     for c, name in zip(cfgs, run_names(sources)):
         path = Path(out) / name
