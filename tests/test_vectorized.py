@@ -23,8 +23,9 @@ def close(a, b):
             assert y[k] == pytest.approx(v, abs=tol), k
 
 
-@pytest.mark.parametrize("kw", [dict(corrupt="labels=0.5", optimizer="sgd"),
-                                dict(corrupt="random-pixels=0.5", optimizer="adam", lr=0.003, schedule="cosine")])
+@pytest.mark.parametrize("kw", [dict(corrupt="labels=0.5", optimizer="sgd", example_margins=True),
+                                dict(corrupt="random-pixels=0.5", optimizer="adam", lr=0.003, schedule="cosine"),
+                                dict(corrupt="random-pixels=0.5", corrupt_test=True, activation="tanh")])
 def test_together_equals_separate(tmp_path, kw):
     base = dict(dataset="digits", widths=[48], epochs=5, lr=0.1, progress=False, hist_every=0)
     base.update(kw)
@@ -38,6 +39,15 @@ def test_together_equals_separate(tmp_path, kw):
         assert np.array_equal(a["train_labels_used"], b["train_labels_used"])
         assert sorted(p.name for p in run.path.iterdir()) == sorted(p.name for p in alone.path.iterdir())
         assert run.read_status()["state"] == "done"
+
+
+def test_tanh_from_doubled_input_is_tanh_to_float_rounding():
+    from rotelab.vectorized import tanh_of_doubled_
+    z = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-30, 0, 1000), -torch.logspace(-30, 0, 1000),
+                   torch.tensor([0.0, -0.0, 1e4, -1e4])])
+    got = tanh_of_doubled_(2 * z)
+    assert (got.double() - torch.tanh(z.double())).abs().max() <= 2.5e-7
+    assert got.abs().max() <= 1 and (got * z >= 0).all()   # never the wrong sign (tiny z may give 0)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
