@@ -114,6 +114,22 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, small_cfg, kw):
     assert [e.value for e in tb.Scalars("acc/train")] == pytest.approx([r["train_acc"] for r in full.read_metrics()])
 
 
+def test_scalar_events_are_what_protobuf_writes():
+    """The hand-written wire format of an epoch's scalars against the protobuf library's own."""
+    import math
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from rotelab.hooks import scalars_event, tb_tag
+    for epoch in (1, 127, 128, 300, 2 ** 40):   # one- to many-byte varints
+        metrics = {"epoch": epoch, "lr": 0.1, "train_acc": 1, "test_loss": 3.5e38, "val_loss": -1e300,
+                   "train_acc_corrupted": None, "x" * 200: 0.25, "test_acc": float("nan"), "note": "text",
+                   "train_loss": float("inf")}
+        kept = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)}
+        want = Event(wall_time=1234.5, step=epoch, summary=Summary(value=[
+            Summary.Value(tag=tb_tag(k), simple_value=v) for k, v in kept.items()])).SerializeToString()
+        assert scalars_event(metrics, 1234.5) == want
+
+
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, small_cfg):
     run = fit(small_cfg(epochs=2), tmp_path / "r")
     before = run.metrics_file.read_bytes()
@@ -153,6 +169,7 @@ def test_checkpoints_follow_the_interval_and_resume_still_matches(tmp_path, smal
             saved.append(loop.persist)
 
     loop.hooks += [Watch(), Crash(4)]
+    loop.hooks[[type(h).__name__ for h in loop.hooks].index("MetricsWriter")].flush_secs = 0   # every line on disk
     run.create(cfg.to_dict(), {})
     with pytest.raises(RuntimeError):
         loop.run()

@@ -41,13 +41,32 @@ def test_together_equals_separate(tmp_path, kw):
         assert run.read_status()["state"] == "done"
 
 
-def test_tanh_from_doubled_input_is_tanh_to_float_rounding():
-    from rotelab.vectorized import tanh_of_doubled_
-    z = torch.cat([torch.linspace(-12, 12, 200_001), torch.logspace(-30, 0, 1000), -torch.logspace(-30, 0, 1000),
-                   torch.tensor([0.0, -0.0, 1e4, -1e4])])
-    got = tanh_of_doubled_(2 * z)
-    assert (got.double() - torch.tanh(z.double())).abs().max() <= 2.5e-7
-    assert got.abs().max() <= 1 and (got * z >= 0).all()   # never the wrong sign (tiny z may give 0)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_stacked_forward_equals_each_runs_model(tmp_path, activation):
+    """The stack's logits (tanh from a sigmoid, inputs shared or stacked) against each run's own
+    model (torch.tanh), in float64 where float32 rounding cannot hide a wrong formula."""
+    from rotelab.protocols.fit import build_loop
+    from rotelab.store import RunDir
+    from rotelab.vectorized import Stack
+    cfgs = [FitConfig(dataset="digits", widths=[16, 8, 4], activation=activation, seed=s, progress=False,
+                      hist_every=0, corrupt=c) for s, c in ((0, "labels=0.5"), (1, "random-pixels=1.0"))]
+    loops = [build_loop(c, RunDir(tmp_path / f"r{c.seed}")) for c in cfgs]
+    for l in loops:   # large weights: saturated tanh units and dead ReLUs are exercised too
+        with torch.no_grad():
+            for p in l.model.parameters():
+                p.mul_(3)
+        l.model.double()
+        for split in l.splits.values():
+            split.x = split.x.double()
+        l.set_fit(l.fit_on)
+    stack = Stack(loops)
+    for name in ("train", "test"):
+        got = stack.forward(stack.x[name], stack.shared[name])   # (K, classes, N)
+        for j, l in enumerate(loops):
+            want = l.model(l.splits[name].x).T
+            assert torch.allclose(got[j], want, rtol=1e-12, atol=1e-12)
+    z = torch.linspace(-12, 12, 200_001)   # and the float32 formula against torch.tanh
+    assert (2 * torch.sigmoid(2 * z) - 1 - torch.tanh(z)).abs().max() <= 2.5e-7
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

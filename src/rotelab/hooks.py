@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 import time
 
 import numpy as np
@@ -70,21 +71,27 @@ class ExampleRecorder(Hook):
 
 
 class MetricsWriter(Hook):
-    """One JSON line per epoch in metrics.jsonl (the file stays open; each line is flushed to the OS,
-    so a killed process loses nothing written)."""
+    """One JSON line per epoch in metrics.jsonl. The file stays open and is flushed to the OS when
+    the loop persists (before the checkpoint, so the lines a resume keeps are always there) and at
+    least every `flush_secs`, for whoever follows a run live; a flush every epoch cost as much as
+    writing the line (a system call per epoch)."""
     phase = WRITE
 
-    def __init__(self, run: RunDir):
-        self.run, self.file = run, None
+    def __init__(self, run: RunDir, flush_secs: float = 1.0):
+        self.run, self.file, self.flush_secs, self.last_flush = run, None, flush_secs, 0.0
 
     def on_start(self, loop: Loop):
         if loop.epoch > 0 or self.run.metrics_file.exists():
             self.run.truncate_metrics(loop.epoch)
         self.file = open(self.run.metrics_file, "a")
+        self.last_flush = time.perf_counter()
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
         self.file.write(metrics_line(result.metrics))
-        self.file.flush()
+        now = time.perf_counter()
+        if loop.persist or now - self.last_flush >= self.flush_secs:
+            self.file.flush()
+            self.last_flush = now
 
     def on_end(self, loop: Loop):
         self.file.close()
@@ -97,6 +104,45 @@ def tb_tag(key: str) -> str:
         if key.startswith(split + "_"):
             return f"{key[len(split) + 1:]}/{split}"
     return key
+
+
+_F32, _F64 = struct.Struct("<f"), struct.Struct("<d")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _f32(v: float) -> bytes:
+    try:
+        return _F32.pack(v)
+    except OverflowError:   # beyond float32, as protobuf stores it
+        return _F32.pack(math.copysign(math.inf, v))
+
+
+@functools.lru_cache(maxsize=4096)
+def _scalar_field(key: str) -> bytes:
+    """One Summary.value (field 1) holding Value{tag (1): tb_tag(key), simple_value (2): ...}, up to
+    the value's 4 bytes."""
+    tag = tb_tag(key).encode()
+    value = b"\x0a" + _varint(len(tag)) + tag + b"\x15"
+    return b"\x0a" + _varint(len(value) + 4) + value
+
+
+def scalars_event(metrics: dict, wall_time: float) -> bytes:
+    """An epoch's finite numbers as one serialized TensorBoard Event {wall_time (1), step (2): the
+    epoch, summary (5)}, written straight in protobuf's wire format: a third of the cost of building
+    the message objects, which was a quarter of what a small run's hooks did per epoch. Byte for
+    byte what protobuf writes (tested)."""
+    summary = b"".join([_scalar_field(k) + _f32(v) for k, v in metrics.items()
+                        if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)])
+    return (b"\x09" + _F64.pack(wall_time) + b"\x10" + _varint(metrics["epoch"])
+            + b"\x2a" + _varint(len(summary)) + summary)
 
 
 def fast_event_checksums():
@@ -145,22 +191,26 @@ class TensorBoardWriter(Hook):
 
     def scalars(self, metrics: dict):
         """All of an epoch's scalars as one event (several times cheaper than one per key)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        values = [Summary.Value(tag=tb_tag(k), simple_value=v) for k, v in metrics.items()
-                  if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)]
-        self.pending.append((Summary(value=values), metrics["epoch"]))
+        self.pending.append(scalars_event(metrics, time.time()))
 
     def histograms(self, loop: Loop, epoch: int):
         from torch.utils.tensorboard.summary import histogram
+        from tensorboard.compat.proto.event_pb2 import Event
         for name, p in loop.model.named_parameters():
-            self.pending.append((histogram(f"weights/{name}", p.detach().float().cpu(),
-                                           self.writer.default_bins), epoch))
+            summary = histogram(f"weights/{name}", p.detach().float().cpu(), self.writer.default_bins)
+            self.pending.append(Event(wall_time=time.time(), step=epoch, summary=summary).SerializeToString())
         self.last_hist = epoch
 
     def hand_off(self, flush: bool = False):
+        """Serialized events to the writer's queue (its record writer frames them: length, CRC)."""
         writer = self.writer._get_file_writer()
-        for summary, step in self.pending:
-            writer.add_summary(summary, step)
+        queue = getattr(writer.event_writer, "_async_writer", None)
+        for event in self.pending:
+            if queue is not None:
+                queue.write(event)
+            else:   # a tensorboard without that queue: through its public, slower door
+                from tensorboard.compat.proto.event_pb2 import Event
+                writer.event_writer.add_event(Event.FromString(event))
         self.pending.clear()
         if flush:   # on disk up to the checkpoint, which a resume starts from
             writer.flush()
