@@ -242,6 +242,7 @@ class Loop:
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
+        self.weights_owed = None    # set by a strategy that trains the weights elsewhere (see model)
         self.model, self.splits, self.cfg = model, splits, cfg
         self.hooks = sorted(hooks, key=lambda h: h.phase)   # the order the run directory relies on
         self.penalty = penalty      # a callable added to each batch's loss
@@ -266,6 +267,20 @@ class Loop:
         # back to the checkpoint on resume.
         self.persist = False
         self._last_persist = time.perf_counter()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The run's model. A strategy that trains the weights elsewhere (vectorized.Stacked: in a
+        stack) leaves the copy it owes in `weights_owed`, made here on first reading: most epochs
+        nothing reads the model, and copying every run's weights back every epoch was measurable."""
+        if self.weights_owed is not None:
+            copy, self.weights_owed = self.weights_owed, None
+            copy()
+        return self._model
+
+    @model.setter
+    def model(self, model: torch.nn.Module):
+        self._model, self.weights_owed = model, None
 
     def set_fit(self, fit_on):
         """Train on the union of these splits from the next epoch on."""

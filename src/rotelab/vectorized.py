@@ -10,13 +10,14 @@ matrix product over them. Then each Loop closes its epoch with its own hooks as 
 update is the same elementwise arithmetic as the separate ones, so the runs equal separate runs up to
 float rounding of the batched matrix products (and of tanh, computed from a sigmoid: tanh_of_doubled_).
 
-The stack lives across epochs. Weights are copied back to the runs' models every epoch (hooks may
-read them); optimizer state only when a run writes a checkpoint. Runs that stop early
+The stack lives across epochs. A run's weights are copied back to its model when something reads
+the model (a hook, a checkpoint: Loop.model); optimizer state only when a run writes a checkpoint. Runs that stop early
 (--until-train-acc) leave the stack, which is rebuilt from the others.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -273,11 +274,9 @@ class Stack:
                            stepped_elsewhere=True) for j in range(self.k)]
 
     @torch.no_grad()
-    def write_back_weights(self):
-        """Copy every run's weights from the stack into its own model (one batched copy)."""
-        slices = [p.unbind(0) for p in self.params]
-        torch._foreach_copy_([q for ps in self.run_params for q in ps],
-                             [slices[i][j] for j in range(self.k) for i in range(len(slices))])
+    def write_back_weights(self, j: int):
+        """Copy run j's weights from the stack into its own model (one batched copy)."""
+        torch._foreach_copy_(self.run_params[j], [p[j] for p in self.params])
 
     @torch.no_grad()
     def write_back_state(self, j: int):
@@ -348,13 +347,12 @@ class FuncStack:
         return Stack.evaluate(self, *args)
 
     @torch.no_grad()
-    def write_back_weights(self):
-        """Copy every run's parameters and buffers (batch-norm statistics) into its own model."""
-        for j in range(self.k):
-            for n, p in self.run_params[j].items():
-                p.copy_(self.params[n][j])
-            for n, b in self.run_buffers[j].items():
-                b.copy_(self.buffers[n][j])
+    def write_back_weights(self, j: int):
+        """Copy run j's parameters and buffers (batch-norm statistics) into its own model."""
+        for n, p in self.run_params[j].items():
+            p.copy_(self.params[n][j])
+        for n, b in self.run_buffers[j].items():
+            b.copy_(self.buffers[n][j])
 
     @torch.no_grad()
     def write_back_state(self, j: int):
@@ -394,7 +392,8 @@ class Stacked:
                         self.stack.write_back_state(j)
                 self.stack = stack_for(active, self.kind)
             shares = self.stack.epoch()
-            self.stack.write_back_weights()   # hooks may read a run's model
+            for j, l in enumerate(active):   # copied when something reads the run's model
+                l.weights_owed = functools.partial(self.stack.write_back_weights, j)
             self.shares = {id(l): s for l, s in zip(active, shares)}
         return self.shares.pop(id(loop))
 
