@@ -7,6 +7,7 @@ import pytest
 from rotelab.cli import main
 from rotelab.config import ConfigError, FitConfig
 from rotelab.protocols.fit import fit
+from rotelab.store import RunDir
 from rotelab.vectorized import fit_together
 
 
@@ -99,6 +100,38 @@ def test_stacked_step_equals_autograd_step_of_each_run(tmp_path, activation, opt
     for j, l in enumerate(loops):   # the runs' own models were stepped by their own optimizers
         for p_stack, p_run in zip(stack.params, stack.run_params[j]):
             assert torch.allclose(p_stack[j], p_run, atol=1e-5)
+
+
+def test_hooks_read_each_epochs_weights_from_a_stacked_run(tmp_path):
+    """Weights are copied back from the stack only when a run's model is read: a hook that reads it
+    every other epoch sees that epoch's weights, as in the run trained alone."""
+    from rotelab.engine import Hook
+    from rotelab.protocols.fit import build_loop
+    seen = {}
+
+    class ReadWeights(Hook):
+        def on_epoch_end(self, loop, result):
+            if result.epoch % 2 == 0:
+                seen.setdefault(loop.cfg.seed, []).append(loop.model.state_dict()["head.weight"].clone())
+
+    def with_reader(cfg, run):
+        loop = build_loop(cfg, run)
+        loop.hooks.append(ReadWeights())
+        return loop
+
+    cfgs = [FitConfig(dataset="digits", widths=[16], epochs=6, lr=0.1, seed=s, progress=False, hist_every=0)
+            for s in range(2)]
+    fit_together(cfgs, [tmp_path / f"v{c.seed}" for c in cfgs], build_loop=with_reader)
+    together, seen = seen, {}
+    for c in cfgs:
+        run = RunDir.check_new(tmp_path / f"a{c.seed}")
+        loop = with_reader(c, run)
+        run.create(c.to_dict(), {})
+        loop.run()
+    for seed in (0, 1):
+        assert len(together[seed]) == 3
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together[seed], seen[seed]))
+        assert not torch.equal(together[seed][0], together[seed][1])
 
 
 def test_runs_that_finish_early_leave_the_stack(tmp_path):
