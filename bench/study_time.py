@@ -36,7 +36,7 @@ def grid(scale: str, epochs: int, out: Path) -> dict:
 def timed(spec: dict, jobs: int, vectorize: bool) -> float:
     protocol, points = sweep_points(spec)
     t = time.perf_counter()
-    results = run_local(protocol, plan(protocol, points, vectorize), jobs)
+    results = run_local(protocol, plan(protocol, points, vectorize, jobs), jobs)
     assert all(r["state"] == "done" for r in results), [r for r in results if r["state"] != "done"][:1]
     return time.perf_counter() - t
 

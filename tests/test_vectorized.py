@@ -198,3 +198,23 @@ seed = [0, 1]
                           corrupt="labels=1.0", seed=1), tmp_path / "alone")
     from rotelab.store import RunDir
     close(RunDir(tmp_path / "g" / "corrupt-labels=1.0__seed-1").read_metrics(), alone.read_metrics())
+
+
+def test_sweep_splits_a_stack_among_its_workers(tmp_path):
+    """One stack per worker: a grid that is one group is split evenly for --jobs 2; groups are not
+    split when there are enough of them; every point lands in exactly one task."""
+    from rotelab.sweep import plan, sweep_points
+
+    def tasks(axes, workers):
+        protocol, points = sweep_points({"protocol": "fit", "out": str(tmp_path / "g"), "axes": axes,
+                                         "base": {"dataset": "digits", "epochs": 1}})
+        out = plan(protocol, points, True, workers)
+        paths = [p.path for kind, what in out for p in (what if kind == "group" else [what])]
+        assert sorted(paths) == sorted(p.path for p in points)
+        return [(kind, len(what) if kind == "group" else 1) for kind, what in out]
+
+    seeds = {"corrupt": ["labels=0.0", "labels=1.0"], "seed": [0, 1, 2]}
+    assert tasks(seeds, 1) == [("group", 6)]
+    assert tasks(seeds, 2) == [("group", 3), ("group", 3)]
+    assert tasks({**seeds, "lr": [0.1, 0.2]}, 2) == [("group", 6), ("group", 6)]
+    assert tasks({"seed": [0, 1, 2]}, 4) == [("point", 1)] * 3

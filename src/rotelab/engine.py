@@ -97,6 +97,10 @@ class Evaluation:
     correct: torch.Tensor   # bool, pred == label used
     margin: torch.Tensor | None = None
 
+    def __getitem__(self, index) -> "Evaluation":
+        """Every tensor indexed alike: one run of a stack's (K, N) Evaluation, or a part of the examples."""
+        return Evaluation(*(None if t is None else t[index] for t in (self.loss, self.pred, self.correct, self.margin)))
+
 
 @torch.no_grad()
 def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evaluation:
@@ -174,7 +178,7 @@ def split_metrics_rows(prefix: str, ev: Evaluation, corrupted: torch.Tensor, y_t
 def split_metrics(prefix: str, ev: Evaluation, split) -> dict:
     """Loss and accuracy of a split, and accuracy on its corrupted and clean examples
     (None where a part is empty). `_acc_true` scores predictions against the original labels."""
-    one = Evaluation(ev.loss[None], ev.pred[None], ev.correct[None])
+    one = ev[None]
     return split_metrics_rows(prefix, one, split.corrupted[None], split.y_true[None])[0]
 
 

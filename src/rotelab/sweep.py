@@ -178,9 +178,11 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
         return [{"path": p, "state": "failed", "error": f"{type(e).__name__}: {e}"} for p in paths]
 
 
-def plan(protocol: str, points: list[Point], vectorize: bool) -> list[tuple]:
+def plan(protocol: str, points: list[Point], vectorize: bool, workers: int = 1) -> list[tuple]:
     """Tasks: ("point", point) or, with vectorize, ("group", [points]) for new fit points that may
-    be trained together (they differ only in the fields vectorized runs may differ in)."""
+    be trained together (they differ only in the fields vectorized runs may differ in). With fewer
+    groups than `workers`, groups are split evenly so that every worker trains a stack (one stack of
+    a whole grid on one worker left the others idle)."""
     if not vectorize or not get_protocol(protocol).stackable:
         return [("point", p) for p in points]
     from .vectorized import PER_RUN_FIELDS
@@ -191,7 +193,11 @@ def plan(protocol: str, points: list[Point], vectorize: bool) -> list[tuple]:
             continue
         key = repr(sorted((k, repr(v)) for k, v in p.config.items() if k not in PER_RUN_FIELDS))
         groups.setdefault(key, []).append(p)
-    tasks += [("group", g) if len(g) > 1 else ("point", g[0]) for g in groups.values()]
+    parts = -(-workers // len(groups)) if groups else 1   # per group, so that tasks >= workers
+    for g in groups.values():
+        for i in range(min(parts, len(g))):
+            chunk = g[i::min(parts, len(g))]
+            tasks.append(("group", chunk) if len(chunk) > 1 else ("point", chunk[0]))
     return tasks
 
 
@@ -287,9 +293,10 @@ def sweep(path, out: str | None = None, executor: str = "local", jobs: int | Non
           address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float = 0,
           vectorize_seeds: bool = False) -> list[dict]:
     protocol, points = load_sweep(path, out)
-    tasks = plan(protocol, points, vectorize_seeds)
     if executor == "local":
-        return run_local(protocol, tasks, jobs or default_jobs())
+        jobs = jobs or default_jobs()
+        return run_local(protocol, plan(protocol, points, vectorize_seeds, jobs), jobs)
+    tasks = plan(protocol, points, vectorize_seeds)
     if executor == "ray":
         return run_ray(protocol, tasks, address, cpus_per_point, gpus_per_point)
     raise ConfigError("--executor", f"unknown executor {executor!r}; use local or ray")

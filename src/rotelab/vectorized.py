@@ -11,8 +11,8 @@ update is the same elementwise arithmetic as the separate ones, so the runs equa
 float rounding of the batched matrix products (and of tanh, computed from a sigmoid: tanh_of_doubled_).
 
 The stack lives across epochs. A run's weights are copied back to its model when something reads
-the model (a hook, a checkpoint: Loop.model); optimizer state only when a run writes a checkpoint. Runs that stop early
-(--until-train-acc) leave the stack, which is rebuilt from the others.
+the model (a hook, a checkpoint: Loop.model); optimizer state only when a run writes a checkpoint.
+Runs that stop early (--until-train-acc) leave the stack, which is rebuilt from the others.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ class Stack:
             hidden = i < n_layers - 1
             scale = 2.0 if hidden and self.tanh else 1.0
             if i == 0 and shared:   # one product for all runs: (K*width, D) x (D, B)
-                h = torch.addmm(b.flatten()[:, None], w.flatten(0, 1), h.T, beta=scale, alpha=scale).view(*w.shape[:2], -1)
+                h = torch.addmm(b.flatten()[:, None], w.flatten(0, 1), h.T, beta=scale, alpha=scale)
+                h = h.view(*w.shape[:2], -1)
             else:
                 h = torch.baddbmm(b.unsqueeze(2), w, h, beta=scale, alpha=scale)
             if hidden:
@@ -263,9 +264,8 @@ class Stack:
             for name in names:
                 start = self.where[name][1]
                 part = slice(start, start + self.y[name].shape[1])
-                one = Evaluation(*(None if t is None else t[:, part] for t in (ev.loss, ev.pred, ev.correct, ev.margin)))
-                evals[name] = [Evaluation(*(None if t is None else t[j] for t in (one.loss, one.pred, one.correct, one.margin)))
-                               for j in range(self.k)]
+                one = ev[:, part]
+                evals[name] = [one[j] for j in range(self.k)]
                 for m, row in zip(metrics, split_metrics_rows(name, one, self.corrupted[name], self.y_true[name])):
                     m.update(row)
         evals = {n: evals[n] for n in self.x}   # in the splits' own order
