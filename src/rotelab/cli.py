@@ -294,7 +294,7 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs of each point's task (default: 0)")
     sw.add_argument("--vectorize-seeds", action="store_true",
                     help="train new fit points that differ only in seed or corruption as one batched model "
-                         "(mlp and tishby; each still gets its own run directory)")
+                         "(any model; each still gets its own run directory)")
     sw.set_defaults(func=cmd_sweep)
 
     rr = sub.add_parser("reproduce", help="run a study (a paper's figure) end to end and check it against the paper",

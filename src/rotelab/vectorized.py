@@ -41,9 +41,8 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
             raise ConfigError("--vectorize-seeds", f"runs trained together must share every option but "
                                                    f"{', '.join(sorted(PER_RUN_FIELDS))}; they differ in {diff[0]}")
     c = cfgs[0]
-    if c.augment or c.weight_noise != "none" or c.example_record == "presentation":
-        raise ConfigError("--vectorize-seeds", "works without --augment, --weight-noise and "
-                                               "--example-record presentation")
+    if c.augment or c.example_record == "presentation":
+        raise ConfigError("--vectorize-seeds", "works without --augment and --example-record presentation")
 
 
 def _per_run(v) -> bool:
@@ -296,18 +295,27 @@ class FuncStack:
     run's logits on its own batch, one backward pass of the sum of the runs' mean losses gives each
     run its own gradient (a run's loss depends only on its own slice), and one optimizer steps all
     slices with the same elementwise update as the separate optimizers. Batch norm keeps per-run
-    running statistics. The same interface as Stack (the written-out kernel for MLPs, faster there)."""
+    running statistics. Weight-noise layers get each run's own standard normal draws, from the stream
+    its own run would draw them from, in the order its own forward pass would (recorded once per batch
+    shape on the architecture). A penalty (--info-weight) is each run's own, evaluated on its slice.
+    The same interface as Stack (the written-out kernel for MLPs, faster there)."""
 
     def __init__(self, loops: list[Loop]):
         import copy
         from torch.func import stack_module_state
+        from .models.noisy import noisy_layers
         self.loops, self.k = loops, len(loops)
         models = [l.model for l in loops]
         params, buffers = stack_module_state(models)
         self.names = list(params)
-        self.params = {n: nn.Parameter(p.detach().clone()) for n, p in params.items()}
+        # fixed parameters (a noise level that is not learned) stay fixed
+        self.params = {n: nn.Parameter(p.detach().clone(), requires_grad=models[0].get_parameter(n).requires_grad)
+                       for n, p in params.items()}
         self.buffers = {n: b.clone() for n, b in buffers.items()}
         self.base = copy.deepcopy(models[0]).to("meta")   # the architecture, without data
+        self.noisy = dict(noisy_layers(self.base))
+        self.noise_plans, self.generators = {}, None
+        self.penalty = _Penalty(loops[0]) if loops[0].penalty is not None else None
         self.run_params = [dict(m.named_parameters()) for m in models]
         self.run_buffers = [dict(m.named_buffers()) for m in models]
         self.opt = build_optimizer(nn.ParameterList(self.params.values()), loops[0].cfg)
@@ -319,32 +327,73 @@ class FuncStack:
                     for key, v in states[0][i].items()}
         Stack.stack_data(self, loops)
 
-    def _one(self, params, buffers, x):
+    def _one(self, params, buffers, x, noise):
         from torch.func import functional_call
-        return functional_call(self.base, (params, buffers), (x,))
+        for name, draws in noise.items():
+            self.noisy[name].noise = draws
+        try:
+            return functional_call(self.base, (params, buffers), (x,))
+        finally:
+            for name in noise:
+                self.noisy[name].noise = None
 
-    def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        """Logits (K, classes, B) of every run, for inputs (B, ...) shared by all runs or (K, B, ...)."""
+    def forward(self, x: torch.Tensor, shared: bool, noise: dict | None = None) -> torch.Tensor:
+        """Logits (K, classes, B) of every run, for inputs (B, ...) shared by all runs or (K, B, ...);
+        `noise`: per noisy layer, every run's standard normal draws (K, ...)."""
         from torch.func import vmap
-        out = vmap(self._one, in_dims=(0, 0, None if shared else 0))(self.params, self.buffers, x)
+        out = vmap(self._one, in_dims=(0, 0, None if shared else 0, 0))(self.params, self.buffers, x, noise or {})
         return out.transpose(1, 2)
+
+    def noise_plan(self, input_shape: tuple) -> list[tuple[str, tuple]]:
+        """The noisy layers a forward pass on a batch of `input_shape` draws for, in the order it
+        draws, with the shapes of the draws (one pass of the architecture on meta tensors)."""
+        if input_shape not in self.noise_plans:
+            plan = []
+            handles = [m.register_forward_hook(lambda m, args, out, name=name: plan.append((name, m.noise_shape(out))))
+                       for name, m in self.noisy.items()]
+            try:
+                with torch.no_grad():
+                    self.base(torch.empty(input_shape, device="meta"))
+            finally:
+                for h in handles:
+                    h.remove()
+            self.noise_plans[input_shape] = plan
+        return self.noise_plans[input_shape]
+
+    def draw_noise(self, xb: torch.Tensor) -> dict:
+        """Each run's standard normal draws for one training batch, from its own epoch stream."""
+        plan = self.noise_plan(tuple(xb.shape[1:]))
+        draws = [[torch.randn(shape, generator=g, device=xb.device) for _, shape in plan] for g in self.generators]
+        return {name: torch.stack([d[i] for d in draws]) for i, (name, _) in enumerate(plan)}
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.base.train()
-        logits = self.forward(xb, shared=False)
+        logits = self.forward(xb, shared=False, noise=self.draw_noise(xb) if self.noisy else None)
         ce = F.cross_entropy(logits, yb, reduction="none")
+        loss = ce.mean(1)
+        if self.penalty is not None:
+            loss = loss + self.penalty.of_each(self.params, self.buffers)
         self.opt.zero_grad(set_to_none=True)
-        ce.mean(1).sum().backward()
+        loss.sum().backward()
         self.opt.step()
         return ce.detach(), logits.detach()
 
+    def train_epoch(self) -> tuple[list[float], list[float]]:
+        if self.noisy:   # each run's stream of the epoch, as Eager seeds the global one for a run alone
+            from .seeding import derive_seed
+            e, device = self.loops[0].epoch + 1, next(iter(self.y.values())).device
+            self.generators = [torch.Generator(device=device).manual_seed(derive_seed(l.cfg.seed, "torch", e))
+                               for l in self.loops]
+        return Stack.train_epoch(self)
+
     _batch = Stack._batch
-    train_epoch = Stack.train_epoch
     epoch = Stack.epoch
 
     def evaluate(self, *args) -> Evaluation:
+        from .models.noisy import noise_off
         self.base.eval()
-        return Stack.evaluate(self, *args)
+        with noise_off(self.base):   # a clean pass: the noisy layers' means
+            return Stack.evaluate(self, *args)
 
     @torch.no_grad()
     def write_back_weights(self, j: int):
@@ -363,13 +412,36 @@ class FuncStack:
                     key: v[j].clone() if _per_run(v) else _copy(v) for key, v in state.items()}
 
 
+class _Penalty(nn.Module):
+    """A loop's penalty (a function of its model's parameters) as a module's forward, so that
+    functional_call evaluates it on every run's slice of a stack."""
+
+    def __init__(self, loop: Loop):
+        super().__init__()
+        self.model, self.fn = loop.model, loop.penalty
+
+    def forward(self) -> torch.Tensor:
+        return self.fn()
+
+    def of_each(self, params: dict, buffers: dict) -> torch.Tensor:
+        """The penalty of every run (K,)."""
+        from torch.func import functional_call, vmap
+
+        def one(p, b):
+            return functional_call(self, ({f"model.{n}": v for n, v in p.items()},
+                                          {f"model.{n}": v for n, v in b.items()}), ())
+        return vmap(one)(params, buffers)
+
+
 MLP_KERNEL_MODELS = ("mlp", "tishby")   # where the written-out kernel is measured faster (bench/vectorized_seeds.py)
 
 
 def stack_for(loops: list[Loop], kind: str | None = None):
-    """The written-out kernel for MLPs, torch.func for every other model; `kind` ("kernel" or "func")
-    forces one (the bench compares them)."""
-    kind = kind or ("kernel" if loops[0].cfg.model in MLP_KERNEL_MODELS else "func")
+    """The written-out kernel for MLPs without weight noise, torch.func for every other model; `kind`
+    ("kernel" or "func") forces one (the bench compares them)."""
+    cfg = loops[0].cfg
+    kernel = cfg.model in MLP_KERNEL_MODELS and getattr(cfg, "weight_noise", "none") == "none"
+    kind = kind or ("kernel" if kernel else "func")
     return (Stack if kind == "kernel" else FuncStack)(loops)
 
 

@@ -64,6 +64,17 @@ class LogNormalNoise(nn.Module):
         # and the updates of log alpha become unstable. A fixed alpha (the noise ramp) is not bounded.
         self.max_log_alpha = 0.0 if learn else math.inf
         self.active = True   # noise on in any mode; `noise_off` switches it off for clean evaluation
+        # The standard normal draws of the next forward pass when given from outside (a stack of runs
+        # draws each run's own, in the order its own model would); None: drawn here.
+        self.noise = None
+
+    def noise_shape(self, out: torch.Tensor) -> tuple[int, ...]:
+        """The shape of the standard normal draws of a forward pass whose output is `out`."""
+        lrt = isinstance(self.layer, nn.Linear) and self.sampling == "lrt"
+        return tuple(out.shape) if lrt else tuple(self.layer.weight.shape)
+
+    def _standard_normal(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(like) if self.noise is None else self.noise
 
     @property
     def clamped_log_alpha(self) -> torch.Tensor:
@@ -79,7 +90,7 @@ class LogNormalNoise(nn.Module):
 
     def sample_weight(self) -> torch.Tensor:
         a = self.alpha.expand_as(self.layer.weight)
-        eps = torch.exp(-a / 2 + a.sqrt() * torch.randn_like(self.layer.weight))
+        eps = torch.exp(-a / 2 + a.sqrt() * self._standard_normal(self.layer.weight))
         return self.layer.weight * eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +101,7 @@ class LogNormalNoise(nn.Module):
             mean = F.linear(x, layer.weight, layer.bias)
             var_eps = torch.expm1(self.alpha.expand_as(layer.weight))
             var = F.linear(x * x, layer.weight * layer.weight * var_eps)
-            return mean + var.clamp_min(0).sqrt() * torch.randn_like(mean)
+            return mean + var.clamp_min(0).sqrt() * self._standard_normal(mean)
         w = self.sample_weight()
         if isinstance(layer, nn.Linear):
             return F.linear(x, w, layer.bias)
