@@ -104,6 +104,32 @@ def test_kde_blocks_do_not_change_the_result():
     assert kde_mi(t, y, 0.1, block=7) == pytest.approx(kde_mi(t, y, 0.1, block=1000), abs=1e-10)
 
 
+def test_kde_bounds_equal_a_direct_computation():
+    """Saxe et al.'s estimators written out directly (full distance matrix, scipy's logsumexp) against
+    the blocked, upper-triangle computation, on unequal classes and blocks that do not divide n."""
+    from scipy.spatial.distance import pdist, squareform
+    from scipy.special import logsumexp
+
+    def mixture_entropy(t, var):   # pairwise-KL upper bound, nats
+        n, d = t.shape
+        lse = logsumexp(-squareform(pdist(t, "sqeuclidean")) / (2 * var), axis=1)
+        return -np.mean(lse - np.log(n)) + d / 2 * np.log(2 * np.pi * var) + d / 2
+
+    rng = np.random.default_rng(3)
+    t = np.tanh(rng.standard_normal((1100, 4)) * 3)
+    y = rng.choice(3, 1100, p=[0.6, 0.3, 0.1])
+    var, d = 0.05, t.shape[1]
+    bd, noise = d / 2 * np.log(0.25), d / 2 * (np.log(2 * np.pi * var) + 1)
+    upper, lower = mixture_entropy(t, var), mixture_entropy(t, 4 * var) + bd
+    p = np.bincount(y) / len(y)
+    upper_y = sum(p[c] * mixture_entropy(t[y == c], var) for c in range(3))
+    lower_y = sum(p[c] * (mixture_entropy(t[y == c], 4 * var) + bd) for c in range(3))
+    want = {"ixt_upper": upper - noise, "ixt_lower": lower - noise, "ity_upper": upper - upper_y, "ity_lower": lower - lower_y}
+    got = kde_mi(t, y, var, block=256)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v / np.log(2), abs=1e-10), k
+
+
 @pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
 def test_ksg_on_correlated_gaussians(rho):
     rng = np.random.default_rng(2)
