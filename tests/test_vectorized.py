@@ -244,3 +244,24 @@ def test_vectorized_weight_noise_equals_separate_runs(tmp_path, kw):
         alphas = [k for k in sa if k.endswith("log_alpha")]   # learned where asked, else fixed: stacked too
         initial = math.log(c.noise_alpha)
         assert alphas and all(bool((sa[k] == initial).all()) != c.learn_alpha for k in alphas)
+
+
+def test_func_stack_takes_each_runs_optimizer_state(tmp_path):
+    """A stack built from runs that have trained (a rebuild after runs leave) starts from their
+    optimizer states; a fixed noise level has none and stays without."""
+    from rotelab.protocols.fit import build_loop
+    from rotelab.vectorized import FuncStack
+    cfgs = [FitConfig(dataset="digits", widths=[8], weight_noise="lognormal", optimizer="adam", lr=0.01, seed=s,
+                      progress=False, hist_every=0) for s in range(2)]
+    loops = [build_loop(c, RunDir(tmp_path / f"r{c.seed}")) for c in cfgs]
+    for l in loops:
+        l.run_epoch()
+    stack = FuncStack(loops)
+    for n, p in stack.params.items():
+        if n.endswith("log_alpha"):
+            assert not p.requires_grad and p not in stack.opt.state
+            continue
+        for j, l in enumerate(loops):
+            own = l.opt.state[stack.run_params[j][n]]
+            assert torch.equal(stack.opt.state[p]["exp_avg"][j], own["exp_avg"])
+            assert torch.equal(stack.opt.state[p]["step"], own["step"])

@@ -99,7 +99,8 @@ class Evaluation:
 
     def __getitem__(self, index) -> "Evaluation":
         """Every tensor indexed alike: one run of a stack's (K, N) Evaluation, or a part of the examples."""
-        return Evaluation(*(None if t is None else t[index] for t in (self.loss, self.pred, self.correct, self.margin)))
+        fields = (self.loss, self.pred, self.correct, self.margin)
+        return Evaluation(*(None if t is None else t[index] for t in fields))
 
 
 @torch.no_grad()
@@ -246,8 +247,7 @@ class Loop:
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
-        self.weights_owed = None    # set by a strategy that trains the weights elsewhere (see model)
-        self.model, self.splits, self.cfg = model, splits, cfg
+        self.model, self.splits, self.cfg = model, splits, cfg   # (model: a property, see there)
         self.hooks = sorted(hooks, key=lambda h: h.phase)   # the order the run directory relies on
         self.penalty = penalty      # a callable added to each batch's loss
         self.train = train          # False: evaluate only (a frozen network)

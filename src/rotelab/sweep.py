@@ -195,8 +195,8 @@ def plan(protocol: str, points: list[Point], vectorize: bool, workers: int = 1) 
         groups.setdefault(key, []).append(p)
     parts = -(-workers // len(groups)) if groups else 1   # per group, so that tasks >= workers
     for g in groups.values():
-        for i in range(min(parts, len(g))):
-            chunk = g[i::min(parts, len(g))]
+        k = min(parts, len(g))
+        for chunk in (g[i::k] for i in range(k)):
             tasks.append(("group", chunk) if len(chunk) > 1 else ("point", chunk[0]))
     return tasks
 

@@ -319,12 +319,11 @@ class FuncStack:
         self.run_params = [dict(m.named_parameters()) for m in models]
         self.run_buffers = [dict(m.named_buffers()) for m in models]
         self.opt = build_optimizer(nn.ParameterList(self.params.values()), loops[0].cfg)
-        states = [[l.opt.state.get(ps[n]) for n in self.names] for l, ps in zip(loops, self.run_params)]
-        if all(all(row) for row in states):
-            for i, n in enumerate(self.names):
-                self.opt.state[self.params[n]] = {
-                    key: torch.stack([row[i][key] for row in states]) if _per_run(v) else _copy(v)
-                    for key, v in states[0][i].items()}
+        for n in self.names:   # optimizer state where the runs have it (a fixed parameter has none)
+            states = [l.opt.state.get(ps[n]) for l, ps in zip(loops, self.run_params)]
+            if all(states):
+                self.opt.state[self.params[n]] = {key: torch.stack([st[key] for st in states]) if _per_run(v)
+                                                  else _copy(v) for key, v in states[0].items()}
         Stack.stack_data(self, loops)
 
     def _one(self, params, buffers, x, noise):
