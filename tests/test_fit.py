@@ -182,6 +182,31 @@ def test_checkpoints_follow_the_interval_and_resume_still_matches(tmp_path, smal
     assert full.read_examples()["epochs"].tolist() == list(range(1, 7))
 
 
+def test_metrics_reach_the_disk_within_a_second_between_checkpoints(tmp_path, small_cfg):
+    """metrics.jsonl is flushed at least every second, not only with the checkpoint: a reader
+    following a run sees its lines while it runs."""
+    import time
+    from rotelab.hook import REPORT
+    cfg = small_cfg(epochs=3, checkpoint_every=3600.0)
+    run = RunDir.check_new(tmp_path / "r")
+    loop = build_loop(cfg, run)
+    seen = []
+
+    class Follow(Hook):
+        phase = REPORT   # after the metrics writer
+
+        def on_epoch_end(self, loop, result):
+            seen.append(len(run.metrics_file.read_text().splitlines()))
+            if result.epoch == 1:
+                time.sleep(1.05)
+
+    loop.hooks.append(Follow())
+    loop.hooks.sort(key=lambda h: h.phase)
+    run.create(cfg.to_dict(), {})
+    loop.run()
+    assert seen[1] == 2 and seen[2] == 3   # on disk without a checkpoint (none until the end)
+
+
 def test_fast_event_checksums_equal_tensorboards_own():
     import os
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
