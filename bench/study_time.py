@@ -14,7 +14,6 @@ Goal: the whole grid in at most 0.55x of the sequential time on 2 cores. Ends wi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_figures  # noqa: E402
 
 from rotelab.reproduce import load_study  # noqa: E402
-from rotelab.sweep import plan, run_local, sweep_points  # noqa: E402
+from rotelab.sweep import plan, run_local, sweep_points, usable_cores  # noqa: E402
 
 
 def grid(scale: str, epochs: int, out: Path) -> dict:
@@ -47,7 +46,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="the smoke scale's grid, 1 epoch: checks the bench runs")
     args = ap.parse_args(argv)
     scale, epochs = ("smoke", 1) if args.quick else ("cpu", args.epochs)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     from rotelab.config import FitConfig
     from rotelab.data import load_data
     load_data(FitConfig(**{k: v for k, v in grid(scale, 1, Path("."))["base"].items()}))   # data cached first

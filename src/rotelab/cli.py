@@ -144,14 +144,14 @@ def default_threads() -> int | None:
     work: a memorization run took 124 s with two threads, 12.7 s with one). OMP_NUM_THREADS, when set,
     wins."""
     import os
+    from .sweep import usable_cores
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         busy = int(os.getloadavg()[0] + 0.5)
     except OSError:
         busy = 0
-    return max(1, cores - busy)
+    return max(1, usable_cores() - busy)
 
 
 def cmd_protocol(args) -> int:

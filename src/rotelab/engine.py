@@ -313,16 +313,18 @@ class Loop:
                     group.pop("initial_lr", None)
             self.sched = build_scheduler(self.opt, cfg)
 
-    def hook_states(self) -> dict:
-        """Each stateful hook's state, keyed by its class name (numbered if a class repeats)."""
-        out, seen = {}, {}
+    def keyed_hooks(self):
+        """(key, hook) for every hook: its class name, numbered from the second of a class on (the
+        key its state has in a checkpoint)."""
+        seen = {}
         for h in self.hooks:
-            state = h.state_dict()
-            if state is not None:
-                name = type(h).__name__
-                seen[name] = seen.get(name, 0) + 1
-                out[name if seen[name] == 1 else f"{name}#{seen[name]}"] = state
-        return out
+            name = type(h).__name__
+            seen[name] = seen.get(name, 0) + 1
+            yield (name if seen[name] == 1 else f"{name}#{seen[name]}"), h
+
+    def hook_states(self) -> dict:
+        """Each stateful hook's state, under its key."""
+        return {key: state for key, h in self.keyed_hooks() if (state := h.state_dict()) is not None}
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -330,11 +332,8 @@ class Loop:
                 "hooks": self.hook_states()}
 
     def load_state_dict(self, state: dict):
-        saved, seen = state.get("hooks", {}), {}
-        for h in self.hooks:   # first: a hook may change the loop's stage, optimizer and schedule
-            name = type(h).__name__
-            seen[name] = seen.get(name, 0) + 1
-            key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        saved = state.get("hooks", {})
+        for key, h in self.keyed_hooks():   # first: a hook may change the loop's stage, optimizer and schedule
             if key in saved:
                 h.load_state_dict(saved[key], self)
         self.model.load_state_dict(state["model"])

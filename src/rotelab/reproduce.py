@@ -569,7 +569,7 @@ def publish(out, docs) -> Path:
         page += [f"| {c['name']} | {c['value']} | {c['expected']} | {mark[c['pass']]} |".replace("\n", " ")
                  for c in r["checks"]]
         page += [""] + [f"![{name}](figures/{name})" for name in r.get("figures", [])] + [""]
-        page += ["**Notes.** " + r["notes"].replace("\n\n", "\n\n").strip(), ""]
+        page += ["**Notes.** " + r["notes"].strip(), ""]
     (docs / "reproductions.md").write_text("\n".join(page) + "\n")
     return docs / "reproductions.md"
 

@@ -14,9 +14,9 @@ def derive_seed(seed: int, *names) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def generator(seed: int, *names) -> torch.Generator:
-    """A CPU torch.Generator for the stream (seed, *names)."""
-    return torch.Generator().manual_seed(derive_seed(seed, *names))
+def generator(seed: int, *names, device="cpu") -> torch.Generator:
+    """A torch.Generator (CPU unless `device` says otherwise) for the stream (seed, *names)."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *names))
 
 
 def seed_global_streams(seed: int):

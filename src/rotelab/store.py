@@ -399,18 +399,18 @@ class Run:
     @property
     def info(self):
         import pandas as pd
-        return pd.DataFrame(self.dir.read_info(), columns=None)
+        return pd.DataFrame(self.dir.read_info())
 
     @property
     def examples(self) -> dict:
         return self.dir.read_examples()
 
     def correct(self, split: str = "train") -> np.ndarray:
+        from .measures.examples import correctness
         ex = self.examples
         if f"{split}_correct" not in ex:
             raise StoreError(self.dir.examples_file, f"{self.dir.examples_file} has no split {split!r}")
-        bits = np.asarray(ex[f"{split}_correct"], dtype=np.uint8)
-        return np.unpackbits(bits, axis=-1, count=int(ex[f"n_{split}"])).astype(bool)
+        return correctness(ex, split)
 
     def __repr__(self):
         return f"Run({str(self.path)!r}, protocol={self.protocol!r}, state={self.status.get('state')!r})"

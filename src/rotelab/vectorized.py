@@ -76,47 +76,11 @@ def _relu_backward(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 ACTIVATION_BACKWARD = {nn.Tanh: _tanh_backward, nn.ReLU: _relu_backward}
 
 
-class Stack:
-    """The MLPs, optimizer states and data of `loops`, stacked along a leading run axis.
-
-    All runs' weights and biases live in one flat parameter (and its gradient in one flat buffer),
-    viewed per layer as (K, out, in) and (K, out): the optimizer then steps one tensor, and the
-    backward pass, written out for Linear + tanh/ReLU with cross-entropy, writes each layer's
-    gradient straight into its view. For these small stacked products autograd's bookkeeping and
-    the optimizer's per-tensor work cost as much as the arithmetic; the gradients equal autograd's
-    (tested)."""
-
-    def __init__(self, loops: list[Loop]):
-        self.loops, self.k = loops, len(loops)
-        base = loops[0].model
-        activation = type(base.layers[0][1]) if len(base.layers) else None
-        self.tanh = activation is nn.Tanh   # computed from 2z (tanh_of_doubled_); ReLU in place
-        self.activation_backward = ACTIVATION_BACKWARD[activation] if activation else None
-        # per run, its parameters in the order [w0, b0, w1, b1, ...] (Linear layers in forward order)
-        self.run_params = [[p for m in l.model.modules() if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
-                           for l in loops]
-        self.shapes = [p.shape for p in self.run_params[0]]
-        first = self.run_params[0][0]
-        self.flat = nn.Parameter(torch.empty(sum(self.k * p.numel() for p in self.run_params[0]),
-                                             device=first.device, dtype=first.dtype))
-        self.flat.grad = torch.zeros_like(self.flat)
-        self.params, self.grads = self.views(self.flat.data), self.views(self.flat.grad)
-        for i, v in enumerate(self.params):
-            v.copy_(torch.stack([ps[i].detach() for ps in self.run_params]))
-        self.opt = build_optimizer(nn.ParameterList([self.flat]), loops[0].cfg)
-        states = [[l.opt.state.get(p) for p in ps] for l, ps in zip(loops, self.run_params)]
-        if all(all(row) for row in states):
-            template = states[0][0]
-            stacked = {}
-            for key, value in template.items():
-                if _per_run(value):
-                    stacked[key] = torch.empty_like(self.flat.data)
-                    for i, v in enumerate(self.views(stacked[key])):
-                        v.copy_(torch.stack([row[i][key] for row in states]))
-                else:
-                    stacked[key] = _copy(value)
-            self.opt.state[self.flat] = stacked
-        self.stack_data(loops)
+class RunStack:
+    """What every stack of runs shares: the runs' data stacked, each run's batches, the epoch's
+    training pass and evaluation, and each run's share of them. A subclass holds the runs' models and
+    gives forward(x, shared) and train_step(xb, yb), and copies weights and optimizer state back to a
+    run (write_back_weights(j), write_back_state(j))."""
 
     def stack_data(self, loops: list[Loop]):
         """Inputs stored once when every run has the same ones, else stacked; labels stacked. The
@@ -152,58 +116,6 @@ class Stack:
                 if self.shared[name]:
                     s.x = self.x[name]
             l.set_fit(l.fit_on)
-
-    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """A flat tensor of the stack's layout as per-layer views (K, *shape of run parameter)."""
-        out, start = [], 0
-        for shape in self.shapes:
-            n = self.k * shape.numel()
-            out.append(flat[start:start + n].view(self.k, *shape))
-            start += n
-        return out
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, shared: bool, keep: list | None = None) -> torch.Tensor:
-        """Logits (K, classes, B) of every run for inputs (B, ...) shared by all runs or (K, B, ...);
-        `keep`, if given, receives each layer's input (for the backward pass). Activations are
-        unit-major, (K, width, B): reductions over a handful of classes are then vectorized over the
-        batch (several times faster on CPU than over a last axis of 2)."""
-        n_layers = len(self.params) // 2
-        h = x.flatten(1) if shared else x.flatten(2).transpose(1, 2)
-        for i in range(n_layers):
-            w, b = self.params[2 * i], self.params[2 * i + 1]
-            if keep is not None:
-                keep.append(h)
-            hidden = i < n_layers - 1
-            scale = 2.0 if hidden and self.tanh else 1.0
-            if i == 0 and shared:   # one product for all runs, (B, D) x (D, K*width), read as (K, width, B)
-                h = torch.addmm(b.flatten(), h, w.flatten(0, 1).T, beta=scale, alpha=scale)   # 2x faster than
-                h = h.T.view(*w.shape[:2], -1)                                                 # (K*width, D) x (D, B)
-            else:
-                h = torch.baddbmm(b.unsqueeze(2), w, h, beta=scale, alpha=scale)
-            if hidden:
-                h = tanh_of_doubled_(h) if self.tanh else h.relu_()
-        return h
-
-    @torch.no_grad()
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step of every run on its batch (xb (K, B, ...), yb (K, B)), minimizing the
-        mean cross-entropy of each; returns the per-example cross-entropy and the logits."""
-        inputs = []
-        logits = self.forward(xb, shared=False, keep=inputs)
-        log_p = torch.log_softmax(logits, dim=1)
-        ce = -log_p.gather(1, yb[:, None]).squeeze(1)
-        # d(mean CE)/d logits = (softmax - one-hot) / B
-        d = log_p.exp_()
-        d.scatter_add_(1, yb[:, None], torch.full_like(ce[:, None], -1.0))
-        d.div_(yb.shape[1])
-        for i in reversed(range(len(inputs))):
-            torch.bmm(d, inputs[i].transpose(1, 2), out=self.grads[2 * i])
-            torch.sum(d, dim=2, out=self.grads[2 * i + 1])
-            if i > 0:
-                d = self.activation_backward(torch.bmm(self.params[2 * i].transpose(1, 2), d), inputs[i])
-        self.opt.step()
-        return ce, logits
 
     def _batch(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """Inputs (K, B, ...) of each run's examples idx[k] of split `name`."""
@@ -272,6 +184,101 @@ class Stack:
         return [EpochShare(loss[j], acc[j], None, {n: evals[n][j] for n in evals}, metrics[j], t_train, seconds,
                            stepped_elsewhere=True) for j in range(self.k)]
 
+
+class Stack(RunStack):
+    """The MLPs, optimizer states and data of `loops`, stacked along a leading run axis.
+
+    All runs' weights and biases live in one flat parameter (and its gradient in one flat buffer),
+    viewed per layer as (K, out, in) and (K, out): the optimizer then steps one tensor, and the
+    backward pass, written out for Linear + tanh/ReLU with cross-entropy, writes each layer's
+    gradient straight into its view. For these small stacked products autograd's bookkeeping and
+    the optimizer's per-tensor work cost as much as the arithmetic; the gradients equal autograd's
+    (tested)."""
+
+    def __init__(self, loops: list[Loop]):
+        self.loops, self.k = loops, len(loops)
+        base = loops[0].model
+        activation = type(base.layers[0][1]) if len(base.layers) else None
+        self.tanh = activation is nn.Tanh   # computed from 2z (tanh_of_doubled_); ReLU in place
+        self.activation_backward = ACTIVATION_BACKWARD[activation] if activation else None
+        # per run, its parameters in the order [w0, b0, w1, b1, ...] (Linear layers in forward order)
+        self.run_params = [[p for m in l.model.modules() if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+                           for l in loops]
+        self.shapes = [p.shape for p in self.run_params[0]]
+        first = self.run_params[0][0]
+        self.flat = nn.Parameter(torch.empty(sum(self.k * p.numel() for p in self.run_params[0]),
+                                             device=first.device, dtype=first.dtype))
+        self.flat.grad = torch.zeros_like(self.flat)
+        self.params, self.grads = self.views(self.flat.data), self.views(self.flat.grad)
+        for i, v in enumerate(self.params):
+            v.copy_(torch.stack([ps[i].detach() for ps in self.run_params]))
+        self.opt = build_optimizer(nn.ParameterList([self.flat]), loops[0].cfg)
+        states = [[l.opt.state.get(p) for p in ps] for l, ps in zip(loops, self.run_params)]
+        if all(all(row) for row in states):
+            template = states[0][0]
+            stacked = {}
+            for key, value in template.items():
+                if _per_run(value):
+                    stacked[key] = torch.empty_like(self.flat.data)
+                    for i, v in enumerate(self.views(stacked[key])):
+                        v.copy_(torch.stack([row[i][key] for row in states]))
+                else:
+                    stacked[key] = _copy(value)
+            self.opt.state[self.flat] = stacked
+        self.stack_data(loops)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat tensor of the stack's layout as per-layer views (K, *shape of run parameter)."""
+        out, start = [], 0
+        for shape in self.shapes:
+            n = self.k * shape.numel()
+            out.append(flat[start:start + n].view(self.k, *shape))
+            start += n
+        return out
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, shared: bool, keep: list | None = None) -> torch.Tensor:
+        """Logits (K, classes, B) of every run for inputs (B, ...) shared by all runs or (K, B, ...);
+        `keep`, if given, receives each layer's input (for the backward pass). Activations are
+        unit-major, (K, width, B): reductions over a handful of classes are then vectorized over the
+        batch (several times faster on CPU than over a last axis of 2)."""
+        n_layers = len(self.params) // 2
+        h = x.flatten(1) if shared else x.flatten(2).transpose(1, 2)
+        for i in range(n_layers):
+            w, b = self.params[2 * i], self.params[2 * i + 1]
+            if keep is not None:
+                keep.append(h)
+            hidden = i < n_layers - 1
+            scale = 2.0 if hidden and self.tanh else 1.0
+            if i == 0 and shared:   # one product for all runs, (B, D) x (D, K*width), read as (K, width, B)
+                h = torch.addmm(b.flatten(), h, w.flatten(0, 1).T, beta=scale, alpha=scale)   # 2x faster than
+                h = h.T.view(*w.shape[:2], -1)                                                 # (K*width, D) x (D, B)
+            else:
+                h = torch.baddbmm(b.unsqueeze(2), w, h, beta=scale, alpha=scale)
+            if hidden:
+                h = tanh_of_doubled_(h) if self.tanh else h.relu_()
+        return h
+
+    @torch.no_grad()
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step of every run on its batch (xb (K, B, ...), yb (K, B)), minimizing the
+        mean cross-entropy of each; returns the per-example cross-entropy and the logits."""
+        inputs = []
+        logits = self.forward(xb, shared=False, keep=inputs)
+        log_p = torch.log_softmax(logits, dim=1)
+        ce = -log_p.gather(1, yb[:, None]).squeeze(1)
+        # d(mean CE)/d logits = (softmax - one-hot) / B
+        d = log_p.exp_()
+        d.scatter_add_(1, yb[:, None], torch.full_like(ce[:, None], -1.0))
+        d.div_(yb.shape[1])
+        for i in reversed(range(len(inputs))):
+            torch.bmm(d, inputs[i].transpose(1, 2), out=self.grads[2 * i])
+            torch.sum(d, dim=2, out=self.grads[2 * i + 1])
+            if i > 0:
+                d = self.activation_backward(torch.bmm(self.params[2 * i].transpose(1, 2), d), inputs[i])
+        self.opt.step()
+        return ce, logits
+
     @torch.no_grad()
     def write_back_weights(self, j: int):
         """Copy run j's weights from the stack into its own model (one batched copy)."""
@@ -289,7 +296,7 @@ class Stack:
                                               for key, v in per_layer.items()}
 
 
-class FuncStack:
+class FuncStack(RunStack):
     """Any model's runs stacked with torch.func: stack_module_state gives every parameter and buffer
     a leading run axis, one vmap of functional_call over a stateless copy of the model computes every
     run's logits on its own batch, one backward pass of the sum of the runs' mean losses gives each
@@ -324,7 +331,7 @@ class FuncStack:
             if all(states):
                 self.opt.state[self.params[n]] = {key: torch.stack([st[key] for st in states]) if _per_run(v)
                                                   else _copy(v) for key, v in states[0].items()}
-        Stack.stack_data(self, loops)
+        self.stack_data(loops)
 
     def _one(self, params, buffers, x, noise):
         from torch.func import functional_call
@@ -379,20 +386,16 @@ class FuncStack:
 
     def train_epoch(self) -> tuple[list[float], list[float]]:
         if self.noisy:   # each run's stream of the epoch, as Eager seeds the global one for a run alone
-            from .seeding import derive_seed
+            from .seeding import generator
             e, device = self.loops[0].epoch + 1, next(iter(self.y.values())).device
-            self.generators = [torch.Generator(device=device).manual_seed(derive_seed(l.cfg.seed, "torch", e))
-                               for l in self.loops]
-        return Stack.train_epoch(self)
-
-    _batch = Stack._batch
-    epoch = Stack.epoch
+            self.generators = [generator(l.cfg.seed, "torch", e, device=device) for l in self.loops]
+        return super().train_epoch()
 
     def evaluate(self, *args) -> Evaluation:
         from .models.noisy import noise_off
         self.base.eval()
         with noise_off(self.base):   # a clean pass: the noisy layers' means
-            return Stack.evaluate(self, *args)
+            return super().evaluate(*args)
 
     @torch.no_grad()
     def write_back_weights(self, j: int):
