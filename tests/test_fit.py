@@ -78,6 +78,19 @@ def test_presentation_record_comes_from_the_training_passes(tmp_path, small_cfg)
         assert unpack(row, int(ex["n_train"])).mean() == pytest.approx(rec["train_acc_presented"], abs=1e-6)
 
 
+@pytest.mark.parametrize("source", ["presentation", "evaluation"])
+def test_margins_and_bits_come_from_the_same_pass(tmp_path, small_cfg, source):
+    run = fit(small_cfg(epochs=4, corrupt="labels=0.5", example_record=source, example_margins=True),
+              tmp_path / source)
+    ex = run.read_examples()
+    for split in ("train", "test"):
+        bits = unpack(ex[f"{split}_correct"], int(ex[f"n_{split}"]))
+        margin = ex[f"{split}_margin"].astype(np.float32)
+        decided = np.abs(margin) > 1e-2          # float16 rounding (and exact ties) aside
+        assert decided.mean() > 0.9
+        assert np.array_equal(bits[decided], margin[decided] > 0), split
+
+
 def test_no_example_record(tmp_path, small_cfg):
     run = fit(small_cfg(epochs=2, example_record="none"), tmp_path / "none")
     assert not run.examples_file.exists()

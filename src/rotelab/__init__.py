@@ -2,7 +2,10 @@
 
     import rotelab
     run = rotelab.load("runs/fm-rand")        # a run: config, status, metrics / info tables, examples
-    runs = rotelab.load("runs/zhang-fig1")    # a folder: every run below it
+    runs = rotelab.load("runs/zhang-fig1")    # a folder: every run below it (a list of runs)
+    runs.metrics                              # one long DataFrame: every run's epochs, with each run's
+                                              # label_corruption, pixel corruption, seed and sweep axes
+    runs.final                                # one row per run: its last epoch, fit_epoch and state
 """
 
 __version__ = "0.1.0"
@@ -11,6 +14,7 @@ __version__ = "0.1.0"
 def load(path):
     """A run directory as a `rotelab.store.Run` (config, status, metrics and info as pandas
     DataFrames, per-example arrays), or, for a folder of runs (a sweep, an infoplane group, a noise
-    ramp, a study), the list of every run below it."""
+    ramp, a study), a `rotelab.store.Runs`: the list of every run below it, with long tables
+    (`.metrics`, `.final`, `.info`) whose rows carry each run's corruption, seed and sweep axes."""
     from .store import load as _load
     return _load(path)

@@ -107,7 +107,9 @@ class FitConfig:
     test_fraction: float = opt(0.2, "held-out fraction for data sets without a standard split (digits, tishby)", gt=0, lt=1)
     corrupt: str = opt("none", "KIND=P with KIND in labels, shuffled-pixels, random-pixels, gaussian; P in [0,1] is the fraction of examples corrupted")
     corrupt_test: bool = opt(False, "corrupt the test set the same way (own random stream; shuffled-pixels keeps the train permutation)")
-    label_noise_mode: str = opt("uniform", "uniform: redraw from all classes (may keep the true one, as Zhang et al.); other: always a different class", ("uniform", "other"))
+    label_noise_mode: str = opt("uniform", "uniform: redraw from all classes (may keep the true one, as Zhang et al.); other: always a different class; permute: shuffle the picked labels among themselves (class histogram kept)", ("uniform", "other", "permute"))
+    normalize: str = opt("standard", "standard: per-channel standardization with training statistics; none: inputs as the source gives them (images in [0, 1])", ("standard", "none"))
+    test_subset: int | None = opt(None, "evaluate on a fixed, class-balanced subset of this many test examples", ge=1)
     # model
     model: str = opt("mlp", "model name (see `rotelab models`)")
     widths: list[int] = opt([512], "mlp hidden widths, comma-separated, e.g. 512,512,512", flag_type="ints")
@@ -117,7 +119,8 @@ class FitConfig:
     # optimisation
     epochs: int = opt(100, "maximum number of epochs", ge=1)
     until_train_acc: float | None = opt(None, "stop once train accuracy (clean pass) reaches this value, e.g. 1.0", gt=0, le=1)
-    batch_size: int = opt(128, "training batch size", ge=1)
+    batch_size: int = opt(128, "training batch size (at least the training set's size: full batch, one step per epoch)", ge=1)
+    loss_reduction: str = opt("mean", "cross-entropy averaged over a batch, or summed (as the Memorizing IB study; the gradient scales with the batch)", ("mean", "sum"))
     eval_batch_size: int = opt(2048, "batch size of evaluation passes", ge=1)
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam"))
     lr: float = opt(0.01, "learning rate", gt=0)
@@ -135,6 +138,7 @@ class FitConfig:
     noise_sampling: str = opt("lrt", "lrt: Gaussian pre-activations with the exact moments (Linear); weights: exact draws shared by a batch", ("lrt", "weights"))
     info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)", ge=0)
     alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant", gt=0)
+    norms: bool = opt(False, "log per epoch each weight matrix's norm, the effective learning rate lr/||w||^2 and the mean gradient norm")
     fisher_every: int = opt(0, "log the trace of the Fisher information per layer every N epochs (0: never)", ge=0)
     fisher_samples: int = opt(256, "training examples of the Monte Carlo Fisher trace (labels sampled from the model)", ge=1)
     # bookkeeping

@@ -121,12 +121,14 @@ def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evalua
 
 def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
                 augment_gen: torch.Generator | None = None, record: bool = False, penalty=None,
-                frozen_bn: bool = False, after_backward=None):
+                frozen_bn: bool = False, after_backward=None, reduction: str = "mean", record_margins: bool = False):
     """One pass of SGD over x in the given order, minimizing cross-entropy + penalty() if given.
     Returns (presented cross-entropy, presented accuracy, per-example correctness at presentation
-    or None). Sums stay on the device: one sync per epoch. frozen_bn keeps batch norm on its
+    or None, per-example margins at presentation or None: recorded with `record`, margins with
+    `record_margins` too, so that both come from the same forward pass). Sums stay on the device: one sync per epoch. frozen_bn keeps batch norm on its
     running statistics (and leaves them unchanged). after_backward(), if given, runs after each
-    batch's backward pass, before the step (where per-batch gradients can be read)."""
+    batch's backward pass, before the step (where per-batch gradients can be read). reduction "sum"
+    minimizes the batch's summed cross-entropy (the returned loss is still the mean per example)."""
     model.train()
     if frozen_bn:
         for m in model.modules():
@@ -136,13 +138,14 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
     loss_sum = torch.zeros((), device=x.device)
     hits = torch.zeros((), device=x.device, dtype=torch.long)
     presented = torch.zeros(len(y), dtype=torch.bool, device=x.device) if record else None
+    presented_margin = torch.zeros(len(y), device=x.device) if record and record_margins else None
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         xb, yb = x[idx], y[idx]
         if augment_gen is not None:
             xb = crop_flip(xb, augment_gen)
         logits = model(xb)
-        ce = F.cross_entropy(logits, yb)
+        ce = F.cross_entropy(logits, yb, reduction=reduction)
         loss = ce if penalty is None else ce + penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,11 +154,13 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
         opt.step()
         with torch.no_grad():
             hit = logits.argmax(dim=1) == yb
-            loss_sum += ce.detach() * len(idx)
+            loss_sum += ce.detach() * (len(idx) if reduction == "mean" else 1)
             hits += hit.sum()
             if presented is not None:
                 presented[idx] = hit
-    return loss_sum.item() / n, hits.item() / n, presented
+            if presented_margin is not None:
+                presented_margin[idx] = margins(logits.float(), yb)
+    return loss_sum.item() / n, hits.item() / n, presented, presented_margin
 
 
 def split_metrics_rows(prefix: str, ev: Evaluation, corrupted: torch.Tensor, y_true: torch.Tensor) -> list[dict]:
@@ -208,6 +213,7 @@ class EpochShare:
     seconds_train: float                   # this run's training time (its share, when shared)
     seconds: float                         # ... and of the training and evaluation together
     stepped_elsewhere: bool = False        # the run's own optimizer did not step (a stack's did)
+    presented_margin: torch.Tensor | None = None   # per-example margins at presentation, or None
 
 
 class Eager:
@@ -217,19 +223,21 @@ class Eager:
         cfg, e = loop.cfg, loop.epoch + 1
         t0 = time.perf_counter()
         seed_global_streams(derive_seed(cfg.seed, "torch", e))  # dropout, weight noise, any global draws
-        loss = acc = presented = None
+        loss = acc = presented = presented_margin = None
         if loop.train:
             aug = generator(cfg.seed, "augment", e) if cfg.augment else None
             order = loop.epoch_order(e).to(loop.device)
             per_batch = [h for h in loop.hooks if hasattr(h, "on_backward")]
             after_backward = (lambda: [h.on_backward(loop) for h in per_batch]) if per_batch else None
-            loss, acc, presented = train_epoch(
+            loss, acc, presented, presented_margin = train_epoch(
                 loop.model, loop.opt, loop.fit_x, loop.fit_y, cfg.batch_size, order, aug,
                 record=cfg.example_record == "presentation", penalty=loop.penalty,
-                frozen_bn=loop.frozen_bn, after_backward=after_backward)
+                frozen_bn=loop.frozen_bn, after_backward=after_backward, reduction=cfg.loss_reduction,
+                record_margins=cfg.example_margins)
         t_train = time.perf_counter() - t0
         evals, metrics = loop.evaluate_splits()
-        return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0)
+        return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0,
+                          presented_margin=presented_margin)
 
     def before_persist(self, loop: "Loop"):
         pass
@@ -391,13 +399,16 @@ class Loop:
             self.fit_epoch = e
         metrics["seconds_train"] = share.seconds_train
         metrics["seconds"] = time.perf_counter() - t0
-        by_split = {}
+        by_split, margin_by_split = {}, {}
         if share.presented is not None:
             start = 0
             for n in self.fit_on:
-                by_split[n] = share.presented[start:start + len(self.splits[n])]
+                part = slice(start, start + len(self.splits[n]))
+                by_split[n] = share.presented[part]
+                if share.presented_margin is not None:
+                    margin_by_split[n] = share.presented_margin[part]
                 start += len(self.splits[n])
-        return EpochResult(e, metrics, share.evals, by_split)
+        return EpochResult(e, metrics, share.evals, by_split, margin_by_split)
 
     def persist_due(self) -> bool:
         return (self.done or self.epoch in self.cfg.save_epochs

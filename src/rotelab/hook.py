@@ -3,7 +3,7 @@ imported, and their figures drawn, without it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ class EpochResult:
     evals: dict[str, Evaluation]           # a clean pass over each named split
     presented: dict[str, torch.Tensor]     # per-example correctness during the training passes, per
                                            # split trained on (empty unless example_record == presentation)
+    presented_margins: dict[str, torch.Tensor] = field(default_factory=dict)   # ... and their margins
+                                           # (with example_margins too): bits and margins of one pass
 
     @property
     def train(self) -> Evaluation:

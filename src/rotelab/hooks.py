@@ -55,8 +55,9 @@ class ExampleRecorder(Hook):
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
         for name in self.names:
-            bits = result.presented.get(name) if self.source == "presentation" else None
-            correct = (bits if bits is not None else result.evals[name].correct).cpu().numpy()
+            # bits and margins from one pass: the training pass where this split was presented, else the clean one
+            presented = self.source == "presentation" and name in result.presented
+            correct = (result.presented[name] if presented else result.evals[name].correct).cpu().numpy()
             if name in self.prev:
                 inter, union = overlap(self.prev[name], correct)
                 result.metrics[f"{name}_intersection"] = inter
@@ -64,7 +65,8 @@ class ExampleRecorder(Hook):
             self.prev[name] = correct
             self.rows[f"{name}_correct"].append(pack(correct))
             if self.with_margins:
-                self.rows[f"{name}_margin"].append(result.evals[name].margin.cpu().numpy().astype(np.float16))
+                margin = result.presented_margins[name] if presented else result.evals[name].margin
+                self.rows[f"{name}_margin"].append(margin.cpu().numpy().astype(np.float16))
         self.rows["epochs"].append(result.epoch)
         if loop.persist:
             self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})
@@ -275,7 +277,7 @@ class ProgressBar(Hook):
 
     def on_start(self, loop: Loop):
         import sys
-        from tqdm.auto import tqdm
+        from tqdm import tqdm   # text bars everywhere (tqdm.auto wants ipywidgets in a notebook)
         # disable=None: no bar when the output is not a terminal
         self.bar = tqdm(total=self.total, initial=loop.epoch, desc=self.desc, unit="ep", dynamic_ncols=True,
                         disable=None if self.enabled else True)
@@ -320,6 +322,42 @@ class WeightNoiseStats(Hook):
         for name, layer in info["layers"].items():
             for key in ("kl_loguniform_bits", "kl_lognormal_bits", "mean_log10_alpha"):
                 m[f"{key}/{name}"] = layer[key]
+
+
+class NormStats(Hook):
+    """Per epoch: each weight matrix's norm (`weight_norm/NAME`, Linear and Conv weights), their joint
+    norm (`weight_norm`), the effective learning rate lr / ||w||^2 (`eff_lr`: the step size of weights
+    that batch norm makes scale-invariant, Li & Arora 2020; Lobacheva et al. 2021) and the mean over
+    the epoch's batches of the gradient norm of those weights before each step (`grad_norm`)."""
+    phase = MEASURE
+
+    def __init__(self):
+        self.grad_sq, self.batches = None, 0
+
+    @staticmethod
+    def weights(model) -> dict:
+        return {n: p for n, p in model.named_parameters() if p.dim() > 1 and not n.endswith("log_alpha")}
+
+    def on_backward(self, loop: Loop):
+        import torch
+        grads = [p.grad for p in self.weights(loop.model).values() if p.grad is not None]
+        if grads:
+            sq = torch.stack(torch._foreach_norm(grads)).square().sum().sqrt()
+            self.grad_sq = sq if self.grad_sq is None else self.grad_sq + sq
+            self.batches += 1
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        import torch
+        m = result.metrics
+        with torch.no_grad():
+            norms = {n: float(p.norm()) for n, p in self.weights(loop.model).items()}
+        total = math.sqrt(sum(v * v for v in norms.values()))
+        m["weight_norm"] = total
+        m["eff_lr"] = m["lr"] / total ** 2 if total > 0 else None
+        m["grad_norm"] = float(self.grad_sq) / self.batches if self.batches else None
+        for n, v in norms.items():
+            m[f"weight_norm/{n}"] = v
+        self.grad_sq, self.batches = None, 0
 
 
 class FisherTrace(Hook):

@@ -109,13 +109,19 @@ def plot_example_dynamics(run: RunDir) -> list[Path]:
         c = correctness(ex, split)
         corrupted = ex[f"{split}_corrupted"].astype(bool)
         events, first = forgetting_events(c), first_correct(c)
-        bins = np.arange(events.max() + 2) - 0.5
+        # never-learned examples in a bin of their own, right of the largest count (Toneva et al. rank
+        # them as the most forgettable; they are not unforgettable)
+        never = events.max() + 2
+        shown = np.where(first >= 0, events, never)
+        bins = np.arange(never + 2) - 0.5
         for name, mask, color in (("clean", ~corrupted, "C0"), ("corrupted", corrupted, "C3")):
             if mask.any():
-                axes[0, j].hist(events[mask], bins=bins, alpha=0.6, color=color, label=f"{name} ({mask.sum()})")
+                axes[0, j].hist(shown[mask], bins=bins, alpha=0.6, color=color, label=f"{name} ({mask.sum()})")
                 learned = np.sort(epochs[first[mask & (first >= 0)]])
                 axes[1, j].step(learned, np.arange(1, len(learned) + 1) / mask.sum(), where="post", color=color,
                                 label=name)
+        ticks = [t for t in axes[0, j].get_xticks() if 0 <= t < never - 1 and t == int(t)]
+        axes[0, j].set_xticks(ticks + [never], [f"{t:g}" for t in ticks] + ["never\nlearned"])
         axes[0, j].set(xlabel="forgetting events (correct at t-1, wrong at t)", ylabel="examples", title=split)
         axes[1, j].set(xlabel="epoch first classified correctly", ylabel="fraction of examples learned", ylim=(0, 1.02))
         for ax in axes[:, j]:
@@ -148,7 +154,7 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
     the first path's figures/)."""
     import numpy as np
     from matplotlib.colors import LogNorm
-    rows = read_info(paths)
+    rows = [r for r in read_info(paths) if r.get("split") != "test"]   # the training set's (or all of a task's)
     groups = list(dict.fromkeys(r["group"] for r in rows))
     folder = Path(folder) if folder is not None else Path(paths[0]) / "figures"
     out = []

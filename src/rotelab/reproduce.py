@@ -155,7 +155,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
               dry_run: bool = False, notes: list | None = None) -> list[dict]:
     """Run (or skip, or resume) every step in order; returns the steps as run."""
     from .registry import get_protocol
-    from .sweep import plan, point_state, run_local, run_ray, sweep_points
+    from .sweep import plan, point_state, record_points, run_local, run_ray, sweep_points
     notes = notes if notes is not None else []
     steps = study.steps(scale)
     for step in steps:
@@ -179,6 +179,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
             print(f"{point_state(protocol, p.path):8s} {p.path}")
         if dry_run:
             continue
+        record_points(protocol, points)
         tasks = plan(protocol, points, vectorize=False)
         results = (run_ray(protocol, tasks, address, cpus_per_point, gpus_per_point) if executor == "ray"
                    else run_local(protocol, tasks, jobs or 1))

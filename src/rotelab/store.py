@@ -114,6 +114,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def read_json(path: Path):
+    """A JSON file's content; StoreError naming the file if it is damaged."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(path, f"{path} is damaged (not valid JSON: {e})") from None
+
+
 def truncate_jsonl(path: Path, upto_epoch: int) -> list[dict]:
     """Keep the records with epoch <= upto_epoch, atomically; returns them."""
     keep = [r for r in read_jsonl(path) if r.get("epoch", 0) <= upto_epoch]
@@ -371,21 +380,69 @@ def find_runs(paths) -> list[RunDir]:
     return runs
 
 
+def numeric_frame(records: list[dict]):
+    """A DataFrame of records whose columns of numbers and Nones are float, with NaN for None (a
+    column that is all None, such as train_acc_corrupted at p = 0, would otherwise be of object
+    dtype, which groupby means drop without a word)."""
+    import pandas as pd
+    return float_columns(pd.DataFrame(records))
+
+
+def float_columns(df):
+    """df with its object columns that hold only numbers and Nones made float (NaN for None)."""
+    for col in df.columns[df.dtypes == object]:
+        values = df[col].dropna()
+        if all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) for v in values):
+            df[col] = df[col].astype(float)
+    return df
+
+
+def sweep_axes(path: Path) -> dict:
+    """The axis values of the sweep point a run belongs to, from the nearest folder above it with a
+    sweep.json (written by `rotelab sweep` and `rotelab reproduce`); {} if none."""
+    path = Path(path).resolve()
+    for point, root in zip([path, *path.parents], path.parents):
+        record = root / "sweep.json"
+        if record.is_file():
+            return dict(read_json(record).get("points", {}).get(point.name, {}))
+    return {}
+
+
 class Run:
     """A finished (or running) run, read for analysis: what `rotelab.load` gives.
 
     run.config, run.status   dicts (the config fields; state, fit_epoch, final, summary)
-    run.metrics              DataFrame, one row per epoch (and noise step)
+    run.label_corruption     float: p of --corrupt labels=p (0.0 for true labels and pixel corruptions)
+    run.pixel_corruption     str: the input corruption (shuffled-pixels, random-pixels, gaussian), or "none"
+    run.pixel_fraction       float: the fraction of inputs it corrupts (0.0 without one)
+    run.seed                 int
+    run.axes                 dict: the run's sweep-axis values (a variant axis by its name); {} outside a sweep
+    run.metrics              DataFrame, one row per epoch (and noise step); numeric columns are float
     run.info                 DataFrame of information-plane records (epoch, layer, estimator, ixt, ity)
     run.examples             dict of examples.npz's arrays
     run.correct(split)       bool array (epochs x examples): which examples were right at each epoch
     """
 
-    def __init__(self, path):
+    def __init__(self, path, root=None):
         self.dir = RunDir(path)
         self.path = self.dir.path
+        # its name in tables: the path below the folder it was loaded from, else its folder name
+        self.name = str(self.path.relative_to(root)) if root is not None and self.path != Path(root) else self.path.name
         self.protocol = self.dir.read_protocol()
         self.config = self.dir.read_config()
+        kind, p = parse_corruption(self.config.get("corrupt", "none"))
+        self.label_corruption = float(p) if kind == "labels" else 0.0
+        self.pixel_corruption = kind if kind not in ("labels", "none") else "none"
+        self.pixel_fraction = float(p) if self.pixel_corruption != "none" else 0.0
+        self.seed = int(self.config.get("seed", 0))
+        self.axes = sweep_axes(self.path)
+
+    @property
+    def fields(self) -> dict:
+        """The columns that describe this run in a table of many runs."""
+        return {"run": self.name, "protocol": self.protocol, "label_corruption": self.label_corruption,
+                "pixel_corruption": self.pixel_corruption, "pixel_fraction": self.pixel_fraction,
+                "seed": self.seed, **self.axes}
 
     @property
     def status(self) -> dict:
@@ -393,13 +450,11 @@ class Run:
 
     @property
     def metrics(self):
-        import pandas as pd
-        return pd.DataFrame(self.dir.read_metrics())
+        return numeric_frame(self.dir.read_metrics())
 
     @property
     def info(self):
-        import pandas as pd
-        return pd.DataFrame(self.dir.read_info())
+        return numeric_frame(self.dir.read_info())
 
     @property
     def examples(self) -> dict:
@@ -416,12 +471,48 @@ class Run:
         return f"Run({str(self.path)!r}, protocol={self.protocol!r}, state={self.status.get('state')!r})"
 
 
+class Runs(list):
+    """The runs of a folder (a sweep, a study, an infoplane group), as `rotelab.load(folder)` gives them:
+    a list of Run, and long tables of all of them. Every row carries the run's fields (run, protocol,
+    label_corruption, pixel_corruption, pixel_fraction, seed and each sweep axis).
+
+    runs.metrics   DataFrame: every run's metrics, one row per run and epoch
+    runs.final     DataFrame: one row per run, its last epoch's metrics, with fit_epoch and state
+    runs.info      DataFrame: every run's information-plane records
+    """
+
+    def _long(self, frames):
+        import pandas as pd
+        parts = [frame.assign(**run.fields) for run, frame in frames if len(frame)]
+        if not parts:
+            return pd.DataFrame()
+        return float_columns(pd.concat(parts, ignore_index=True))
+
+    @property
+    def metrics(self):
+        return self._long((r, r.metrics) for r in self)
+
+    @property
+    def info(self):
+        return self._long((r, r.info) for r in self)
+
+    @property
+    def final(self):
+        rows = []
+        for r in self:
+            m, status = r.dir.read_metrics(), r.status
+            rows.append({**r.fields, **(m[-1] if m else {}), "fit_epoch": status.get("fit_epoch"),
+                         "state": status.get("state")})
+        return numeric_frame(rows)
+
+
 def load(path):
-    """A Run for a run directory; a list of Runs for a folder that holds runs (searched recursively)."""
+    """A Run for a run directory; a Runs (a list of Run with long tables) for a folder that holds runs
+    (searched recursively)."""
     path = Path(path)
     if is_run(path):
         return Run(path)
-    return [Run(r.path) for r in find_runs([path])]
+    return Runs(Run(r.path, root=path) for r in find_runs([path]))
 
 
 def read_info(paths) -> list[dict]:

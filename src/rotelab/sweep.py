@@ -121,6 +121,26 @@ def sweep_points(spec: dict, out=None) -> tuple[str, list[Point]]:
     return protocol, points
 
 
+SWEEP_RECORD = "sweep.json"
+
+
+def record_points(protocol: str, points: list[Point]) -> Path | None:
+    """Write OUT/sweep.json: the protocol, the axes and each point's axis values (a variant axis by its
+    name), so that readers (rotelab.load) know every run's axis values. Points recorded by an earlier
+    sweep into the same folder are kept."""
+    from .store import atomic_write_json, read_json
+    if not points:
+        return None
+    root = points[0].path.parent
+    path = root / SWEEP_RECORD
+    old = read_json(path) if path.is_file() else {}
+    values = {p.name: {k: (v["name"] if isinstance(v, dict) else v) for k, v in p.values.items()} for p in points}
+    axes = list(dict.fromkeys([*old.get("axes", []), *points[0].values]))
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"protocol": protocol, "axes": axes, "points": {**old.get("points", {}), **values}})
+    return path
+
+
 def point_state(protocol: str, path: Path) -> str:
     """done, running (another process holds a run's lock), partial (has files: resume it) or new."""
     from .store import RunDir, runs_in
@@ -298,6 +318,7 @@ def sweep(path, out: str | None = None, executor: str = "local", jobs: int | Non
           address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float = 0,
           vectorize_seeds: bool = False) -> list[dict]:
     protocol, points = load_sweep(path, out)
+    record_points(protocol, points)
     if executor == "local":
         jobs = jobs or default_jobs()
         return run_local(protocol, plan(protocol, points, vectorize_seeds, jobs), jobs)

@@ -41,8 +41,9 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
             raise ConfigError("--vectorize-seeds", f"runs trained together must share every option but "
                                                    f"{', '.join(sorted(PER_RUN_FIELDS))}; they differ in {diff[0]}")
     c = cfgs[0]
-    if c.augment or c.example_record == "presentation":
-        raise ConfigError("--vectorize-seeds", "works without --augment and --example-record presentation")
+    if c.augment or c.example_record == "presentation" or c.loss_reduction != "mean":
+        raise ConfigError("--vectorize-seeds", "works without --augment, --example-record presentation and "
+                                               "--loss-reduction sum")
 
 
 def _per_run(v) -> bool:

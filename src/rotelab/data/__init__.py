@@ -103,7 +103,7 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     from ..config import parse_corruption
     src = load_source(cfg)
     x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
-    if src.normalize:
+    if src.normalize and cfg.normalize == "standard":
         mean, std = corruption.channel_stats(x_train)
         shape = (1, -1) + (1,) * (x_train.dim() - 2) if x_train.dim() > 2 else (1, 1)
         std = std.clamp_min(1e-8)
@@ -112,6 +112,12 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     if cfg.subset is not None:
         idx = balanced_subset(y_train, cfg.subset, src.num_classes)
         x_train, y_train = x_train[idx], y_train[idx]
+
+    if cfg.test_subset is not None:
+        if cfg.test_subset > len(y_test):
+            raise ConfigError("--test-subset", f"asks for {cfg.test_subset} examples but the test set has {len(y_test)}")
+        idx = balanced_subset(y_test, cfg.test_subset, src.num_classes, seed=derive_seed(0, "test-subset"))
+        x_test, y_test = x_test[idx], y_test[idx]
 
     k = src.num_classes
     perm = corruption.pixel_permutation(x_train, generator(cfg.seed, "pixel-permutation"))

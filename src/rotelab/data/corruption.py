@@ -20,9 +20,17 @@ def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, gen: torch.Gener
 
     mode 'uniform' draws from all classes (the true one included), as Zhang et al.; the expected
     fraction of changed labels is then p * (1 - 1/K). Mode 'other' draws from the K-1 other classes.
+    Mode 'permute' shuffles the picked examples' labels among themselves (the class histogram kept).
     Returns (labels used, mask of labels that differ from the true ones).
     """
     picked = _pick(len(y), p, gen)
+    if mode == "permute":
+        # the picked examples' labels shuffled among themselves: the label histogram is kept exactly
+        # (p = 1 is one random permutation of all labels, as the Memorizing IB study draws them)
+        out = y.clone()
+        idx = picked.nonzero().squeeze(1)
+        out[idx] = y[idx[torch.randperm(len(idx), generator=gen)]]
+        return out, out != y
     if mode == "uniform":
         new = torch.randint(num_classes, (len(y),), generator=gen)
     elif mode == "other":

@@ -39,18 +39,28 @@ def forgetting_events(correct: np.ndarray) -> np.ndarray:
 
 
 def first_correct(correct: np.ndarray) -> np.ndarray:
-    """Per example, the index of the first epoch at which it was correct; -1 if never."""
+    """Per example, the index of the first presentation (row) at which it was correct, -1 if never
+    (Toneva et al.'s `first_learned`, 0-based; theirs is NaN where ours is -1)."""
     c = np.asarray(correct, dtype=bool)
     return np.where(c.any(axis=0), c.argmax(axis=0), -1)
 
 
-def learned_for_good(correct: np.ndarray) -> np.ndarray:
-    """Per example, the index of the first epoch from which it stays correct to the end; -1 if it is
-    wrong at the last epoch."""
+def presentations_to_learn(correct: np.ndarray) -> np.ndarray:
+    """Per example, the index of the last presentation at which it was wrong, plus one: 0 if it was
+    never wrong, the number of presentations if it is wrong at the last (Toneva et al.'s
+    `presentations_needed_to_learn`). Where it is below that number, it is the index from which the
+    example stays correct."""
     c = np.asarray(correct, dtype=bool)
-    wrong_after = np.flip(np.logical_or.accumulate(np.flip(~c, axis=0), axis=0), axis=0)  # wrong at t or later
-    stays = ~wrong_after
-    return np.where(stays[-1], stays.argmax(axis=0), -1)
+    wrong = ~c
+    last_wrong = len(c) - 1 - np.flip(wrong, axis=0).argmax(axis=0)
+    return np.where(wrong.any(axis=0), last_wrong + 1, 0)
+
+
+def forgetting_score(correct: np.ndarray) -> np.ndarray:
+    """Per example, the key Toneva et al. rank examples by: its forgetting events, or the number of
+    presentations if it was never learned (never-learned examples are the most forgettable)."""
+    c = np.asarray(correct, dtype=bool)
+    return np.where(c.any(axis=0), forgetting_events(c), len(c))
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -60,33 +70,40 @@ def _stats(values: np.ndarray) -> dict:
             "q25": float(np.quantile(values, 0.25)), "q75": float(np.quantile(values, 0.75))}
 
 
-def example_summary(correct: np.ndarray, epochs: np.ndarray, corrupted: np.ndarray) -> dict:
-    """Forgetting and learning statistics of one split, overall and for clean vs corrupted examples.
-    Epoch numbers (not indices) are reported; `first_learned` counts examples ever correct."""
-    c = np.asarray(correct, dtype=bool)
-    epochs = np.asarray(epochs)
-    corrupted = np.asarray(corrupted, dtype=bool)
-    events = forgetting_events(c)
-    first = first_correct(c)
-    stable = learned_for_good(c)
-    ever = first >= 0
-    counts = np.bincount(events) if events.size else np.zeros(1, dtype=int)
-    out = {
-        "examples": int(c.shape[1]), "epochs": int(c.shape[0]),
-        "never_learned": int((~ever).sum()),
-        "never_forgotten": int((ever & (events == 0)).sum()),   # Toneva et al.'s unforgettable examples
-        "forgetting_histogram": {str(k): int(v) for k, v in enumerate(counts) if v},
-        "forgetting_events": _stats(events.astype(float)),
-    }
-    for name, mask in (("clean", ~corrupted), ("corrupted", corrupted)):
-        out[name] = {
-            "examples": int(mask.sum()),
-            "forgetting_events": _stats(events[mask].astype(float)),
-            "first_learned_epoch": _stats(epochs[first[mask & ever]].astype(float)),
-            "learned_for_good_epoch": _stats(epochs[stable[mask & (stable >= 0)]].astype(float)),
-            "never_learned": int((mask & ~ever).sum()),
-        }
+def forgetting_histogram(events: np.ndarray, ever: np.ndarray) -> dict:
+    """Examples per number of forgetting events among those ever learned ("0": the unforgettable
+    ones), and the never-learned ones in a bin of their own."""
+    counts = np.bincount(events[ever]) if ever.any() else np.zeros(0, dtype=int)
+    out = {str(k): int(v) for k, v in enumerate(counts) if v}
+    if (~ever).any():
+        out["never_learned"] = int((~ever).sum())
     return out
+
+
+def example_summary(correct: np.ndarray, epochs: np.ndarray, corrupted: np.ndarray) -> dict:
+    """Forgetting and learning statistics of one split (correctness: presentations x examples), overall
+    and for clean vs corrupted examples, by Toneva et al.'s definitions. Presentation index t is the
+    epoch epochs[t]; every field is defined in the README (per-example dynamics)."""
+    c = np.asarray(correct, dtype=bool)
+    corrupted = np.asarray(corrupted, dtype=bool)
+    events, first, to_learn = forgetting_events(c), first_correct(c), presentations_to_learn(c)
+    ever = first >= 0
+
+    def part(mask):
+        return {
+            "examples": int(mask.sum()),
+            "never_learned": int((mask & ~ever).sum()),
+            "never_forgotten": int((mask & ever & (events == 0)).sum()),   # Toneva et al.'s unforgettable examples
+            "forgetting_histogram": forgetting_histogram(events[mask], ever[mask]),
+            "forgetting_events": _stats(events[mask].astype(float)),
+            "first_learned": _stats(first[mask & ever].astype(float)),
+            "presentations_to_learn": _stats(to_learn[mask].astype(float)),
+        }
+    everything = np.ones(c.shape[1], dtype=bool)
+    epochs = np.asarray(epochs)
+    return {"presentations": int(c.shape[0]), "first_epoch": int(epochs[0]) if len(epochs) else None,
+            "last_epoch": int(epochs[-1]) if len(epochs) else None, **part(everything),
+            "clean": part(~corrupted), "corrupted": part(corrupted)}
 
 
 def split_names(ex: dict) -> list[str]:

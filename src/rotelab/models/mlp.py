@@ -27,11 +27,13 @@ class MLP(nn.Module):
             x = layer(x)
         return self.head(x)
 
-    def activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each hidden layer's output and the softmax output (the layers of an information plane)."""
+    def activations(self, x: torch.Tensor, output: str = "softmax") -> list[torch.Tensor]:
+        """Each hidden layer's output and the output layer, as softmax probabilities or raw logits
+        (the layers of an information plane)."""
         out, x = [], x.flatten(1)
         for layer in self.layers:
             x = layer(x)
             out.append(x)
-        out.append(torch.softmax(self.head(x).float(), dim=1))
+        logits = self.head(x).float()
+        out.append(logits if output == "logits" else torch.softmax(logits, dim=1))
         return out

@@ -17,9 +17,9 @@ from . import start_one
 def measurement_hooks(cfg: FitConfig, data) -> list:
     """Hooks that add measurements to each epoch's metrics, as the config asks."""
     from ..data import balanced_subset
-    from ..hooks import FisherTrace, WeightNoiseStats
+    from ..hooks import FisherTrace, NormStats, WeightNoiseStats
     from ..seeding import derive_seed
-    hooks = []
+    hooks = [NormStats()] if cfg.norms else []
     if cfg.weight_noise != "none":
         hooks.append(WeightNoiseStats(cfg.alpha_ref))
     if cfg.fisher_every:

@@ -33,11 +33,14 @@ class InfoPlaneConfig(FitConfig):
 
     seeds: str = opt("0", "seeds to run, e.g. 0-9 or 0,3,7; each is its own run directory OUT/seed-N")
     captures: int = opt(200, "about this many log-spaced epochs at which layers are captured (epoch 0 and the last always)", ge=2)
+    capture_every: int = opt(0, "capture every N epochs instead (epoch 0 and the last always); 0: --captures log-spaced epochs", ge=0)
+    info_sets: str = opt("sample", "sample: one evaluation set (--eval-size); splits: the whole training set and the whole test set, each on its own, with the labels each carries", ("sample", "splits"))
     eval_size: int | None = opt(None, "evaluation samples: default all data for tishby (train and test), else 2000 class-balanced training examples", ge=10)
+    output_layer: str = opt("softmax", "the last information layer: softmax probabilities or the raw logits", ("softmax", "logits"))
     estimators: str = opt("binning", "comma-separated estimators: binning, kde, ksg")
     bin_range: str = opt("-1,1", "lo,hi of the fixed binning edges")
     n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)", ge=2)
-    bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges (as Saxe et al. for ReLU)", gt=0)
+    bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges, with no bounds (as Saxe et al. for ReLU; 0.5 as the Memorizing IB study)", gt=0)
     kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)", gt=0)
     ksg_k: int = opt(3, "neighbours of the KSG estimator", ge=1)
     save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
@@ -81,8 +84,10 @@ class InfoPlaneConfig(FitConfig):
         return self
 
 
-def capture_epochs(last: int, n: int) -> set[int]:
-    """Epoch 0 and about n log-spaced epochs in [1, last], the last included."""
+def capture_epochs(last: int, n: int, every: int = 0) -> set[int]:
+    """Epoch 0 and about n log-spaced epochs in [1, last] (or every `every` epochs), the last included."""
+    if every:
+        return {0, last, *range(every, last + 1, every)}
     pts = np.unique(np.round(np.logspace(0, np.log10(max(last, 1)), n)).astype(int))
     return {0, last, *pts.tolist()}
 
@@ -117,28 +122,32 @@ def whole_task_labels(cfg: InfoPlaneConfig) -> InfoPlaneConfig:
     return cfg
 
 
-def evaluation_set(data, cfg: InfoPlaneConfig):
-    """All of the 12-bit task (train and test, as the original study), else a fixed class-balanced
-    sample of the training set; labels as used in training."""
+def evaluation_sets(data, cfg: InfoPlaneConfig) -> dict:
+    """name -> (x, y) of the sets layers are captured on, with the labels each carries: with
+    info_sets "splits" the whole training and test sets; else all of the 12-bit task (train and
+    test, as the original study), or a fixed class-balanced sample of the training set."""
     import torch
     from ..data import balanced_subset
+    if cfg.info_sets == "splits":
+        return {"train": (data.train.x, data.train.y), "test": (data.test.x, data.test.y)}
     if cfg.dataset == "tishby" and cfg.eval_size is None:
-        return torch.cat([data.train.x, data.test.x]), torch.cat([data.train.y, data.test.y])
+        return {"all": (torch.cat([data.train.x, data.test.x]), torch.cat([data.train.y, data.test.y]))}
     n = min(cfg.eval_size or 2000, len(data.train))
     idx = balanced_subset(data.train.y.cpu(), n, data.num_classes).to(data.train.y.device)
-    return data.train.x[idx], data.train.y[idx]
+    return {"train": (data.train.x[idx], data.train.y[idx])}
 
 
 class InfoPlaneRecorder(Hook):
-    """Captures every layer at chosen epochs and appends one info.jsonl line per layer and estimator."""
+    """Captures every layer at chosen epochs and appends one info.jsonl line per set, layer and
+    estimator (`split` names the set: train, test, or all of the 12-bit task)."""
 
-    def __init__(self, run: RunDir, x, y, cfg: InfoPlaneConfig):
+    def __init__(self, run: RunDir, sets: dict, cfg: InfoPlaneConfig):
         from ..measures.information import row_ids
-        self.run, self.x, self.cfg = run, x, cfg
-        self.y = y.cpu().numpy()
-        self.x_flat = x.flatten(1).cpu().double().numpy()
-        self.x_ids = row_ids(x.flatten(1).cpu().numpy())   # equal inputs are one x
-        self.epochs = capture_epochs(cfg.epochs, cfg.captures)
+        self.run, self.cfg = run, cfg
+        # name -> (x, labels, flat float64 x for KSG, ids of distinct inputs: equal inputs are one x)
+        self.sets = {name: (x, y.cpu().numpy(), x.flatten(1).cpu().double().numpy() if "ksg" in cfg.estimator_list
+                            else None, row_ids(x.flatten(1).cpu().numpy())) for name, (x, y) in sets.items()}
+        self.epochs = capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)
         self.last = None
         self.seconds = 0.0
 
@@ -149,19 +158,24 @@ class InfoPlaneRecorder(Hook):
     def capture(self, loop, epoch: int):
         import torch
         t0 = time.perf_counter()
-        loop.model.eval()
-        with torch.no_grad():
-            acts = [a.float().cpu().numpy() for a in loop.model.activations(self.x)]
-        lines = []
-        for layer, t in enumerate(acts):
-            for row in layer_estimates(t.astype(np.float64), self.x_flat, self.x_ids, self.y, self.cfg):
-                lines.append({"epoch": epoch, "seed": self.cfg.seed, "layer": layer, **row})
+        model = loop.model
+        model.eval()
+        lines, saved = [], {}
+        for name, (x, y, x_flat, x_ids) in self.sets.items():
+            with torch.no_grad():
+                acts = [a.float().cpu().numpy() for a in model.activations(x, self.cfg.output_layer)]
+            for layer, t in enumerate(acts):
+                for row in layer_estimates(t.astype(np.float64), x_flat, x_ids, y, self.cfg):
+                    lines.append({"epoch": epoch, "seed": self.cfg.seed, "layer": layer, "split": name,
+                                  "n": len(y), **row})
+            prefix = "" if len(self.sets) == 1 else f"{name}_"
+            saved.update({f"{prefix}layer{i}": a.astype(np.float16) for i, a in enumerate(acts)})
         with open(self.file, "a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in lines))
         if self.cfg.save_activations:
             folder = self.run.activations
             folder.mkdir(exist_ok=True)
-            np.savez(folder / f"epoch_{epoch:05d}.npz", **{f"layer{i}": a.astype(np.float16) for i, a in enumerate(acts)})
+            np.savez(folder / f"epoch_{epoch:05d}.npz", **saved)
         self.last = epoch
         self.seconds += time.perf_counter() - t0
 
@@ -215,9 +229,9 @@ class GradientSNR(Hook):
 
 def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None):
     def hooks(data):
-        own = [InfoPlaneRecorder(run, *evaluation_set(data, cfg), cfg)]
+        own = [InfoPlaneRecorder(run, evaluation_sets(data, cfg), cfg)]
         if cfg.grad_snr:
-            own.append(GradientSNR(capture_epochs(cfg.epochs, cfg.captures)))
+            own.append(GradientSNR(capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)))
         return own
     return fit_protocol.build_loop(cfg, run, state, hooks)
 
