@@ -54,7 +54,9 @@ def test_table1_dry_run_and_a_smoke_run_on_written_cifar_files(tmp_path, capsys)
     assert out.count("new ") == 8 and "variant-inception" in out and not (tmp_path / "dry").exists()
     write_cifar(tmp_path / "cifar", n_per_batch=40)
     results = rp.reproduce("zhang-table1", "smoke", tmp_path / "t1", data_root=str(tmp_path / "cifar"))
-    assert [c["pass"] for c in results["checks"]] == [False, False]   # one epoch on 200 images fits nothing
+    # one epoch on 200 images fits nothing; measured and shown, not judged at smoke scale
+    assert [c["pass"] for c in results["checks"]] == [None, None]
+    assert all(c["expected"].startswith("not judged at smoke scale") for c in results["checks"])
     assert "variant-alexnet: train" in results["checks"][0]["value"]
 
 
@@ -82,6 +84,44 @@ def test_checks_on_hand_made_runs(tmp_path):
     value, expected, passed = rp.check_chance(ctx, "fits", p=1.0, tolerance=0.02)
     assert "0.1100" in value and expected == "0.100 +- 0.02" and passed
     assert rp.check_chance(ctx, "fits", p=1.0, tolerance=0.005)[2] is False
+
+
+def fake_infoplane(path: Path, curves: dict, n: int = 1024, train_acc: float = 1.0):
+    """An infoplane run whose binning records follow curves[layer] = [I(X;T) per capture]."""
+    run = RunDir(path)
+    run.create({"corrupt": "labels=1.0"}, {}, protocol="infoplane")
+    run.append_metrics({"epoch": 1, "train_acc": train_acc, "test_acc": 0.1})
+    with open(run.info_file, "w") as f:
+        for layer, values in curves.items():
+            for i, v in enumerate(values):
+                for split in ("train", "test"):
+                    f.write(json.dumps({"epoch": 20 * i, "layer": layer, "split": split, "n": n,
+                                        "estimator": "binning-size", "ixt": v if split == "train" else 1.0,
+                                        "ity": 1.0}) + "\n")
+    run.unlock()
+
+
+def test_compression_check_on_hand_made_curves(tmp_path):
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "planes", "protocol": "infoplane"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    ceiling = 10.0   # log2 1024
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-0",
+                   {0: [9.99] * 4, 5: [5, 9.5, 8.0, 7.0], 6: [4, 8, 6.9, 6.95], 7: [6, 9.2, 9.0, 8.5]})
+    value, expected, passed = rp.check_compression(ctx, "planes", "labels-random")
+    # layer 6 falls 2.5, layer 7 1.05, the output 0.7: two of three layers fall >= 1 bit
+    assert passed and "layer 6 9.50 (epoch 20) -> 7.00: falls 2.50" in value and "output 9.20" in value
+    assert "falls 1.05" in value and "N = 1024" in value and "rotelab threshold" in expected
+    assert rp.check_compression(ctx, "planes", "labels-random", at_least=1.1)[2] is False
+    assert rp.check_compression(ctx, "planes", "labels-random", split="test")[2] is False   # flat on test
+    # a layer at the ceiling all along is saturated, never a layer that "does not compress"
+    fake_infoplane(tmp_path / "planes" / "labels-true" / "seed-0",
+                   {0: [5] * 3, 5: [9.95, ceiling, 9.92], 6: [4, 9, 7], 7: [3, 6, 5.5]})
+    value, _, passed = rp.check_compression(ctx, "planes", "labels-true")
+    assert "layer 6 saturated" in value and passed is False   # one layer falls >= 1 bit of the two judged
+    value, _, passed = rp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)
+    assert passed and "1.0000" in value
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-1", {0: [1, 2]}, train_acc=0.98)
+    assert rp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
 
 
 def test_information_terms_check_knows_the_closed_form(tmp_path):

@@ -96,7 +96,7 @@ def test_killed_sweep_finishes_on_rerun_and_runs_nothing_twice(tmp_path):
     results = sweep(f, jobs=1)
     assert [r["state"] for r in results] == ["skipped", "done", "done", "done"]
     assert (first / "metrics.jsonl").stat().st_mtime_ns == finished
-    for d in grid.iterdir():
+    for d in (p for p in grid.iterdir() if p.is_dir()):   # beside them: sweep.json
         epochs = [json.loads(l)["epoch"] for l in (d / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, 41)), d.name      # every point complete, no epoch twice
 

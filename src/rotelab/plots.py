@@ -208,6 +208,44 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
     return out
 
 
+def plot_memorizing_ib(panels: list[tuple[str, dict]], ceiling: float, path: Path, last: int = 5,
+                       widths=None) -> Path:
+    """The Memorizing IB study's layout: top, the information plane of each panel (one line per captured
+    epoch joining its layers, colored by epoch on a linear scale); bottom, I(X;T) of the last `last`
+    layers against epoch, with the binning estimator's ceiling log2 N. `panels`: (title, table) with
+    table[layer] = (epochs, ixt, ity) arrays (means over seeds), layers numbered from 0, the output last;
+    `widths` (the hidden widths) names the layers' sizes."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 9.5), squeeze=False,
+                             gridspec_kw={"hspace": 0.32})
+    for j, (title, table) in enumerate(panels):
+        layers = sorted(table)
+        epochs = table[layers[0]][0]
+        norm = Normalize(vmin=0, vmax=max(epochs.max(), 1))
+        ax = axes[0, j]
+        for i, e in enumerate(epochs):
+            pts = np.array([(table[l][1][i], table[l][2][i]) for l in layers])
+            color = plt.cm.plasma(norm(e))
+            ax.plot(pts[:, 0], pts[:, 1], "-", color=color, lw=0.4, alpha=0.5)
+            ax.scatter(pts[:, 0], pts[:, 1], color=color, s=7, zorder=3)
+        ax.axvline(ceiling, color="grey", ls=":", lw=1)
+        ax.set(xlabel="I(X;T) bits", ylabel="I(T;Y) bits", title=f"({'ab'[j]}) {title}: information plane")
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="plasma"), ax=ax, label="epoch")
+        ax = axes[1, j]
+        shown = layers[-last:]
+        for k, l in enumerate(shown):
+            e, ixt, _ = table[l]
+            name = f"layer {l + 1}" + (" (logits)" if l == layers[-1] else f" ({widths[l]} units)" if widths else "")
+            ax.plot(e, ixt, color=f"C{k}", lw=1.4, ls="-" if k % 2 == 0 else "--", label=name)
+        ax.axhline(ceiling, color="grey", ls=":", lw=1, label=f"ceiling log2 N = {ceiling:.2f}")
+        ax.set(xlabel="epoch", ylabel="I(X;T) bits", title=f"({'cd'[j]}) {title}: I(X;T) of the last {len(shown)} layers",
+               ylim=(0, ceiling + 0.6))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
+    return save_figure(fig, Path(path))
+
+
 def plot_noise_ramp(path, summaries: list[dict]) -> Path:
     """Three panels sharing the epoch axis: the information in the weights (mean -1/2 ln alpha per
     weight, nats), train accuracy and test accuracy under noise (mean and spread of the noisy

@@ -229,3 +229,16 @@ def mixed_ksg_mi(t, y, k: int = 3, seed: int = 0) -> float:
     ks = np.array([min(k, c - 1) if c > 1 else 1 for c in n_class])
     mi = digamma(n) - np.mean(digamma(n_class)) + np.mean(digamma(ks)) - np.mean(digamma(np.maximum(m, 1)))
     return float(max(mi, 0.0) / LOG2)
+
+
+def compression(epochs, ixt, ceiling: float, saturation: float = 0.1) -> dict:
+    """How far a layer's I(X;T) curve falls from its peak by the last epoch: peak, its epoch, the
+    final value and the fall (bits). `saturated` when every point lies within `saturation` bits of the
+    estimator's ceiling (log2 N for plug-in binning on N inputs): there the estimate cannot show
+    compression, which is not the same as finding none."""
+    epochs, ixt = np.asarray(epochs), np.asarray(ixt, dtype=float)
+    order = np.argsort(epochs)
+    epochs, ixt = epochs[order], ixt[order]
+    k = int(np.argmax(ixt))
+    return {"peak": float(ixt[k]), "peak_epoch": int(epochs[k]), "final": float(ixt[-1]),
+            "fall": float(ixt[k] - ixt[-1]), "saturated": bool(np.all(ixt >= ceiling - saturation))}
