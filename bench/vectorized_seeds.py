@@ -26,19 +26,19 @@ from _common import print_figures  # noqa: E402
 from rotelab.config import FitConfig  # noqa: E402
 from rotelab.data.sources import DEBIAN_FASHION_MNIST  # noqa: E402
 from rotelab.protocols.fit import fit  # noqa: E402
-from rotelab.vectorized import fit_together  # noqa: E402
+from rotelab.runner import start_stack  # noqa: E402
 
 
 def compare(name: str, base: dict, seeds: int, tmp: Path, stack: str | None = None) -> dict:
     cfgs = [FitConfig(**base, seed=s, progress=False, hist_every=0) for s in range(seeds)]
     # one-time costs (imports, first calls, data caches) are paid before either clock starts
     warm = [FitConfig(**{**base, "epochs": 1}, seed=s, progress=False, hist_every=0) for s in range(2)]
-    fit_together(warm, [tmp / f"{name}-warm-{s}" for s in range(2)], stack=stack)
+    start_stack(warm, [tmp / f"{name}-warm-{s}" for s in range(2)], stack=stack)
     fit(warm[0], tmp / f"{name}-warm-seq")
 
     def run_together(tag):
         t = time.perf_counter()
-        runs = fit_together(cfgs, [tmp / f"{name}-vec{tag}-{s}" for s in range(seeds)], stack=stack)
+        runs = start_stack(cfgs, [tmp / f"{name}-vec{tag}-{s}" for s in range(seeds)], stack=stack)
         return runs, time.perf_counter() - t
 
     # The sequential runs in four blocks, with a vectorized run before, between and after them: the

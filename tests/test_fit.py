@@ -9,7 +9,7 @@ import torch
 from conftest import Crash, strip_times
 from rotelab.engine import Hook
 from rotelab.measures.examples import unpack
-from rotelab.protocols import resume
+from rotelab.runner import resume
 from rotelab.protocols.fit import build_loop, fit
 from rotelab.store import RunDir
 
@@ -125,22 +125,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, small_cfg, kw):
     tb = EventAccumulator(str(resumed.tb), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in tb.Scalars("acc/train")] == list(range(1, 7))
     assert [e.value for e in tb.Scalars("acc/train")] == pytest.approx([r["train_acc"] for r in full.read_metrics()])
+    # ... and read file by file: no file holds an epoch twice or one past what metrics.jsonl keeps
+    steps = [s for f in event_steps(resumed.tb) for s in f]
+    assert sorted(steps) == list(range(1, 7))
 
 
-def test_scalar_events_are_what_protobuf_writes():
-    """The hand-written wire format of an epoch's scalars against the protobuf library's own."""
-    import math
+def event_steps(folder) -> list[list[int]]:
+    """The scalar steps of every event file, each file read on its own (as tbparse or a pandas export
+    reads them), in file order."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from rotelab.hooks import scalars_event, tb_tag
-    for epoch in (1, 127, 128, 300, 2 ** 40):   # one- to many-byte varints
-        metrics = {"epoch": epoch, "lr": 0.1, "train_acc": 1, "test_loss": 3.5e38, "val_loss": -1e300,
-                   "train_acc_corrupted": None, "x" * 200: 0.25, "test_acc": float("nan"), "note": "text",
-                   "train_loss": float("inf")}
-        kept = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)}
-        want = Event(wall_time=1234.5, step=epoch, summary=Summary(value=[
-            Summary.Value(tag=tb_tag(k), simple_value=v) for k, v in kept.items()])).SerializeToString()
-        assert scalars_event(metrics, 1234.5) == want
+    return [[e.step for e in map(Event.FromString, RawEventFileLoader(str(f)).Load()) if e.summary.value and
+             e.summary.value[0].HasField("simple_value")] for f in sorted(folder.glob("events.out.tfevents.*"))]
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, small_cfg):
@@ -220,33 +216,22 @@ def test_metrics_reach_the_disk_within_a_second_between_checkpoints(tmp_path, sm
     assert seen[1] == 2 and seen[2] == 3   # on disk without a checkpoint (none until the end)
 
 
-def test_fast_event_checksums_equal_tensorboards_own():
-    import os
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
-    from tensorboard.summary.writer import record_writer
-    from rotelab.hooks import fast_event_checksums
-    fast_event_checksums()
-    assert record_writer.masked_crc32c is not reference
-    for data in [b"", b"123456789", os.urandom(1), os.urandom(613), os.urandom(4096)]:
-        assert record_writer.masked_crc32c(data) == reference(data)
-
-
 def test_resume_from_before_the_first_checkpoint_shows_each_epoch_once(tmp_path, small_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     cfg = small_cfg(epochs=5, checkpoint_every=3600.0)   # no checkpoint until the end
     run = RunDir.check_new(tmp_path / "cut")
     loop = build_loop(cfg, run)
-    loop.hooks[[type(h).__name__ for h in loop.hooks].index("TensorBoardWriter")].handoff_secs = 0
     loop.hooks.append(Crash(3))
     run.create(cfg.to_dict(), {})
     with pytest.raises(RuntimeError):
         loop.run()
-    loop.hooks[[type(h).__name__ for h in loop.hooks].index("TensorBoardWriter")].writer.close()
+    loop.hooks[[type(h).__name__ for h in loop.hooks].index("TensorBoardWriter")].writer.close()   # on disk
     run.unlock()
-    assert not run.last_checkpoint.is_file() and list(run.tb.iterdir())
+    assert not run.last_checkpoint.is_file() and event_steps(run.tb) == [[1, 2, 3]]
     resumed = resume(tmp_path / "cut")
     tb = EventAccumulator(str(resumed.tb), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in tb.Scalars("acc/train")] == list(range(1, 6))
+    assert [s for f in event_steps(resumed.tb) for s in f] == list(range(1, 6))   # the old file holds none
 
 
 def test_resume_after_the_last_checkpoint_but_before_the_final_status(tmp_path, small_cfg):

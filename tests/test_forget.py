@@ -10,7 +10,7 @@ from conftest import Crash, strip_times
 from rotelab.cli import main
 from rotelab.protocols.forget import ForgetConfig
 from rotelab.engine import Hook
-from rotelab.protocols import resume
+from rotelab.runner import resume
 from rotelab.protocols.forget import build, forget, stage2_from
 from rotelab.store import RunDir
 

@@ -11,7 +11,7 @@ from rotelab.cli import main
 from rotelab.config import ConfigError, parse_seeds
 from rotelab.protocols.infoplane import InfoPlaneConfig
 from rotelab.measures.information import entropy_of_ids
-from rotelab.protocols import resume
+from rotelab.runner import resume
 from rotelab.protocols.infoplane import build_loop, capture_epochs, infoplane
 from rotelab.store import RunDir
 

@@ -10,7 +10,7 @@ from rotelab.cli import main
 from rotelab.config import ConfigError, FitConfig
 from rotelab.protocols.fit import fit
 from rotelab.store import RunDir
-from rotelab.vectorized import fit_together
+from rotelab.runner import start_stack
 
 
 def close(a, b):
@@ -36,7 +36,7 @@ def test_together_equals_separate(tmp_path, kw):
     base = dict(dataset="digits", widths=[48], epochs=5, lr=0.1, progress=False, hist_every=0)
     base.update(kw)
     cfgs = [FitConfig(**base, seed=s) for s in range(3)]
-    together = fit_together(cfgs, [tmp_path / f"v{s}" for s in range(3)])
+    together = start_stack(cfgs, [tmp_path / f"v{s}" for s in range(3)])
     for c, run in zip(cfgs, together):
         alone = fit(c, tmp_path / f"s{c.seed}")
         close(run.read_metrics(), alone.read_metrics())
@@ -126,7 +126,7 @@ def test_hooks_read_each_epochs_weights_from_a_stacked_run(tmp_path):
 
     cfgs = [FitConfig(dataset="digits", widths=[16], epochs=6, lr=0.1, seed=s, progress=False, hist_every=0)
             for s in range(2)]
-    fit_together(cfgs, [tmp_path / f"v{c.seed}" for c in cfgs], build_loop=with_reader)
+    start_stack(cfgs, [tmp_path / f"v{c.seed}" for c in cfgs], build_loop=with_reader)
     together, seen = seen, {}
     for c in cfgs:
         run = RunDir.check_new(tmp_path / f"a{c.seed}")
@@ -142,7 +142,7 @@ def test_hooks_read_each_epochs_weights_from_a_stacked_run(tmp_path):
 def test_runs_that_finish_early_leave_the_stack(tmp_path):
     base = dict(dataset="digits", widths=[256], epochs=300, lr=0.1, progress=False, hist_every=0, until_train_acc=1.0)
     cfgs = [FitConfig(**base, corrupt="labels=0.0", seed=0), FitConfig(**base, corrupt="labels=1.0", seed=0)]
-    true, rand = fit_together(cfgs, [tmp_path / "true", tmp_path / "rand"])
+    true, rand = start_stack(cfgs, [tmp_path / "true", tmp_path / "rand"])
     t_fit, r_fit = true.read_status()["fit_epoch"], rand.read_status()["fit_epoch"]
     assert t_fit < r_fit
     assert len(true.read_metrics()) == t_fit and len(rand.read_metrics()) == r_fit
@@ -157,9 +157,9 @@ def test_runs_that_finish_early_leave_the_stack(tmp_path):
 def test_unsupported_combinations_are_refused(tmp_path):
     base = dict(dataset="digits", epochs=2, progress=False)
     with pytest.raises(ConfigError, match="differ in lr"):
-        fit_together([FitConfig(**base, lr=0.1), FitConfig(**base, lr=0.2)], [tmp_path / "a", tmp_path / "b"])
+        start_stack([FitConfig(**base, lr=0.1), FitConfig(**base, lr=0.2)], [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(ConfigError, match="--augment"):
-        fit_together([FitConfig(**base, augment=True)] * 2, [tmp_path / "c", tmp_path / "d"])
+        start_stack([FitConfig(**base, augment=True)] * 2, [tmp_path / "c", tmp_path / "d"])
     assert not any(tmp_path.iterdir())
 
 
@@ -170,7 +170,7 @@ def test_vectorized_convnets_equal_separate_runs(tmp_path, model, epochs):
     from rotelab.vectorized import FuncStack, stack_for
     cfgs = [FitConfig(dataset="digits", model=model, subset=200, epochs=epochs, lr=0.01, seed=s, corrupt=c,
                       progress=False, hist_every=0) for s, c in ((0, "labels=0.0"), (1, "labels=1.0"))]
-    together = fit_together(cfgs, [tmp_path / f"v{i}" for i in range(2)])
+    together = start_stack(cfgs, [tmp_path / f"v{i}" for i in range(2)])
     for i, c in enumerate(cfgs):
         close(together[i].read_metrics(), fit(c, tmp_path / f"a{i}").read_metrics())
         sa = torch.load(together[i].last_checkpoint)["model"]
@@ -234,7 +234,7 @@ def test_vectorized_weight_noise_equals_separate_runs(tmp_path, kw):
     base = dict(dataset="digits", widths=[32], epochs=3, lr=0.05, progress=False, hist_every=0,
                 weight_noise="lognormal")
     cfgs = [FitConfig(**{**base, **kw}, seed=s, corrupt=c) for s, c in ((0, "labels=0.0"), (1, "labels=1.0"))]
-    together = fit_together(cfgs, [tmp_path / f"v{i}" for i in range(2)])
+    together = start_stack(cfgs, [tmp_path / f"v{i}" for i in range(2)])
     for i, c in enumerate(cfgs):
         alone = fit(c, tmp_path / f"a{i}")
         close(together[i].read_metrics(), alone.read_metrics())

@@ -78,7 +78,7 @@ def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
 def _report(run) -> None:
     from .registry import protocol_of
     status = run.read_status()
-    report_line = protocol_of(run).extra.get("report_line")
+    report_line = protocol_of(run).report_line
     if report_line:
         print(f"{run.path}: {report_line(run)}")
         return
@@ -95,13 +95,12 @@ def _report(run) -> None:
 
 
 def _resume_or_out(args, cls, inputs=()) -> bool:
-    """True for --resume (checking no new config is given with it), False for a new run in --out."""
+    """True for --resume (checking no new config is given with it, but for flags that only change
+    what is shown), False for a new run in --out."""
+    from .runner import check_display_only
     if args.resume:
-        extra = given_config_flags(args, cls) + (["--config"] if args.config else []) + list(inputs)
-        if args.out or extra:
-            raise ConfigError((["--out"] if args.out else extra)[0],
-                              f"--resume continues {args.resume} with its saved config; drop this, "
-                              "or start a new run with --out")
+        check_display_only((["--out"] if args.out else []) + given_config_flags(args, cls)
+                           + (["--config"] if args.config else []) + list(inputs), args.resume)
         return True
     if not args.out:
         raise ConfigError("--out", "say where the run goes, e.g. --out runs/my-run (or --resume runs/old-run)")
@@ -125,16 +124,17 @@ def runs_to_resume(path, protocol: str) -> tuple:
     return proto, dirs
 
 
-def resume_path(path, proto, dirs) -> list:
-    """Continue the runs of --resume PATH; None if every one of them is finished (nothing to do)."""
-    from .protocols import resume
+def resume_path(path, proto, dirs, display: dict | None = None) -> list:
+    """Continue the runs of --resume PATH; None if every one of them is finished (nothing to do).
+    `display`: flags that only change what is shown (--no-progress)."""
+    from .runner import resume
     from .store import RunDir, is_run
     expected = proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config()))
     if len(dirs) >= expected and all(RunDir(d).read_status().get("state") == "done" for d in dirs):
         return None
     if is_run(path):
-        return [resume(path)]
-    return proto.resume_folder(path) if proto.resume_folder else [resume(d) for d in dirs]
+        return [resume(path, display)]
+    return proto.resume_folder(path) if proto.resume_folder else [resume(d, display) for d in dirs]
 
 
 def default_threads() -> int | None:
@@ -157,6 +157,7 @@ def default_threads() -> int | None:
 def cmd_protocol(args) -> int:
     """Every protocol's command: a new run in --out, or --resume, or the protocol's own way to start."""
     from .registry import get_protocol
+    from .runner import DISPLAY_FIELDS
     threads = default_threads()
     if threads is not None:
         import torch
@@ -167,7 +168,8 @@ def cmd_protocol(args) -> int:
     runs = proto.cli_start(args) if proto.cli_start else None
     if runs is None:
         if _resume_or_out(args, proto.config, given_inputs):
-            runs = resume_path(args.resume, *runs_to_resume(args.resume, proto.name))
+            display = {k: v for k, v in vars(args).items() if k in DISPLAY_FIELDS}
+            runs = resume_path(args.resume, *runs_to_resume(args.resume, proto.name), display)
             if runs is None:
                 print(f"{args.resume}: already finished; nothing to do")
                 return 0
@@ -191,8 +193,14 @@ def cmd_sweep(args) -> int:
     for r in results:
         print(f"{r['state']:8s} {r['path']}" + (f"  ({r['error']})" if r.get("error") else ""))
     failed = sum(r["state"] == "failed" for r in results)
+    elsewhere = [r for r in results if r["state"] == "running"]
     print(f"{len(results)} points: {sum(r['state'] == 'done' for r in results)} run, "
-          f"{sum(r['state'] == 'skipped' for r in results)} already done, {failed} failed")
+          f"{sum(r['state'] == 'skipped' for r in results)} already done, {failed} failed"
+          + (f", {len(elsewhere)} running in another process" if elsewhere else ""))
+    if elsewhere:
+        pids = sorted({r["pid"] for r in elsewhere})
+        print(f"another process (PID {', '.join(pids)}) is running {len(elsewhere)} of these points; wait for it "
+              f"(e.g. `tail --pid={pids[0]} -f /dev/null`), then run `{continue_command(args)}` again to check them")
     return 1 if failed else 0
 
 
@@ -277,7 +285,7 @@ def make_parser() -> argparse.ArgumentParser:
                                                        "with its saved config")
         f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
         f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
-        add_config_flags(f, proto.config, skip=proto.extra.get("cli_skip", ()))
+        add_config_flags(f, proto.config, skip=proto.cli_skip)
         f.set_defaults(func=cmd_protocol, protocol=proto.name)
 
     sw = sub.add_parser("sweep", help="run a grid of points from a sweep file (TOML), skipping finished ones",
@@ -366,12 +374,36 @@ def store_error_line(args, e) -> str:
     return f"{shown}: {e}; {fix}"
 
 
+def continue_command(args) -> str:
+    """The command that continues what `args` started: `rotelab PROTOCOL --resume OUT` for a run (or a
+    folder of runs); the same command again for a sweep or a study (they skip finished points)."""
+    import shlex
+    if getattr(args, "protocol", None):
+        return f"rotelab {args.protocol} --resume {shlex.quote(str(args.resume or args.out))}"
+    return "rotelab " + shlex.join(args.argv)
+
+
 def main(argv=None) -> int:
+    import signal
+    from .runner import RunIOError, handle_termination
     from .store import StoreError
     parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    handle_termination()
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "" if not (getattr(args, "out", None) or getattr(args, "resume", None) or args.command in
+                          ("sweep", "reproduce")) else f"; continue with `{continue_command(args)}`"
+        print(f"rotelab: interrupted ({signal.Signals(signum).name}){what}", file=sys.stderr)
+        return 128 + signum
+    except RunIOError as e:
+        print(f"rotelab: error: cannot write the run: {e}; free space or fix the path, then "
+              f"`{continue_command(args)}`", file=sys.stderr)
+        return 1
     except ConfigError as e:
         print(f"rotelab: error: {e}", file=sys.stderr)
         return 2
@@ -384,9 +416,6 @@ def main(argv=None) -> int:
         # a path the user gave cannot be read or written (permissions, a full disk, a file for a folder)
         print(f"rotelab: error: {e.filename}: {e.strerror}; check the path and its permissions", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rotelab: interrupted; continue with `rotelab fit --resume RUN`", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

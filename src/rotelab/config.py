@@ -9,12 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class ConfigError(ValueError):
-    """Bad input. `field` names the option (as the user typed it); the message says the fix."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
+from .errors import ConfigError  # noqa: F401  (re-exported: `from rotelab.config import ConfigError`)
 
 
 def opt(default, help: str, choices=None, flag_type=None, aliases=(), **bounds):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -212,19 +210,32 @@ class EpochShare:
     metrics: dict                          # split metrics, as evaluate_splits gives them
     seconds_train: float                   # this run's training time (its share, when shared)
     seconds: float                         # ... and of the training and evaluation together
-    stepped_elsewhere: bool = False        # the run's own optimizer did not step (a stack's did)
     presented_margin: torch.Tensor | None = None   # per-example margins at presentation, or None
 
 
 class Eager:
-    """The default strategy: one run, eager PyTorch, batches as index slices of in-memory tensors."""
+    """The default strategy: one run, eager PyTorch, batches as index slices of in-memory tensors.
+
+    A strategy decides how an epoch is trained and evaluated (`epoch`), steps the schedule
+    (`step_schedule`), and may hold a run's weights or optimizer state elsewhere (a stack of runs):
+    `before_read` brings the loop's model up to date before anything reads it, `before_persist` its
+    optimizer state before a checkpoint. Subclasses override `trains`, `evaluate` and `frozen_bn`
+    (a frozen network under weight noise: protocols/noise.py)."""
+
+    frozen_bn = False   # train with batch norm on its fixed running statistics
+
+    def trains(self, loop: "Loop") -> bool:
+        return True
+
+    def evaluate(self, loop: "Loop") -> tuple[dict[str, Evaluation], dict]:
+        return loop.evaluate_splits()
 
     def epoch(self, loop: "Loop") -> EpochShare:
         cfg, e = loop.cfg, loop.epoch + 1
         t0 = time.perf_counter()
         seed_global_streams(derive_seed(cfg.seed, "torch", e))  # dropout, weight noise, any global draws
         loss = acc = presented = presented_margin = None
-        if loop.train:
+        if self.trains(loop):
             aug = generator(cfg.seed, "augment", e) if cfg.augment else None
             order = loop.epoch_order(e).to(loop.device)
             per_batch = [h for h in loop.hooks if hasattr(h, "on_backward")]
@@ -232,12 +243,19 @@ class Eager:
             loss, acc, presented, presented_margin = train_epoch(
                 loop.model, loop.opt, loop.fit_x, loop.fit_y, cfg.batch_size, order, aug,
                 record=cfg.example_record == "presentation", penalty=loop.penalty,
-                frozen_bn=loop.frozen_bn, after_backward=after_backward, reduction=cfg.loss_reduction,
+                frozen_bn=self.frozen_bn, after_backward=after_backward, reduction=cfg.loss_reduction,
                 record_margins=cfg.example_margins)
         t_train = time.perf_counter() - t0
-        evals, metrics = loop.evaluate_splits()
+        evals, metrics = self.evaluate(loop)
         return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0,
                           presented_margin=presented_margin)
+
+    def step_schedule(self, loop: "Loop", share: EpochShare):
+        if share.loss is not None:   # nothing trained, nothing to schedule
+            loop.sched.step()
+
+    def before_read(self, loop: "Loop"):
+        pass
 
     def before_persist(self, loop: "Loop"):
         pass
@@ -249,8 +267,7 @@ class Loop:
     or until every trained-on split reaches accuracy `until` (default cfg.until_train_acc)."""
 
     def __init__(self, model, splits: dict, cfg, hooks=(), device="cpu", fit_on=("train",),
-                 end_epoch: int | None = None, until: float | None = None, penalty=None,
-                 train: bool = True, noisy_eval_samples: int = 0, frozen_bn: bool = False):
+                 end_epoch: int | None = None, until: float | None = None, penalty=None, strategy=None):
         x = splits[fit_on[0]].x
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
@@ -258,12 +275,9 @@ class Loop:
         self.model, self.splits, self.cfg = model, splits, cfg   # (model: a property, see there)
         self.hooks = sorted(hooks, key=lambda h: h.phase)   # the order the run directory relies on
         self.penalty = penalty      # a callable added to each batch's loss
-        self.train = train          # False: evaluate only (a frozen network)
-        # >0: evaluate with weight noise on, averaging this many passes (metrics get _std spreads);
-        # 0: evaluate the weights' means
-        self.noisy_eval_samples = noisy_eval_samples
-        self.frozen_bn = frozen_bn  # train with batch norm on its fixed running statistics
-        self.strategy = Eager()     # how an epoch is trained and evaluated (vectorized.Stacked: several runs as one)
+        # how an epoch is trained and evaluated: Eager, or vectorized.Stacked (several runs as one),
+        # or noise.NoisyEvaluation (a frozen network evaluated under weight noise)
+        self.strategy = strategy or Eager()
         self.set_fit(fit_on)
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
         self.until = cfg.until_train_acc if until is None else until
@@ -271,6 +285,7 @@ class Loop:
         self.opt = build_optimizer(model, cfg)
         self.sched = build_scheduler(self.opt, cfg)
         self.epoch = 0              # epochs completed
+        self.saved_epoch = 0        # the epoch of the checkpoint on disk: where a resume starts
         self.fit_epoch = None       # first epoch at which every trained-on split reached `until`
         self.last_metrics = None
         # Hooks that write state (checkpoint, examples.npz, status) do so only when `persist` is
@@ -282,17 +297,14 @@ class Loop:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The run's model. A strategy that trains the weights elsewhere (vectorized.Stacked: in a
-        stack) leaves the copy it owes in `weights_owed`, made here on first reading: most epochs
-        nothing reads the model, and copying every run's weights back every epoch was measurable."""
-        if self.weights_owed is not None:
-            copy, self.weights_owed = self.weights_owed, None
-            copy()
+        """The run's model, brought up to date by the strategy first (a stack of runs holds the
+        weights elsewhere and copies them back only when something reads them)."""
+        self.strategy.before_read(self)
         return self._model
 
     @model.setter
     def model(self, model: torch.nn.Module):
-        self._model, self.weights_owed = model, None
+        self._model = model
 
     def set_fit(self, fit_on):
         """Train on the union of these splits from the next epoch on."""
@@ -304,22 +316,6 @@ class Loop:
     @property
     def done(self) -> bool:
         return self.epoch >= self.end_epoch or (self.until is not None and self.fit_epoch is not None)
-
-    def change_stage(self, fit_on, end_epoch: int, until: float | None, cfg=None):
-        """Train on other splits from the next epoch on, up to `end_epoch`, stopping at `until`; with
-        `cfg`, a fresh optimizer and schedule of cfg's (momentum buffers or moments are kept where the
-        optimizer class stays the same; the lr restarts at cfg.lr)."""
-        self.set_fit(fit_on)
-        self.end_epoch, self.until = end_epoch, until
-        if cfg is not None:
-            old = self.opt
-            self.opt = build_optimizer(self.model, cfg)
-            if type(old) is type(self.opt):
-                self.opt.load_state_dict(old.state_dict())
-                for group in self.opt.param_groups:
-                    group["lr"] = cfg.lr
-                    group.pop("initial_lr", None)
-            self.sched = build_scheduler(self.opt, cfg)
 
     def keyed_hooks(self):
         """(key, hook) for every hook: its class name, numbered from the second of a class on (the
@@ -348,29 +344,16 @@ class Loop:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.fit_epoch = state["epoch"], state["fit_epoch"]
+        self.saved_epoch = self.epoch
 
-    def evaluate_splits(self, noisy_samples: int | None = None) -> tuple[dict[str, Evaluation], dict]:
-        """A clean pass over every split and its metrics; with noisy evaluation (`noisy_samples`,
-        default the loop's own), the mean metrics of several noisy passes with their spread as _std
-        keys (the first pass's Evaluation is returned for per-example hooks)."""
+    def evaluate_splits(self) -> tuple[dict[str, Evaluation], dict]:
+        """A clean pass (weight noise off: the weights' means) over every split, and its metrics."""
         cfg = self.cfg
-        samples = self.noisy_eval_samples if noisy_samples is None else noisy_samples
         evals, metrics = {}, {}
-        if not samples:
-            with noise_off(self.model):
-                for name, s in self.splits.items():
-                    evals[name] = evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
-                    metrics.update(split_metrics(name, evals[name], s))
-            return evals, metrics
-        for name, s in self.splits.items():
-            draws = [evaluate(self.model, s.x, s.y, cfg.eval_batch_size) for _ in range(samples)]
-            evals[name] = draws[0]
-            per_draw = [split_metrics(name, d, s) for d in draws]
-            for key in per_draw[0]:
-                values = [m[key] for m in per_draw if m[key] is not None]
-                metrics[key] = float(np.mean(values)) if values else None
-                if values:
-                    metrics[f"{key}_std"] = float(np.std(values))
+        with noise_off(self.model):
+            for name, s in self.splits.items():
+                evals[name] = evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
+                metrics.update(split_metrics(name, evals[name], s))
         return evals, metrics
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -384,12 +367,7 @@ class Loop:
         lr = self.opt.param_groups[0]["lr"]
         share = self.strategy.epoch(self)
         t0 = time.perf_counter() - share.seconds   # this run's share of what the strategy did
-        if share.stepped_elsewhere:
-            with warnings.catch_warnings():   # this optimizer did not step: its twin in the stack did
-                warnings.simplefilter("ignore", UserWarning)
-                self.sched.step()
-        elif self.train:
-            self.sched.step()
+        self.strategy.step_schedule(self, share)
         self.epoch = e
         metrics = {"epoch": e, "lr": lr, **share.metrics}
         if share.loss is not None:

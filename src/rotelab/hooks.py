@@ -7,9 +7,10 @@ status. A run killed between two of these resumes from the checkpoint and drops 
 from __future__ import annotations
 
 import functools
+import io
 import math
-import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,127 +109,80 @@ def tb_tag(key: str) -> str:
     return key
 
 
-_F32, _F64 = struct.Struct("<f"), struct.Struct("<d")
+def scalars_summary(metrics: dict):
+    """An epoch's finite numbers as one TensorBoard Summary (one event per epoch: several times cheaper
+    than one per key, which was most of what a small run's hooks did per epoch)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    return Summary(value=[Summary.Value(tag=tb_tag(k), simple_value=v) for k, v in metrics.items()
+                          if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and math.isfinite(v)])
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+def set_aside_events(folder: Path) -> Path | None:
+    """Move the event files of `folder` (and any set aside by an earlier, interrupted resume) into
+    folder/.resumed, where a new writer cannot reuse their names; None if there are none."""
+    aside = folder / ".resumed"
+    files = sorted(folder.glob("events.out.tfevents.*"))
+    if files:
+        aside.mkdir(exist_ok=True)
+        n = len(list(aside.iterdir()))
+        for i, f in enumerate(files):
+            f.rename(aside / f"{n + i:04d}.{f.name}")
+    return aside if aside.is_dir() else None
 
 
-def _f32(v: float) -> bytes:
-    try:
-        return _F32.pack(v)
-    except OverflowError:   # beyond float32, as protobuf stores it
-        return _F32.pack(math.copysign(math.inf, v))
-
-
-@functools.lru_cache(maxsize=4096)
-def _scalar_field(key: str) -> bytes:
-    """One Summary.value (field 1) holding Value{tag (1): tb_tag(key), simple_value (2): ...}, up to
-    the value's 4 bytes."""
-    tag = tb_tag(key).encode()
-    value = b"\x0a" + _varint(len(tag)) + tag + b"\x15"
-    return b"\x0a" + _varint(len(value) + 4) + value
-
-
-def scalars_event(metrics: dict, wall_time: float) -> bytes:
-    """An epoch's finite numbers as one serialized TensorBoard Event {wall_time (1), step (2): the
-    epoch, summary (5)}, written straight in protobuf's wire format: a third of the cost of building
-    the message objects, which was a quarter of what a small run's hooks did per epoch. Byte for
-    byte what protobuf writes (tested)."""
-    summary = b"".join([_scalar_field(k) + _f32(v) for k, v in metrics.items()
-                        if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v)])
-    return (b"\x09" + _F64.pack(wall_time) + b"\x10" + _varint(metrics["epoch"])
-            + b"\x2a" + _varint(len(summary)) + summary)
-
-
-def fast_event_checksums():
-    """TensorBoard frames every event with a CRC32C computed in pure Python (about 0.3 ms for an
-    epoch's scalars: more than everything else a small run logs per epoch); google-crc32c computes
-    the same checksum in C. Installed into tensorboard's record writer when available."""
-    try:
-        import google_crc32c
-    except ImportError:
-        return
-    from tensorboard.summary.writer import record_writer
-
-    def masked_crc32c(data) -> int:
-        x = google_crc32c.value(bytes(data))
-        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-    record_writer.masked_crc32c = masked_crc32c
+def events_upto(aside: Path, step: int) -> list:
+    """The events of the set-aside files up to `step`, in the order they were written (not the files'
+    version headers)."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    events = (Event.FromString(raw) for f in sorted(aside.iterdir()) for raw in RawEventFileLoader(str(f)).Load())
+    return [e for e in events if e.step <= step and not e.HasField("file_version")]
 
 
 class TensorBoardWriter(Hook):
-    """Scalars for every number in the epoch's metrics; weight histograms at chosen epochs.
-
-    Events are collected here and handed to the SummaryWriter every `handoff_secs` (its own flush
-    interval), when the loop persists and at the end: the writer's background thread then wakes
-    once per batch instead of once per event, which with many runs in one process (vectorized
-    seeds) cost more than everything else an epoch's hooks do. What TensorBoard shows is the same."""
+    """TensorBoard files derived from the epoch's metrics (scalars, one event per epoch) and weight
+    histograms at chosen epochs, through the library's SummaryWriter. On resume the events up to the
+    checkpoint's epoch move into the new event file and the old files go: no file then holds an epoch
+    past what metrics.jsonl keeps, or one twice."""
     phase = WRITE
 
-    def __init__(self, run: RunDir, hist_every: int = 10, backfill: bool = False, handoff_secs: float = 10):
+    def __init__(self, run: RunDir, hist_every: int = 10, backfill: bool = False, flush_secs: float = 10):
         self.run, self.hist_every, self.backfill, self.writer = run, hist_every, backfill, None
-        self.handoff_secs, self.pending, self.last_handoff = handoff_secs, [], 0.0
-        self.last_hist = None
+        self.flush_secs, self.last_hist = flush_secs, None
 
     def on_start(self, loop: Loop):
+        import shutil
         from torch.utils.tensorboard import SummaryWriter
-        fast_event_checksums()
-        # purge_step drops events a killed run wrote after its last checkpoint (also when it had none)
-        resuming = self.run.tb.is_dir() and any(self.run.tb.iterdir())
-        self.writer = SummaryWriter(str(self.run.tb), purge_step=loop.epoch + 1 if resuming else None,
-                                    flush_secs=self.handoff_secs, max_queue=100_000)
-        self.last_handoff = time.perf_counter()
+        aside = set_aside_events(self.run.tb) if self.run.tb.is_dir() else None
+        self.writer = SummaryWriter(str(self.run.tb), flush_secs=self.flush_secs, max_queue=1000)
+        if aside is not None:
+            for event in events_upto(aside, loop.epoch):
+                self.writer.file_writer.add_event(event, walltime=event.wall_time)
+            self.writer.flush()   # the kept events on disk before the old files go
+            shutil.rmtree(aside)
         if self.backfill:  # a run that starts from another run's epochs shows them too
             for record in self.run.read_metrics():
                 self.scalars(record)
-            self.hand_off()
 
     def scalars(self, metrics: dict):
-        """All of an epoch's scalars as one event (several times cheaper than one per key)."""
-        self.pending.append(scalars_event(metrics, time.time()))
+        self.writer.file_writer.add_summary(scalars_summary(metrics), metrics["epoch"])
 
     def histograms(self, loop: Loop, epoch: int):
-        from torch.utils.tensorboard.summary import histogram
-        from tensorboard.compat.proto.event_pb2 import Event
         for name, p in loop.model.named_parameters():
-            summary = histogram(f"weights/{name}", p.detach().float().cpu(), self.writer.default_bins)
-            self.pending.append(Event(wall_time=time.time(), step=epoch, summary=summary).SerializeToString())
+            self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
         self.last_hist = epoch
-
-    def hand_off(self, flush: bool = False):
-        """Serialized events to the writer's queue (its record writer frames them: length, CRC)."""
-        writer = self.writer._get_file_writer()
-        queue = getattr(writer.event_writer, "_async_writer", None)
-        for event in self.pending:
-            if queue is not None:
-                queue.write(event)
-            else:   # a tensorboard without that queue: through its public, slower door
-                from tensorboard.compat.proto.event_pb2 import Event
-                writer.event_writer.add_event(Event.FromString(event))
-        self.pending.clear()
-        if flush:   # on disk up to the checkpoint, which a resume starts from
-            writer.flush()
-        self.last_handoff = time.perf_counter()
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
         self.scalars(result.metrics)
         if self.hist_every and (result.epoch == 1 or result.epoch % self.hist_every == 0):
             self.histograms(loop, result.epoch)
-        if loop.persist or time.perf_counter() - self.last_handoff >= self.handoff_secs:
-            self.hand_off(flush=loop.persist)
+        if loop.persist:   # on disk up to the checkpoint, which a resume starts from
+            self.writer.flush()
 
     def on_end(self, loop: Loop):
         if self.hist_every and loop.epoch and self.last_hist != loop.epoch:
             self.histograms(loop, loop.epoch)
-        self.hand_off()
         self.writer.close()
 
 
@@ -244,6 +198,7 @@ class Checkpointer(Hook):
             return
         state = {**loop.state_dict(), **self.extra}
         self.run.save_checkpoint(state)
+        loop.saved_epoch = result.epoch
         if result.epoch in self.keep:
             self.run.save_checkpoint(state, f"epoch_{result.epoch:04d}.pt")
 

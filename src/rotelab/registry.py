@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .config import ConfigError
@@ -38,7 +38,12 @@ class Protocol:
     figures: Callable | None = None          # figures(run) -> [Path]: a run's own figures beyond the curves
     group_figures: Callable | None = None    # group_figures([folder]) -> [Path]: figures of output folders
     report_section: Callable | None = None   # report_section([RunDir], folder) -> [(title, Path)]
-    extra: dict = field(default_factory=dict)
+    report_line: Callable | None = None      # report_line(run) -> str: what the command prints for a finished run
+    cli_skip: tuple = ()                     # config fields that get no flag (set from other arguments)
+    ramp_data: Callable | None = None        # ramp_data(cfg) -> Data: what a noise ramp of its runs
+                                             #   evaluates (default: rotelab.data.load_data(cfg))
+    example: Callable | None = None          # example(tmp) -> (config fields, extra CLI args): a run of a few
+                                             #   seconds, for the conformance tests every protocol gets
 
     def expected_runs(self, cfg) -> int:
         return self.runs_per_point(cfg) if self.runs_per_point else 1

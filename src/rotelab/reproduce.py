@@ -183,6 +183,10 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
         tasks = plan(protocol, points, vectorize=False)
         results = (run_ray(protocol, tasks, address, cpus_per_point, gpus_per_point) if executor == "ray"
                    else run_local(protocol, tasks, jobs or 1))
+        busy = sorted({r["pid"] for r in results if r["state"] == "running"})
+        if busy:
+            raise ConfigError("--out", f"points of step {step['name']} are being run by another process (PID "
+                                       f"{', '.join(busy)}); wait for it to end, then run this study again")
         failed = [r for r in results if r["state"] == "failed"]
         if failed:
             raise RuntimeError(f"{len(failed)} points of step {step['name']} failed; first: "

@@ -30,25 +30,24 @@ from . import __version__
 from .config import parse_corruption
 
 
-class StoreError(ValueError):
-    """A run directory (or one of its files) is missing, damaged or busy. `path` is what was read."""
-
-    def __init__(self, path, message: str):
-        self.path = Path(path)
-        super().__init__(message)
-
-
-class RunLocked(StoreError):
-    """Another live process writes this run directory."""
+from .errors import RunLocked, StoreError  # noqa: F401  (re-exported)
 
 
 def atomic_write_bytes(path: Path, data: bytes):
+    """Write to a temporary name, then rename: a reader sees the old file or the new one. On any
+    failure (a full disk, a signal) the temporary file is removed; an OSError names the file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
 
 
 def atomic_write_json(path: Path, obj):
@@ -187,9 +186,18 @@ class RunDir:
         """Take the lock, then remove everything in the folder but the lock file (removing it would
         let a third writer in). For --overwrite, of a run or of a folder of runs."""
         self.lock()
-        for p in self.path.iterdir():
-            if p.name != LOCK:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        inner = [RunDir(d) for d in runs_in(self.path) if d != self.path]
+        held = []
+        try:
+            for run in inner:   # a run below that another process writes stops this before anything goes
+                run.lock()
+                held.append(run)
+            for p in self.path.iterdir():
+                if p.name != LOCK:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        finally:
+            for run in held:
+                run.unlock()
 
     # -- the writer's lock --------------------------------------------------------------------
     def lock(self) -> "RunDir":
@@ -207,7 +215,8 @@ class RunDir:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunLocked(self.path, f"{self.path} is being written by another process (PID {holder})") from None
+            raise RunLocked(self.path, f"{self.path} is being written by another process (PID {holder})",
+                            holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.set_inheritable(fd, False)
@@ -300,15 +309,45 @@ class RunDir:
             raise StoreError(self.examples_file, f"{self.examples_file} is damaged ({_short(e)})") from None
 
     def save_checkpoint(self, state: dict, name: str = "last.pt"):
+        """Write a checkpoint atomically and record its epoch and size in checkpoints/manifest.json
+        (so that a damaged one is noticed without reading it)."""
         import torch
         buf = io.BytesIO()
         torch.save(state, buf)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.checkpoints / name, buf.getvalue())
+        data = buf.getvalue()
+        atomic_write_bytes(self.checkpoints / name, data)
+        manifest = self.checkpoint_manifest()
+        manifest[name] = {"epoch": state.get("epoch"), "bytes": len(data)}
+        atomic_write_json(self.checkpoints / "manifest.json", manifest)
+
+    def checkpoint_manifest(self) -> dict:
+        try:
+            manifest = json.loads((self.checkpoints / "manifest.json").read_text())
+            return manifest if isinstance(manifest, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def damaged_checkpoints(self) -> list[str]:
+        """Kept checkpoints whose size differs from the one written (cut off by a crash, a full disk or a
+        copy). last.pt is rewritten all along, so its manifest entry may lag it; it is checked by loading."""
+        return [name for name, entry in self.checkpoint_manifest().items()
+                if name != "last.pt" and (self.checkpoints / name).is_file()
+                and (self.checkpoints / name).stat().st_size != entry.get("bytes")]
+
+    def resume_checkpoints(self) -> list[Path]:
+        """The checkpoints a resume may start from, newest first: last.pt, then the kept epoch_NNNN.pt
+        (stage1.pt is not one: it is saved before the stage changes)."""
+        kept = sorted(self.checkpoints.glob("epoch_*.pt"), key=lambda p: p.name, reverse=True) \
+            if self.checkpoints.is_dir() else []
+        return [p for p in [self.last_checkpoint, *kept] if p.is_file()]
 
     def load_checkpoint(self, path=None, map_location="cpu") -> dict:
         import torch
         path = Path(path) if path is not None else self.last_checkpoint
+        if path.name in self.damaged_checkpoints() and path.parent == self.checkpoints:
+            raise StoreError(path, f"checkpoint {path} is damaged ({path.stat().st_size} bytes of the "
+                                   f"{self.checkpoint_manifest()[path.name]['bytes']} written)")
         try:
             state = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e:

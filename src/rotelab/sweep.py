@@ -166,6 +166,7 @@ def run_point(protocol: str, config: dict, path: str, threads: int | None = None
     import torch
     if threads:
         torch.set_num_threads(threads)
+    from .store import RunLocked
     path = Path(path)
     try:
         state = point_state(protocol, path)
@@ -174,9 +175,11 @@ def run_point(protocol: str, config: dict, path: str, threads: int | None = None
         proto = get_protocol(protocol)
         proto.start(proto.config.from_dict(quiet(proto.config, config)), path, keep_existing=True)
         return {"path": str(path), "state": "done"}
+    except RunLocked as e:   # another sweep (or command) runs this point: never both
+        return {"path": str(path), "state": "running", "pid": e.holder}
     except BaseException as e:   # a failing point must not stop the grid
         if isinstance(e, KeyboardInterrupt):
-            raise
+            interrupted(e)
         return {"path": str(path), "state": "failed", "error": f"{type(e).__name__}: {e}",
                 "traceback": traceback.format_exc()}
 
@@ -187,14 +190,14 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
     import torch
     if threads:
         torch.set_num_threads(threads)
-    from .vectorized import fit_together
+    from .runner import start_stack
     cls = get_protocol(protocol).config
     try:
-        fit_together([cls.from_dict(quiet(cls, c)) for c in configs], paths, protocol=protocol)
+        start_stack([cls.from_dict(quiet(cls, c)) for c in configs], paths, protocol=protocol)
         return [{"path": p, "state": "done"} for p in paths]
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
-            raise
+            interrupted(e)
         return [{"path": p, "state": "failed", "error": f"{type(e).__name__}: {e}"} for p in paths]
 
 
@@ -263,16 +266,32 @@ def _start_method(threads: int) -> str:
     return "spawn"
 
 
+_WORKER = False   # this process is a sweep's worker
+
+
+def interrupted(e: KeyboardInterrupt):
+    """A point's run was interrupted (its status says so): a worker process ends here (a pool would
+    otherwise wait for its next point, possibly of a sweep that is gone); elsewhere it propagates."""
+    if _WORKER:
+        os._exit(128 + getattr(e, "signum", 2))
+    raise e
+
+
 def die_with_parent(parent: int):
-    """Sweep workers end with the sweep: on Linux the kernel sends SIGKILL to a worker whose parent
-    dies (however it dies), so no worker keeps writing points after its sweep was killed."""
+    """Sweep workers end with the sweep: SIGTERM ends a worker's run as interrupted (as it ends a
+    command's), and on Linux the kernel sends it SIGTERM when its parent dies (however it dies), so
+    no worker keeps writing points after its sweep was killed."""
     import ctypes
     import signal
     import sys
+    from .runner import handle_termination
+    global _WORKER
+    _WORKER = True
+    handle_termination()
     if sys.platform != "linux":
         return
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:   # the parent died before the request took effect
@@ -291,7 +310,14 @@ def run_local(protocol: str, tasks: list[tuple], jobs: int) -> list[dict]:
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=die_with_parent,
                                                 initargs=(os.getpid(),)) as pool:
         futures = [_submit(pool.submit, protocol, t, threads) for t in tasks]
-        return _flatten(f.result() for f in futures)
+        try:
+            return _flatten(f.result() for f in futures)
+        except KeyboardInterrupt:   # SIGINT or SIGTERM: the workers end their runs as interrupted, then we go
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def run_ray(protocol: str, tasks: list[tuple], address: str | None, cpus: float, gpus: float) -> list[dict]:

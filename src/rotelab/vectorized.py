@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -182,8 +183,8 @@ class RunStack:
                     m.update(row)
         evals = {n: evals[n] for n in self.x}   # in the splits' own order
         seconds = (time.perf_counter() - t0) / self.k
-        return [EpochShare(loss[j], acc[j], None, {n: evals[n][j] for n in evals}, metrics[j], t_train, seconds,
-                           stepped_elsewhere=True) for j in range(self.k)]
+        return [EpochShare(loss[j], acc[j], None, {n: evals[n][j] for n in evals}, metrics[j], t_train, seconds)
+                for j in range(self.k)]
 
 
 class Stack(RunStack):
@@ -455,6 +456,7 @@ class Stacked:
 
     def __init__(self, loops: list[Loop], kind: str | None = None):
         self.loops, self.stack, self.shares, self.kind = loops, None, {}, kind
+        self.owed = {}   # id(loop) -> the copy of its weights from the stack, made when its model is read
         for loop in loops:
             loop.strategy = self
 
@@ -467,37 +469,21 @@ class Stacked:
                         self.stack.write_back_state(j)
                 self.stack = stack_for(active, self.kind)
             shares = self.stack.epoch()
-            for j, l in enumerate(active):   # copied when something reads the run's model
-                l.weights_owed = functools.partial(self.stack.write_back_weights, j)
+            for j, l in enumerate(active):   # copied when something reads the run's model: most epochs
+                self.owed[id(l)] = functools.partial(self.stack.write_back_weights, j)   # nothing does
             self.shares = {id(l): s for l, s in zip(active, shares)}
         return self.shares.pop(id(loop))
+
+    def before_read(self, loop: Loop):
+        copy = self.owed.pop(id(loop), None)
+        if copy is not None:
+            copy()
+
+    def step_schedule(self, loop: Loop, share: EpochShare):
+        with warnings.catch_warnings():   # this run's optimizer did not step: its twin in the stack did
+            warnings.simplefilter("ignore", UserWarning)
+            loop.sched.step()
 
     def before_persist(self, loop: Loop):
         """The checkpoint needs this run's optimizer state, which lives in the stack."""
         self.stack.write_back_state(self.stack.loops.index(loop))
-
-
-def fit_together(cfgs: list[FitConfig], outs, build_loop=None, protocol: str = "fit", stack: str | None = None) -> list:
-    """Runs of a protocol (fit by default) for several configs at once, as one stack; each gets its
-    own ordinary run directory, locked while it is written."""
-    from .registry import get_protocol
-    from .store import RunDir, environment
-    build_loop = build_loop or get_protocol(protocol).build_loop
-    for c in cfgs:
-        c.validate()
-    check_vectorizable(cfgs)
-    runs = [RunDir.check_new(o) for o in outs]
-    loops = [build_loop(c, r) for c, r in zip(cfgs, runs)]
-    for c, r, l in zip(cfgs, runs, loops):
-        r.create(c.to_dict(), environment(l.device), protocol=protocol)
-    try:
-        Stacked(loops, stack)
-        run_together(loops)
-    except Exception as e:
-        for r, l in zip(runs, loops):
-            r.write_status("failed", epochs_completed=l.epoch, error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        for r in runs:
-            r.unlock()
-    return runs

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import FitConfig, parse_corruption
 from ..registry import Protocol, register
 from ..store import RunDir
-from . import start_one
+from ..runner import start_one
 
 
 def measurement_hooks(cfg: FitConfig, data) -> list:
@@ -71,7 +71,7 @@ def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hoo
 
 
 def start(cfg: FitConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
-    return start_one("fit", cfg, out, overwrite, keep_existing)
+    return start_one(PROTOCOL, cfg, out, overwrite, keep_existing)
 
 
 def fit(cfg: FitConfig, out, overwrite: bool = False) -> RunDir:
@@ -166,8 +166,14 @@ def report_section(runs, folder):
     return zhang_figures(runs, folder)
 
 
+def example(tmp) -> tuple[dict, list]:
+    """A run of a few seconds on scikit-learn's digits (the conformance tests run every protocol's)."""
+    return dict(dataset="digits", widths=[64], epochs=40, lr=0.05, corrupt="labels=0.5", hist_every=0,
+                checkpoint_every=0, progress=False), []
+
+
 PROTOCOL = register(Protocol(
-    name="fit", config=FitConfig, start=start, build_loop=build_loop, stackable=True,
+    name="fit", config=FitConfig, start=start, build_loop=build_loop, stackable=True, example=example,
     help="train on data with corrupted labels or pixels",
     description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
     report_section=report_section))

@@ -17,7 +17,7 @@ from ..config import SCHEDULES, ConfigError, FitConfig, opt, parse_corruption
 from ..hook import EpochResult, Hook
 from ..registry import Protocol, register
 from ..store import RunDir, StoreError, environment, examples_upto
-from . import start_one, train_run
+from ..runner import start_one, train
 from .fit import information_penalty, standard_hooks
 
 SPLITS = ("train", "val", "test")
@@ -60,6 +60,24 @@ class ForgetConfig(FitConfig):
         return self
 
 
+def change_stage(loop, fit_on, end_epoch: int, until: float | None, cfg=None):
+    """Train `loop` on other splits from the next epoch on, up to `end_epoch`, stopping at `until`;
+    with `cfg`, a fresh optimizer and schedule of cfg's (momentum buffers or moments are kept where
+    the optimizer class stays the same; the lr restarts at cfg.lr)."""
+    from ..engine import build_optimizer, build_scheduler
+    loop.set_fit(fit_on)
+    loop.end_epoch, loop.until = end_epoch, until
+    if cfg is not None:
+        old = loop.opt
+        loop.opt = build_optimizer(loop.model, cfg)
+        if type(old) is type(loop.opt):
+            loop.opt.load_state_dict(old.state_dict())
+            for group in loop.opt.param_groups:
+                group["lr"] = cfg.lr
+                group.pop("initial_lr", None)
+        loop.sched = build_scheduler(loop.opt, cfg)
+
+
 class StageSwitch(Hook):
     """Tags each epoch's metrics with its stage; at the end of stage 1 saves checkpoints/stage1.pt
     and turns the loop to stage 2 (train part only, stage-2 optimizer options)."""
@@ -70,8 +88,8 @@ class StageSwitch(Hook):
 
     def apply(self, loop, stage1_end: int):
         """Turn `loop` into its stage-2 form after epoch `stage1_end` (also when resuming)."""
-        loop.change_stage(("train",), stage1_end + self.cfg.epochs2, None,
-                          self.cfg.stage2() if self.cfg.resets_stage2 else None)
+        change_stage(loop, ("train",), stage1_end + self.cfg.epochs2, None,
+                     self.cfg.stage2() if self.cfg.resets_stage2 else None)
         self.stage, self.stage1_end = 2, stage1_end
 
     def stage1_over(self, loop) -> bool:
@@ -147,7 +165,7 @@ def summarize(run: RunDir, cfg: ForgetConfig | None = None) -> dict:
 
 
 def start(cfg: ForgetConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
-    return start_one("forget", cfg, out, overwrite, keep_existing)
+    return start_one(PROTOCOL, cfg, out, overwrite, keep_existing)
 
 
 def forget(cfg: ForgetConfig, out, overwrite: bool = False) -> RunDir:
@@ -186,7 +204,7 @@ def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> Ru
             run.append_metrics(record)
     if source.examples_file.is_file() and cfg.example_record != "none":
         run.write_examples(examples_upto(source.read_examples(), loop.epoch))
-    return train_run(run, loop, summarize)
+    return train([run], [loop], [summarize])[0]
 
 
 def cli_start(args):
@@ -205,10 +223,15 @@ def figures(run: RunDir):
     return [plot_forget(run, summarize(run))]
 
 
+def example(tmp) -> tuple[dict, list]:
+    return dict(dataset="digits", widths=[64], epochs=15, until_train_acc=None, epochs2=15, val_size=200,
+                corrupt="labels=1.0", lr=0.05, hist_every=0, checkpoint_every=0, progress=False), []
+
+
 PROTOCOL = register(Protocol(
-    name="forget", config=ForgetConfig, start=start, build_loop=build_loop, summarize=summarize,
+    name="forget", config=ForgetConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
     help="memorize train + val parts, then train on the train part alone",
     description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 continues "
                 "on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run from a stage-1 "
                 "checkpoint of another (only stage-2 options may be given then).",
-    cli_start=cli_start, figures=figures, extra={"load_data": ramp_data}))
+    cli_start=cli_start, figures=figures, ramp_data=ramp_data))

@@ -21,8 +21,8 @@ from ..config import ConfigError, FitConfig, opt, parse_seeds
 from ..hook import EpochResult, Hook
 from ..registry import Protocol, register
 from ..store import RunDir, runs_in, truncate_jsonl
+from ..runner import start_group
 from . import fit as fit_protocol
-from . import resume, start_one
 
 ESTIMATORS = ("binning", "kde", "ksg")
 
@@ -245,26 +245,8 @@ def start(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: boo
     keep_existing, seeds already in `out` are resumed (or left alone when done) instead of refused."""
     cfg = whole_task_labels(cfg.validate())
     seeds = parse_seeds(cfg.seeds)
-    if not keep_existing:
-        RunDir.check_new(out, overwrite)
-    build_loop(dataclasses.replace(cfg, seed=seeds[0]), RunDir(Path(out) / f"seed-{seeds[0]}"))  # bad data or model
-    if overwrite and Path(out).is_dir():
-        RunDir(out).clear()
-    runs, new = [], []
-    for s in seeds:
-        c = dataclasses.replace(cfg, seed=s)
-        path = Path(out) / f"seed-{s}"
-        if keep_existing and RunDir(path).config_file.is_file():
-            runs.append(resume(path))
-        elif cfg.vectorize:
-            new.append((c, path))
-        else:
-            runs += start_one("infoplane", c, path)
-    if new:
-        from ..vectorized import fit_together
-        runs += fit_together([c for c, _ in new], [p for _, p in new], build_loop, protocol="infoplane")
-    RunDir(out).unlock()
-    return runs
+    return start_group(PROTOCOL, [dataclasses.replace(cfg, seed=s) for s in seeds],
+                       [Path(out) / f"seed-{s}" for s in seeds], out, overwrite, keep_existing, stacked=cfg.vectorize)
 
 
 def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
@@ -296,8 +278,14 @@ def report_section(runs, folder):
     return [(f"information planes: {p.stem}", p) for p in plot_infoplane(groups, folder)]
 
 
+def example(tmp) -> tuple[dict, list]:
+    return dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-3, batch_size=256, epochs=40,
+                seeds="0-1", captures=8, estimators="binning,kde", hist_every=0, checkpoint_every=0,
+                progress=False), []
+
+
 PROTOCOL = register(Protocol(
-    name="infoplane", config=InfoPlaneConfig, start=start, build_loop=build_loop,
+    name="infoplane", config=InfoPlaneConfig, example=example, start=start, build_loop=build_loop,
     help="information planes of every layer, for several seeds",
     description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at log-spaced epochs "
                 "and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).",

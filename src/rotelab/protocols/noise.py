@@ -20,7 +20,7 @@ from ..config import ConfigError, check_fields, config_from_dict, opt
 from ..hook import EpochResult, Hook
 from ..registry import Protocol, protocol_of, register
 from ..store import RunDir, StoreError, atomic_write_json, runs_in
-from . import resume, start_one
+from ..runner import resume, start_group
 
 @dataclass
 class NoiseConfig:
@@ -110,8 +110,43 @@ class NoiseFreeBaseline(Hook):
     def on_start(self, loop):
         if loop.epoch or any(r["epoch"] == 0 for r in self.run.read_metrics()):
             return
-        _, metrics = loop.evaluate_splits(noisy_samples=0)
+        _, metrics = loop.evaluate_splits()
         self.run.append_metrics({"epoch": 0, "alpha": 0.0, **metrics})
+
+
+def noisy_evaluation(loop, samples: int) -> tuple[dict, dict]:
+    """Every split evaluated with weight noise on, `samples` passes: the mean metrics with their
+    spread as _std keys, and the first pass's Evaluation (for per-example hooks)."""
+    import numpy as np
+    from ..engine import evaluate, split_metrics
+    evals, metrics = {}, {}
+    for name, s in loop.splits.items():
+        draws = [evaluate(loop.model, s.x, s.y, loop.cfg.eval_batch_size) for _ in range(samples)]
+        evals[name] = draws[0]
+        per_draw = [split_metrics(name, d, s) for d in draws]
+        for key in per_draw[0]:
+            values = [m[key] for m in per_draw if m[key] is not None]
+            metrics[key] = float(np.mean(values)) if values else None
+            if values:
+                metrics[f"{key}_std"] = float(np.std(values))
+    return evals, metrics
+
+
+def noisy_strategy(samples: int, train_means: bool):
+    """The ramp's epoch: a frozen network (batch norm on its running statistics), trained only with
+    --train-means, evaluated under weight noise."""
+    from ..engine import Eager
+
+    class NoisyEvaluation(Eager):
+        frozen_bn = True
+
+        def trains(self, loop) -> bool:
+            return train_means
+
+        def evaluate(self, loop):
+            return noisy_evaluation(loop, samples)
+
+    return NoisyEvaluation()
 
 
 def source_config(cfg: NoiseConfig):
@@ -139,8 +174,8 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
                                checkpoint_every=cfg.checkpoint_every, progress=cfg.progress, info_weight=0.0,
                                learn_alpha=False, fisher_every=0)
     device = resolve_device(cfg.device)
-    load = proto.extra.get("load_data")   # a protocol whose data are not load_data's says how to get them
-    data = load(scfg) if load else load_data(scfg)
+    # a protocol whose data are not load_data's says how to get them
+    data = proto.ramp_data(scfg) if proto.ramp_data else load_data(scfg)
     data = data.to(device)
     model = build_model(scfg, data.input_shape, data.num_classes)
     model.load_state_dict(src.load_checkpoint()["model"])
@@ -157,8 +192,7 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
     hooks = [NoiseFreeBaseline(run), WeightNoiseStats(cfg.alpha_ref), AlphaRamp(cfg), MetricsWriter(run),
              TensorBoardWriter(run, hist_every=0), Checkpointer(run), StatusWriter(run),
              ProgressBar(cfg.epochs, cfg.progress, desc=Path(cfg.source).name)]
-    loop = Loop(model, data.splits, lcfg, hooks, device, train=cfg.train_means,
-                noisy_eval_samples=cfg.noise_samples, frozen_bn=True)
+    loop = Loop(model, data.splits, lcfg, hooks, device, strategy=noisy_strategy(cfg.noise_samples, cfg.train_means))
     if state is not None:
         loop.load_state_dict(state)
     return loop
@@ -203,21 +237,9 @@ def start(cfg: NoiseConfig, out, overwrite: bool = False, keep_existing: bool = 
     if not sources:
         raise ConfigError("runs", "give at least one trained run directory")
     cfg.validate()
-    if not keep_existing:
-        RunDir.check_new(out, overwrite)
     cfgs = [dataclasses.replace(cfg, source=s) for s in sources]
-    for c in cfgs:
-        build_loop(c, RunDir(Path(out) / "probe"))   # raises on any bad source (or checkpoint) before writing
-    if overwrite and Path(out).is_dir():
-        RunDir(out).clear()
-    runs = []
-    for c, name in zip(cfgs, run_names(sources)):
-        path = Path(out) / name
-        if keep_existing and RunDir(path).config_file.is_file():
-            runs.append(resume(path))
-        else:
-            runs += start_one("noise", c, path, summary=lambda r, c=c: summarize(r, c))
-    RunDir(out).unlock()
+    runs = start_group(PROTOCOL, cfgs, [Path(out) / name for name in run_names(sources)], out, overwrite,
+                       keep_existing, summaries=[lambda r, c=c: summarize(r, c) for c in cfgs])
     write_summary(out)
     return runs
 
@@ -267,11 +289,25 @@ def report_section(runs, folder):
     return [(f"noise ramp: {p.name}", png) for p in parents for png in group_figures([p])]
 
 
+def example(tmp) -> tuple[dict, list]:
+    """Ramps on two small trained runs (trained here, once per folder)."""
+    from ..config import FitConfig
+    from .fit import fit
+    sources = []
+    for p in (0.0, 1.0):
+        source = Path(tmp) / f"source-{p}"
+        if not (source / "status.json").is_file():
+            fit(FitConfig(dataset="digits", widths=[64], epochs=3, lr=0.1, corrupt=f"labels={p}", hist_every=0,
+                          progress=False), source)
+        sources.append(str(source))
+    return dict(steps=12, every=2, noise_samples=2, alpha_start=1e-3, checkpoint_every=0, progress=False), sources
+
+
 PROTOCOL = register(Protocol(
-    name="noise", config=NoiseConfig, start=start, build_loop=build_loop, summarize=summarize,
+    name="noise", config=NoiseConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
     help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
     description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and raise alpha every "
                 "--every epochs; each run's results go to OUT/<name>.",
     trains=False, sweepable=False, add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs},
     group_figures=group_figures, report_section=report_section, resume_folder=resume_folder,
-    extra={"report_line": report_line, "cli_skip": ("source",)}))
+    report_line=report_line, cli_skip=("source",)))

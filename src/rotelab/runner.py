@@ -1,0 +1,241 @@
+"""One run lifecycle for every protocol: start, resume, runs trained as one stack, status.json and
+what ends a run early (SIGINT and SIGTERM, I/O errors, bugs).
+
+    start_one(proto, cfg, out)          a protocol whose output is one run directory
+    start_group(proto, cfgs, paths, out) several run directories in one output folder (seeds, ramps)
+    resume(path)                        continue one run from its newest intact checkpoint
+    train([runs], [loops], summaries)   the part every path shares: lock, run, keep status.json honest
+
+status.json always says where a resume starts: `epochs_completed` is the epoch of the checkpoint on
+disk. A run ends as "done", "interrupted" (SIGINT, SIGTERM: re-raised as KeyboardInterrupt),
+"failed" with the error (a bug; an OSError while writing is re-raised as RunIOError, one line), and
+a damaged run file (StoreError) leaves the status as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as errno_names
+import signal
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, StoreError
+from .store import RunDir, environment
+
+# Fields that change what is shown, never what is computed: a resume accepts them.
+DISPLAY_FIELDS = ("progress",)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, batch schedulers), handled as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def handle_termination():
+    """SIGTERM raises Interrupted in the main thread, so that a run ends as it does on Ctrl-C."""
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupted)
+    except ValueError:   # not the main thread: leave the default
+        pass
+
+
+class RunIOError(OSError):
+    """Writing a run failed (disk full, quota, I/O error): one line naming the path and the errno."""
+
+    def __init__(self, e: OSError, path):
+        self.path = Path(e.filename or path)
+        super().__init__(e.errno, e.strerror, str(self.path))
+
+    def __str__(self):
+        name = errno_names.errorcode.get(self.errno, str(self.errno))
+        return f"{self.path}: {self.strerror} ({name})"
+
+
+def train(runs: list[RunDir], loops: list, summaries=None, together: bool = False) -> list[RunDir]:
+    """Run the loops (one after another, or as one stack with `together`) under their runs' locks,
+    keeping each status.json honest however they end; summaries[i](run) adds a protocol's summary
+    to run i's final status. Locks are released when this returns (or with the process)."""
+    from .engine import run_together
+    summaries = summaries or [None] * len(runs)
+    for r in runs:
+        r.lock()
+    try:
+        try:
+            if together:
+                run_together(loops)
+            else:
+                for loop in loops:
+                    loop.run()
+        except KeyboardInterrupt:
+            _mark(runs, loops, "interrupted")
+            raise
+        except StoreError:   # a damaged run file, not a crash of the run: status stays as it was
+            raise
+        except OSError as e:
+            _mark(runs, loops, "failed", error=f"{type(e).__name__}: {e}")
+            raise RunIOError(e, runs[0].path) from None
+        except Exception as e:
+            _mark(runs, loops, "failed", error=f"{type(e).__name__}: {e}")
+            raise
+        for run, summary in zip(runs, summaries):
+            result = summary(run) if summary is not None else None
+            if result is not None:
+                run.write_status("done", summary=result)
+        return runs
+    finally:
+        for r in runs:
+            r.unlock()
+
+
+def _mark(runs, loops, state: str, **extra):
+    """The status of runs that ended early; epochs_completed is where their resume starts. Best effort:
+    a full disk may refuse this too."""
+    for run, loop in zip(runs, loops):
+        if loop.done and state == "interrupted" and run.read_status().get("state") == "done":
+            continue
+        try:
+            run.write_status(state, epochs_completed=loop.saved_epoch, **extra)
+        except OSError:
+            pass
+
+
+def resumable_state(run: RunDir) -> dict | None:
+    """The newest intact checkpoint's state (last.pt, else the newest kept epoch_NNNN.pt), saying so in
+    one line when it falls back or finds a damaged kept checkpoint; None for a run that has none."""
+    candidates = run.resume_checkpoints()
+    damaged = []
+    for path in candidates:
+        try:
+            state = run.load_checkpoint(path)
+        except StoreError as e:
+            damaged.append(e)
+            continue
+        for e in damaged:
+            print(f"rotelab: {e}; resuming from {path.relative_to(run.path)} (epoch {state['epoch']})", file=sys.stderr)
+        for name in run.damaged_checkpoints():
+            if run.checkpoints / name != path and all(e.path.name != name for e in damaged):
+                print(f"rotelab: note: checkpoint {run.checkpoints / name} is damaged (its size differs from "
+                      "the one written); delete it", file=sys.stderr)
+        return state
+    if damaged:
+        raise damaged[0]
+    return None
+
+
+def resume(path, display: dict | None = None) -> RunDir:
+    """Continue one run from its newest intact checkpoint (or from scratch if it has none), with the
+    protocol that made it and its saved config (`display` may change DISPLAY_FIELDS only). A finished
+    run is left as it is. Takes the run's lock before reading anything."""
+    from .registry import protocol_of
+    run = RunDir(path)
+    proto = protocol_of(run)
+    run.lock()
+    try:
+        cfg = proto.config.from_dict(run.read_config()).validate()
+        if display:
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in display.items() if k in DISPLAY_FIELDS})
+        metrics = run.read_metrics()   # damaged files stop the resume here, before anything is written
+        if run.examples_file.is_file():
+            run.read_examples()
+        run.read_info()
+        loop = proto.build_loop(cfg, run, resumable_state(run))
+        if loop.done and run.read_status().get("state") == "done":
+            return run
+        # killed after its last checkpoint but before its final status: the final metrics are on disk
+        loop.last_metrics = next((m for m in reversed(metrics) if m.get("epoch") == loop.epoch), None)
+        run.write_status("running", epochs_completed=loop.epoch)
+    except BaseException:
+        run.unlock()
+        raise
+    return train([run], [loop], [proto.summarize and (lambda r: proto.summarize(r, cfg))])[0]
+
+
+def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = False, summary=None) -> list[RunDir]:
+    """A protocol's run in one directory: check, build (raising on bad input before anything is
+    written), lock, create, train. keep_existing resumes (or leaves alone) a run already in `out`;
+    `summary(run)` defaults to the protocol's summarize."""
+    cfg.validate()
+    if keep_existing and RunDir(out).config_file.is_file():
+        return [resume(out)]
+    run = RunDir.check_new(out, overwrite)
+    loop = proto.build_loop(cfg, run, None)
+    run.lock()
+    try:
+        run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol=proto.name)
+    except BaseException:
+        run.unlock()
+        raise
+    summarize = summary or (proto.summarize and (lambda r: proto.summarize(r, cfg)))
+    return train([run], [loop], [summarize])
+
+
+def start_group(proto, cfgs: list, paths: list, out, overwrite: bool = False, keep_existing: bool = False,
+                stacked: bool = False, summaries=None) -> list[RunDir]:
+    """Several runs in one output folder (infoplane seeds, noise ramps): every config is built once
+    before anything is written (bad input writes nothing); then each run starts, or with keep_existing
+    resumes (finished ones are left alone); new runs are trained as one stack with `stacked`."""
+    if not keep_existing:
+        RunDir.check_new(out, overwrite)
+    for c in cfgs:
+        c.validate()
+        proto.build_loop(c, RunDir(Path(out) / "probe"))   # raises on bad data, model or source
+    if overwrite and Path(out).is_dir():
+        RunDir(out).clear()
+    summaries = summaries or [None] * len(cfgs)
+    runs, new = [], []
+    for c, path, summary in zip(cfgs, paths, summaries):
+        if keep_existing and RunDir(path).config_file.is_file():
+            runs.append(resume(path))
+        elif stacked:
+            new.append((c, path))
+        else:
+            runs += start_one(proto, c, path, summary=summary)
+    if new:
+        runs += start_stack([c for c, _ in new], [p for _, p in new], protocol=proto)
+    RunDir(out).unlock()
+    return runs
+
+
+def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack: str | None = None) -> list[RunDir]:
+    """New runs of a protocol (a name or a Protocol) trained together as one stack (vectorized seeds);
+    each gets its own ordinary run directory, status and summary. `build_loop` replaces the
+    protocol's; `stack` picks the stack's kind (vectorized.Stacked)."""
+    from .registry import get_protocol
+    from .vectorized import Stacked, check_vectorizable
+    proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    if build_loop is not None:
+        proto = dataclasses.replace(proto, build_loop=build_loop)
+    for c in cfgs:
+        c.validate()
+    check_vectorizable(cfgs)
+    runs = [RunDir.check_new(p) for p in paths]
+    loops = [proto.build_loop(c, r) for c, r in zip(cfgs, runs)]
+    for r in runs:
+        r.lock()
+    try:
+        for c, r, loop in zip(cfgs, runs, loops):
+            r.create(c.to_dict(), environment(loop.device), protocol=proto.name)
+        Stacked(loops, stack)
+    except BaseException:
+        for r in runs:
+            r.unlock()
+        raise
+    summaries = [proto.summarize and (lambda r, c=c: proto.summarize(r, c)) for c in cfgs]
+    return train(runs, loops, summaries, together=True)
+
+
+def check_display_only(given: list[str], where: str):
+    """Refuse config flags with --resume unless they only change what is shown."""
+    from .config import flag
+    bad = [g for g in given if g not in {flag(f) for f in DISPLAY_FIELDS}]
+    if bad:
+        raise ConfigError(bad[0], f"--resume continues {where} with its saved config; drop this, "
+                                  "or start a new run with --out")
