@@ -191,11 +191,17 @@ def test_cli_noise_plot_resume_and_errors(trained, tmp_path, capsys):
     assert main(["plot", str(out)]) == 0
     assert (out / "figures" / "noise_ramp.png").stat().st_size > 10_000
     assert main(["noise", "--resume", str(out)]) == 0
+    # a kill before the second ramp started: --resume OUT starts it (the folder knows all its sources)
+    import shutil
+    finished = (out / "true" / "metrics.jsonl").read_bytes()
+    shutil.rmtree(out / "rand")
+    assert main(["noise", "--resume", str(out)]) == 0
+    assert json.loads((out / "rand" / "status.json").read_text())["state"] == "done"
+    assert (out / "true" / "metrics.jsonl").read_bytes() == finished
     capsys.readouterr()
     assert main(["noise", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "missing does not exist" in capsys.readouterr().err
     # a source run with a damaged checkpoint: named as a source (`runs`), never offered for deletion
-    import shutil
     shutil.copytree(trained / "true", tmp_path / "damaged")
     (tmp_path / "damaged" / "checkpoints" / "last.pt").write_bytes(b"garbage")
     assert main(["noise", str(tmp_path / "damaged"), "--out", str(tmp_path / "x")]) == 2

@@ -129,12 +129,13 @@ def resume_path(path, proto, dirs, display: dict | None = None) -> list:
     `display`: flags that only change what is shown (--no-progress)."""
     from .runner import resume
     from .store import RunDir, is_run
-    expected = proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config()))
-    if len(dirs) >= expected and all(RunDir(d).read_status().get("state") == "done" for d in dirs):
-        return None
+    done = all(RunDir(d).read_status().get("state") == "done" for d in dirs)
     if is_run(path):
-        return [resume(path, display)]
-    return proto.resume_folder(path) if proto.resume_folder else [resume(d, display) for d in dirs]
+        return None if done else [resume(path, display)]
+    if proto.resume_folder:   # the folder knows all its runs, those a kill left unstarted too
+        return proto.resume_folder(path)
+    expected = proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config()))
+    return None if done and len(dirs) >= expected else [resume(d, display) for d in dirs]
 
 
 def default_threads() -> int | None:

@@ -87,12 +87,28 @@ def config_from_dict(cls, d: dict):
     return cls(**d)
 
 
+class Config:
+    """What every protocol's config dataclass gets: its fields checked against their declarations
+    (validate; a subclass adds what involves several fields), and plain dicts in and out (the run
+    directory's config.json, sweep points, study steps)."""
+
+    def validate(self):
+        return check_fields(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return config_from_dict(cls, d)
+
+
 CORRUPTIONS = ("none", "labels", "shuffled-pixels", "random-pixels", "gaussian")
 SCHEDULES = ("constant", "step", "exp", "cosine")
 
 
 @dataclass
-class FitConfig:
+class FitConfig(Config):
     # data
     dataset: str = opt("digits", "dataset name (see `rotelab datasets`)")
     data_root: str = opt("data", "folder with torchvision-format data (cifar10, cifar100, mnist, fashion-mnist)")
@@ -164,7 +180,7 @@ class FitConfig:
 
     def validate(self) -> "FitConfig":
         """Every field against its declaration, then what involves several fields or names."""
-        check_fields(self)
+        super().validate()
         parse_corruption(self.corrupt)
         if not self.widths or min(self.widths) < 1:
             raise ConfigError("--widths", f"needs positive widths such as 512 or 512,512, got {self.widths}")
@@ -179,18 +195,8 @@ class FitConfig:
         """Model and dataset names against their registries (these import torch, so only here)."""
         from .data.sources import SOURCES
         from .models import MODELS
-        if self.dataset not in SOURCES:
-            raise ConfigError("--dataset", f"unknown dataset {self.dataset!r}; use one of {', '.join(sorted(SOURCES))}")
-        if self.model not in MODELS:
-            raise ConfigError("--model", f"unknown model {self.model!r}; use one of {', '.join(MODELS)}")
-
-    # -- files ---------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
-        return config_from_dict(cls, d)
+        SOURCES.get(self.dataset)
+        MODELS.get(self.model)
 
 
 def parse_seeds(spec: str) -> list[int]:

@@ -13,7 +13,8 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import ConfigError
+from .errors import ConfigError
+from .registries import Registry
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,9 @@ class Protocol:
         return self.runs_per_point(cfg) if self.runs_per_point else 1
 
 
-PROTOCOLS: dict[str, Protocol] = {}
+PROTOCOLS = Registry("protocol", "protocol")
+register = PROTOCOLS.register   # `PROTOCOL = register(Protocol(...))`: adds (or replaces) it and returns it
 _loaded = False
-
-
-def register(protocol: Protocol) -> Protocol:
-    """Add (or replace) a protocol; returns it, so a file can keep `PROTOCOL = register(Protocol(...))`."""
-    PROTOCOLS[protocol.name] = protocol
-    return protocol
 
 
 def load_protocols() -> dict[str, Protocol]:

@@ -178,10 +178,11 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
 
 
 def start_group(proto, cfgs: list, paths: list, out, overwrite: bool = False, keep_existing: bool = False,
-                stacked: bool = False, summaries=None) -> list[RunDir]:
+                stacked: bool = False, summaries=None, prepare=None) -> list[RunDir]:
     """Several runs in one output folder (infoplane seeds, noise ramps): every config is built once
-    before anything is written (bad input writes nothing); then each run starts, or with keep_existing
-    resumes (finished ones are left alone); new runs are trained as one stack with `stacked`."""
+    before anything is written (bad input writes nothing); `prepare()` then writes what the folder
+    needs to be resumed as a whole; each run starts, or with keep_existing resumes (finished ones are
+    left alone); new runs are trained as one stack with `stacked`."""
     if not keep_existing:
         RunDir.check_new(out, overwrite)
     for c in cfgs:
@@ -189,6 +190,9 @@ def start_group(proto, cfgs: list, paths: list, out, overwrite: bool = False, ke
         proto.build_loop(c, RunDir(Path(out) / "probe"))   # raises on bad data, model or source
     if overwrite and Path(out).is_dir():
         RunDir(out).clear()
+    if prepare is not None:
+        RunDir(out).lock()
+        prepare()
     summaries = summaries or [None] * len(cfgs)
     runs, new = [], []
     for c, path, summary in zip(cfgs, paths, summaries):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..registries import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -30,14 +31,7 @@ class Source:
     normalize: bool = True  # standardize per channel with train statistics
 
 
-SOURCES: dict[str, callable] = {}
-
-
-def register(name: str):
-    def wrap(fn):
-        SOURCES[name] = fn
-        return fn
-    return wrap
+SOURCES = Registry("dataset", "--dataset")   # name -> source(cfg) -> Source
 
 
 def _tensors(x_train, y_train, x_test, y_test, num_classes, normalize=True) -> Source:
@@ -60,7 +54,7 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0) -> tupl
 
 # -- embedded data sets (no download) ----------------------------------------------------------
 
-@register("digits")
+@SOURCES.register("digits")
 def digits(cfg) -> Source:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes); a fixed stratified split."""
     from sklearn.datasets import load_digits
@@ -107,7 +101,7 @@ def _mnist1d() -> dict:
     return arrays
 
 
-@register("mnist1d")
+@SOURCES.register("mnist1d")
 def mnist1d(cfg) -> Source:
     """MNIST-1D (Greydanus 2020): 4,000 + 1,000 one-dimensional signals of length 40, generated locally."""
     d = _mnist1d()
@@ -132,7 +126,7 @@ def twelve_bit_task(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return bits, y
 
 
-@register("tishby")
+@SOURCES.register("tishby")
 def tishby(cfg) -> Source:
     """The 12-bit task: var_u.mat from --data-file, or a generated task of the same shape. Inputs are raw bits."""
     if cfg.data_file:
@@ -198,12 +192,12 @@ def _mnist_like(cfg, folder: str, tv_class: str, extra_dirs=()) -> Source:
     return _tensors(scale(xtr), ytr, scale(xte), yte, 10)
 
 
-@register("mnist")
+@SOURCES.register("mnist")
 def mnist(cfg) -> Source:
     return _mnist_like(cfg, "MNIST", "MNIST")
 
 
-@register("fashion-mnist")
+@SOURCES.register("fashion-mnist")
 def fashion_mnist(cfg) -> Source:
     """Fashion-MNIST from --data-root (torchvision layout), else from Debian's dataset-fashion-mnist."""
     return _mnist_like(cfg, "FashionMNIST", "FashionMNIST", extra_dirs=[DEBIAN_FASHION_MNIST])
@@ -237,11 +231,11 @@ def _cifar(cfg, folder: str, tv_class: str, train_files, test_files, label_key: 
     return _tensors(xtr, ytr, xte, yte, num_classes)
 
 
-@register("cifar10")
+@SOURCES.register("cifar10")
 def cifar10(cfg) -> Source:
     return _cifar(cfg, "cifar-10-batches-py", "CIFAR10", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10)
 
 
-@register("cifar100")
+@SOURCES.register("cifar100")
 def cifar100(cfg) -> Source:
     return _cifar(cfg, "cifar-100-python", "CIFAR100", ["train"], ["test"], "fine_labels", 100)

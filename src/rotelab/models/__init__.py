@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..registries import Registry
 from ..seeding import derive_seed
 from .convnets import AlexNetSmall, InceptionSmall
 from .mlp import MLP
@@ -15,6 +16,7 @@ from .noisy import add_weight_noise
 from .wrn import WideResNet
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
+MODELS = Registry("model", "--model")   # name -> builder(cfg, input_shape, num_classes) -> nn.Module
 
 
 def _image_shape(name, shape):
@@ -24,15 +26,18 @@ def _image_shape(name, shape):
     return shape
 
 
+@MODELS.register("mlp")
 def _mlp(cfg, shape, k):
     return MLP(shape, cfg.widths, k, ACTIVATIONS[cfg.activation or "relu"])
 
 
+@MODELS.register("tishby")
 def _tishby(cfg, shape, k):
     """The 12-10-7-5-4-3-2 net of Shwartz-Ziv & Tishby (hidden widths 10-7-5-4-3), tanh by default."""
     return MLP(shape, [10, 7, 5, 4, 3], k, ACTIVATIONS[cfg.activation or "tanh"])
 
 
+@MODELS.register("alexnet-small")
 def _alexnet(cfg, shape, k):
     model = AlexNetSmall(_image_shape("alexnet-small", shape)[0], k)
     with torch.no_grad():
@@ -40,10 +45,12 @@ def _alexnet(cfg, shape, k):
     return model
 
 
+@MODELS.register("inception-small")
 def _inception(cfg, shape, k):
     return InceptionSmall(_image_shape("inception-small", shape)[0], k)
 
 
+@MODELS.register("wrn")
 def _wrn(cfg, shape, k):
     if (cfg.depth - 4) % 6 or cfg.depth < 10:
         raise ConfigError("--depth", f"a Wide ResNet has depth 6n+4 (10, 16, 22, 28, ...), got {cfg.depth}")
@@ -52,22 +59,14 @@ def _wrn(cfg, shape, k):
     return WideResNet(_image_shape("wrn", shape)[0], k, cfg.depth, cfg.widen)
 
 
-MODELS = {
-    "mlp": _mlp,
-    "tishby": _tishby,
-    "alexnet-small": _alexnet,
-    "inception-small": _inception,
-    "wrn": _wrn,
-}
 
 
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
     """Build cfg.model for the data; initialization is deterministic from cfg.seed."""
-    if cfg.model not in MODELS:
-        raise ConfigError("--model", f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+    builder = MODELS.get(cfg.model)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(derive_seed(cfg.seed, "init"))  # initial weights: CPU draws
-        model = MODELS[cfg.model](cfg, tuple(input_shape), num_classes)
+        model = builder(cfg, tuple(input_shape), num_classes)
     if getattr(cfg, "weight_noise", "none") == "lognormal":
         add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling)
     return model

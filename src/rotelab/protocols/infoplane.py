@@ -19,12 +19,43 @@ import numpy as np
 
 from ..config import ConfigError, FitConfig, opt, parse_seeds
 from ..hook import EpochResult, Hook
+from ..registries import Registry
 from ..registry import Protocol, register
 from ..store import RunDir, runs_in, truncate_jsonl
 from ..runner import start_group
 from . import fit as fit_protocol
 
-ESTIMATORS = ("binning", "kde", "ksg")
+# name -> estimate(t, x_flat, x_ids, y, cfg) -> [{"estimator", "ixt", "ity"}] in bits, for one layer's activations
+ESTIMATORS = Registry("estimator", "--estimators")
+
+
+@ESTIMATORS.register("binning")
+def binning(t, x, x_ids, y, cfg) -> list[dict]:
+    """Plug-in estimates of the binned layer: fixed edges (--bin-range, --n-bins), or floor(t / --bin-size)."""
+    from ..measures.information import binning_mi
+    if cfg.bin_size is not None:
+        ixt, ity = binning_mi(t, x_ids, y, bin_size=cfg.bin_size)
+        return [{"estimator": "binning-size", "ixt": ixt, "ity": ity}]
+    ixt, ity = binning_mi(t, x_ids, y, edges=cfg.edges)
+    return [{"estimator": "binning", "ixt": ixt, "ity": ity}]
+
+
+@ESTIMATORS.register("kde")
+def kde(t, x, x_ids, y, cfg) -> list[dict]:
+    """Saxe et al.'s KDE upper and lower bounds, noise variance --kde-var."""
+    from ..measures.information import kde_mi
+    r = kde_mi(t, y, cfg.resolved_kde_var())
+    return [{"estimator": "kde-upper", "ixt": r["ixt_upper"], "ity": r["ity_upper"]},
+            {"estimator": "kde-lower", "ixt": r["ixt_lower"], "ity": r["ity_lower"]}]
+
+
+@ESTIMATORS.register("ksg")
+def ksg(t, x, x_ids, y, cfg) -> list[dict]:
+    """Kraskov et al.'s k-nearest-neighbour estimate (--ksg-k), mixed for the discrete labels."""
+    from ..measures.information import ksg_mi, mixed_ksg_mi
+    return [{"estimator": "ksg", "ixt": ksg_mi(np.asarray(x, dtype=np.float64), t, cfg.ksg_k),
+             "ity": mixed_ksg_mi(t, y, cfg.ksg_k)}]
+
 
 
 @dataclass
@@ -51,8 +82,7 @@ class InfoPlaneConfig(FitConfig):
     def estimator_list(self) -> list[str]:
         names = [e.strip() for e in self.estimators.split(",") if e.strip()]
         for e in names:
-            if e not in ESTIMATORS:
-                raise ConfigError("--estimators", f"unknown estimator {e!r}; use any of {', '.join(ESTIMATORS)}")
+            ESTIMATORS.get(e)
         return names
 
     @property
@@ -76,8 +106,6 @@ class InfoPlaneConfig(FitConfig):
         parse_seeds(self.seeds)
         self.estimator_list
         self.edges
-        if self.model not in ("mlp", "tishby"):
-            raise ConfigError("--model", f"infoplane captures the layers of mlp and tishby models, not {self.model}")
         if self.vectorize and self.grad_snr:
             raise ConfigError("--grad-snr", "reads each run's gradients batch by batch, which a stack of runs "
                                             "does not expose; drop --vectorize or --grad-snr")
@@ -94,22 +122,7 @@ def capture_epochs(last: int, n: int, every: int = 0) -> set[int]:
 
 def layer_estimates(t: np.ndarray, x: np.ndarray, x_ids: np.ndarray, y: np.ndarray, cfg: InfoPlaneConfig) -> list[dict]:
     """I(X;T) and I(T;Y) in bits of one layer's activations, per estimator."""
-    from ..measures.information import binning_mi, kde_mi, ksg_mi, mixed_ksg_mi
-    rows = []
-    for est in cfg.estimator_list:
-        if est == "binning" and cfg.bin_size is not None:
-            ixt, ity = binning_mi(t, x_ids, y, bin_size=cfg.bin_size)
-            rows.append({"estimator": "binning-size", "ixt": ixt, "ity": ity})
-        elif est == "binning":
-            ixt, ity = binning_mi(t, x_ids, y, edges=cfg.edges)
-            rows.append({"estimator": "binning", "ixt": ixt, "ity": ity})
-        elif est == "kde":
-            r = kde_mi(t, y, cfg.resolved_kde_var())
-            rows.append({"estimator": "kde-upper", "ixt": r["ixt_upper"], "ity": r["ity_upper"]})
-            rows.append({"estimator": "kde-lower", "ixt": r["ixt_lower"], "ity": r["ity_lower"]})
-        elif est == "ksg":
-            rows.append({"estimator": "ksg", "ixt": ksg_mi(x, t, cfg.ksg_k), "ity": mixed_ksg_mi(t, y, cfg.ksg_k)})
-    return rows
+    return [row for est in cfg.estimator_list for row in ESTIMATORS[est](t, x, x_ids, y, cfg)]
 
 
 def whole_task_labels(cfg: InfoPlaneConfig) -> InfoPlaneConfig:
@@ -144,9 +157,10 @@ class InfoPlaneRecorder(Hook):
     def __init__(self, run: RunDir, sets: dict, cfg: InfoPlaneConfig):
         from ..measures.information import row_ids
         self.run, self.cfg = run, cfg
-        # name -> (x, labels, flat float64 x for KSG, ids of distinct inputs: equal inputs are one x)
-        self.sets = {name: (x, y.cpu().numpy(), x.flatten(1).cpu().double().numpy() if "ksg" in cfg.estimator_list
-                            else None, row_ids(x.flatten(1).cpu().numpy())) for name, (x, y) in sets.items()}
+        # name -> (x, labels, flat x for KSG, ids of distinct inputs: equal inputs are one x)
+        # (a CPU tensor's flat view costs no copy; KSG takes it in float64 itself)
+        self.sets = {name: (x, y.cpu().numpy(), x.flatten(1).cpu().numpy(), row_ids(x.flatten(1).cpu().numpy()))
+                     for name, (x, y) in sets.items()}
         self.epochs = capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)
         self.last = None
         self.seconds = 0.0
@@ -228,12 +242,18 @@ class GradientSNR(Hook):
 
 
 def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None):
+    """fit's loop with the capture hook; any model that exposes `activations(x, output)` (its layers'
+    outputs in order, the output layer last) can be captured."""
     def hooks(data):
         own = [InfoPlaneRecorder(run, evaluation_sets(data, cfg), cfg)]
         if cfg.grad_snr:
             own.append(GradientSNR(capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)))
         return own
-    return fit_protocol.build_loop(cfg, run, state, hooks)
+    loop = fit_protocol.build_loop(cfg, run, state, hooks)
+    if not callable(getattr(loop.model, "activations", None)):
+        raise ConfigError("--model", f"infoplane captures a model's layers through its activations(x, output) "
+                                     f"method, which {cfg.model} does not have; use mlp or tishby")
+    return loop
 
 
 def seed_dirs(path) -> list[Path]:

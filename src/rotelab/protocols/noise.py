@@ -16,14 +16,14 @@ from pathlib import Path
 
 import math
 
-from ..config import ConfigError, check_fields, config_from_dict, opt
+from ..config import Config, ConfigError, opt
 from ..hook import EpochResult, Hook
 from ..registry import Protocol, protocol_of, register
-from ..store import RunDir, StoreError, atomic_write_json, runs_in
+from ..store import RunDir, StoreError, atomic_write_json, read_json, runs_in
 from ..runner import resume, start_group
 
 @dataclass
-class NoiseConfig:
+class NoiseConfig(Config):
     """The noise ramp on one trained run: freeze it, raise alpha step by step, evaluate under noise."""
 
     source: str = opt("", "(set from the positional RUN arguments) the trained run directory")
@@ -63,19 +63,12 @@ class NoiseConfig:
         return len(self.alpha_list()) * self.every
 
     def validate(self) -> "NoiseConfig":
-        check_fields(self)
+        super().validate()
         alphas = self.alpha_list()
         if not all(math.isfinite(a) for a in alphas):
             raise ConfigError("--alphas" if self.alphas else "--alpha-factor",
                               f"the ramp reaches a non-finite alpha ({max(alphas)}); use fewer --steps or a smaller factor")
         return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NoiseConfig":
-        return config_from_dict(cls, d)
 
 
 class AlphaRamp(Hook):
@@ -238,8 +231,11 @@ def start(cfg: NoiseConfig, out, overwrite: bool = False, keep_existing: bool = 
         raise ConfigError("runs", "give at least one trained run directory")
     cfg.validate()
     cfgs = [dataclasses.replace(cfg, source=s) for s in sources]
+
+    def record():   # every source, so that --resume OUT also starts the ramps a kill left unstarted
+        atomic_write_json(Path(out) / RAMP_FILE, {"sources": sources, "config": cfg.to_dict()})
     runs = start_group(PROTOCOL, cfgs, [Path(out) / name for name in run_names(sources)], out, overwrite,
-                       keep_existing, summaries=[lambda r, c=c: summarize(r, c) for c in cfgs])
+                       keep_existing, summaries=[lambda r, c=c: summarize(r, c) for c in cfgs], prepare=record)
     write_summary(out)
     return runs
 
@@ -259,8 +255,16 @@ def write_summary(out) -> Path:
     return path
 
 
+RAMP_FILE = "ramp.json"
+
+
 def resume_folder(out) -> list[RunDir]:
-    dirs = ramp_dirs(out)
+    """Every ramp of the folder: finished ones stay, broken ones resume, unstarted ones start."""
+    record = Path(out) / RAMP_FILE
+    if record.is_file():
+        saved = read_json(record)
+        return start(NoiseConfig.from_dict(saved["config"]), out, keep_existing=True, sources=saved["sources"])
+    dirs = ramp_dirs(out)   # a folder from before ramp.json: its ramps as they are
     if not dirs:
         raise ConfigError("--resume", f"{out} holds no noise-ramp runs")
     runs = [resume(d) for d in dirs]
