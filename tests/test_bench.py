@@ -20,8 +20,9 @@ def load(name):
     return module
 
 
-def test_every_bench_is_listed():
-    assert set(SCRIPTS) == {"mi_estimators", "study_time", "sweep_parallel", "train_throughput", "vectorized_seeds"}
+def test_every_bench_is_documented_in_the_readme():
+    readme = (BENCH.parent / "README.md").read_text()
+    assert SCRIPTS and [s for s in SCRIPTS if f"bench/{s}.py" not in readme] == []
 
 
 @pytest.mark.slow

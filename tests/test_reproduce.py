@@ -8,10 +8,21 @@ from pathlib import Path
 import pytest
 
 from rotelab import reproduce as rp
+from rotelab.protocols import fit as fitp
+from rotelab.protocols import infoplane as ipp
+from rotelab.protocols import noise as noisep
 from rotelab.cli import main
 from rotelab.store import RunDir
 
 STUDIES = [f.stem for f in rp.study_files()]
+
+
+def test_every_study_names_registered_figures_and_checks():
+    figures, checks = rp.study_tables()
+    for name in STUDIES:
+        spec = rp.load_study(name).spec
+        assert {f["kind"] for f in spec.get("figures", [])} <= set(figures), name
+        assert {c["kind"] for c in spec.get("checks", [])} <= set(checks), name
 
 
 def test_list_names_every_study_with_its_scales(capsys):
@@ -75,15 +86,15 @@ def test_checks_on_hand_made_runs(tmp_path):
     ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
     for p, epochs, acc in ((0.0, 10, 0.9), (0.5, 20, 0.5), (1.0, 30, 0.1), (1.0, None, 0.12)):
         fake_fit(tmp_path / "fits" / f"p{p}-{epochs}", f"labels={p}", epochs, acc)
-    value, _, passed = rp.check_all_fit(ctx, "fits")
+    value, _, passed = fitp.check_all_fit(ctx, "fits")
     assert value.startswith("3 of 4") and passed is False
-    value, _, passed = rp.check_rises_with_p(ctx, "fits", "fit_epoch")
+    value, _, passed = fitp.check_rises_with_p(ctx, "fits", "fit_epoch")
     assert "rank correlation 1.000" in value and "p=1: 30" in value and passed
-    value, _, passed = rp.check_rises_with_p(ctx, "fits", "test_error")
+    value, _, passed = fitp.check_rises_with_p(ctx, "fits", "test_error")
     assert passed and "p=1: 0.89" in value   # mean of the two p = 1 runs' errors, 0.9 and 0.88
-    value, expected, passed = rp.check_chance(ctx, "fits", p=1.0, tolerance=0.02)
+    value, expected, passed = fitp.check_chance(ctx, "fits", p=1.0, tolerance=0.02)
     assert "0.1100" in value and expected == "0.100 +- 0.02" and passed
-    assert rp.check_chance(ctx, "fits", p=1.0, tolerance=0.005)[2] is False
+    assert fitp.check_chance(ctx, "fits", p=1.0, tolerance=0.005)[2] is False
 
 
 def fake_infoplane(path: Path, curves: dict, n: int = 1024, train_acc: float = 1.0):
@@ -107,21 +118,21 @@ def test_compression_check_on_hand_made_curves(tmp_path):
     ceiling = 10.0   # log2 1024
     fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-0",
                    {0: [9.99] * 4, 5: [5, 9.5, 8.0, 7.0], 6: [4, 8, 6.9, 6.95], 7: [6, 9.2, 9.0, 8.5]})
-    value, expected, passed = rp.check_compression(ctx, "planes", "labels-random")
+    value, expected, passed = ipp.check_compression(ctx, "planes", "labels-random")
     # layer 6 falls 2.5, layer 7 1.05, the output 0.7: two of three layers fall >= 1 bit
     assert passed and "layer 6 9.50 (epoch 20) -> 7.00: falls 2.50" in value and "output 9.20" in value
     assert "falls 1.05" in value and "N = 1024" in value and "rotelab threshold" in expected
-    assert rp.check_compression(ctx, "planes", "labels-random", at_least=1.1)[2] is False
-    assert rp.check_compression(ctx, "planes", "labels-random", split="test")[2] is False   # flat on test
+    assert ipp.check_compression(ctx, "planes", "labels-random", at_least=1.1)[2] is False
+    assert ipp.check_compression(ctx, "planes", "labels-random", split="test")[2] is False   # flat on test
     # a layer at the ceiling all along is saturated, never a layer that "does not compress"
     fake_infoplane(tmp_path / "planes" / "labels-true" / "seed-0",
                    {0: [5] * 3, 5: [9.95, ceiling, 9.92], 6: [4, 9, 7], 7: [3, 6, 5.5]})
-    value, _, passed = rp.check_compression(ctx, "planes", "labels-true")
+    value, _, passed = ipp.check_compression(ctx, "planes", "labels-true")
     assert "layer 6 saturated" in value and passed is False   # one layer falls >= 1 bit of the two judged
-    value, _, passed = rp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)
+    value, _, passed = fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)
     assert passed and "1.0000" in value
     fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-1", {0: [1, 2]}, train_acc=0.98)
-    assert rp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
+    assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
 
 
 def test_information_terms_check_knows_the_closed_form(tmp_path):
@@ -134,7 +145,7 @@ def test_information_terms_check_knows_the_closed_form(tmp_path):
         alpha = 1e-4 * 2 ** ((e - 1) // 3)
         run.append_metrics({"epoch": e, "alpha": alpha, "neg_half_log_alpha": -0.5 * math.log(alpha)})
     run.unlock()
-    value, _, passed = rp.check_information_terms(ctx, "ramp")
+    value, _, passed = noisep.check_information_terms(ctx, "ramp")
     assert passed and "4.6052" in value and "0.3466" in value
 
 

@@ -8,7 +8,7 @@
     runs.final                                # one row per run: its last epoch, fit_epoch and state
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 
 def load(path):

@@ -78,20 +78,14 @@ def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
 def _report(run) -> None:
     from .registry import protocol_of
     status = run.read_status()
-    report_line = protocol_of(run).report_line
-    if report_line:
-        print(f"{run.path}: {report_line(run)}")
-        return
     final = status.get("final", {})
     line = (f"{run.path}: {status.get('state')} after {status.get('epochs_completed')} epochs; "
             + ", ".join(f"{k.replace('_', ' ')} {final[k]:.4f}" for k in ("train_acc", "val_acc", "test_acc")
                         if final.get(k) is not None))
     if status.get("fit_epoch"):
         line += f"; fit at epoch {status['fit_epoch']}"
-    for split, events in status.get("summary", {}).get("collapses", {}).items():
-        for e in events:
-            line += f"\n  collapse of {split} at epoch {e['epoch']}: {e['before']:.3f} -> {e['lowest']:.3f}"
-    print(line)
+    more = protocol_of(run).report_lines
+    print("\n  ".join([line, *(more(run) if more else [])]))
 
 
 def _resume_or_out(args, cls, inputs=()) -> bool:
@@ -244,8 +238,8 @@ def cmd_examples(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_runs
-    for path in plot_runs(args.runs):
+    from .figures import plot_paths
+    for path in plot_paths(args.runs):
         print(path)
     return 0
 
@@ -271,7 +265,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
     p = Parser(prog="rotelab", description="Experiments on how deep networks memorize.")
     p.add_argument("--version", action="version", version=f"rotelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)

@@ -7,7 +7,6 @@ status. A run killed between two of these resumes from the checkpoint and drops 
 from __future__ import annotations
 
 import functools
-import io
 import math
 import time
 from pathlib import Path

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .store import RunDir, StoreError, read_info, runs_in  # noqa: E402
+from .store import RunDir, read_info, runs_in  # noqa: E402
 
 
 def _series(metrics: list[dict], key: str):
@@ -74,9 +74,11 @@ def save_figure(fig, path: Path) -> Path:
 
 def plot_forget(run: RunDir, summary: dict) -> Path:
     """Accuracy of the train part, the val part and the test set over both stages, with the stage
-    boundary and the collapses the detector found (`summary`: stage1_end and collapses per split)."""
+    boundary and the collapses the detector found (`summary`: stage1_end and collapses per split);
+    below, the learning rate, and with --norms the effective learning rate lr / ||w||^2 and the
+    weights' norm."""
     m = run.read_metrics()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     colors = {"train": "C0", "val": "C1", "test": "C2"}
     for split in colors:
         x, y = _series(m, f"{split}_acc")
@@ -84,15 +86,27 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
         for e in summary["collapses"].get(split, []):
             ax.annotate("", xy=(e["lowest_epoch"], e["lowest"]), xytext=(e["epoch"], e["before"]),
                         arrowprops=dict(arrowstyle="->", color=colors[split], lw=1.2))
-            ax.plot([e["lowest_epoch"]], [e["lowest"]], "v", color=colors[split], ms=7)
-    if summary["stage1_end"] is not None:
-        ax.axvline(summary["stage1_end"] + 0.5, color="k", ls="--", lw=1, label="stage 1 | stage 2")
+            ax.plot([e["lowest_epoch"]], [e["lowest"]], "v", color=colors[split], ms=9, mec="k", zorder=5)
+            ax.axvspan(e["epoch"] - 0.5, e["lowest_epoch"] + 0.5, color=colors[split], alpha=0.15)
+    for a in (ax, ax_lr):
+        if summary["stage1_end"] is not None:
+            a.axvline(summary["stage1_end"] + 0.5, color="k", ls="--", lw=1,
+                      label="stage 1 | stage 2" if a is ax else None)
+        a.grid(alpha=0.3)
     if any(summary["collapses"].values()):
-        ax.plot([], [], "v", color="grey", ms=7, label="collapse: lowest point (arrow from the accuracy before it)")
-    ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02),
-           title=f"{run.path.name}: train+val, then train only (collapses marked)")
-    ax.grid(alpha=0.3)
+        ax.plot([], [], "v", color="grey", ms=9, mec="k", label="collapse: lowest point (shaded: its epochs)")
+    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=f"{run.path.name}: train+val, then train only (collapses marked)")
     ax.legend(fontsize=8)
+    ax_lr.plot(*_series(m, "lr"), color="k", lw=1, label="learning rate")
+    x, eff = _series(m, "eff_lr")
+    if x:
+        ax_lr.plot(x, eff, color="C3", lw=1.2, label="effective lr: lr / ||w||^2")
+        twin = ax_lr.twinx()
+        twin.plot(*_series(m, "weight_norm"), color="C4", lw=1.2, ls="--", label="||w|| (right axis)")
+        twin.set_ylabel("weight norm")
+        twin.legend(fontsize=8, loc="upper right")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", yscale="log")
+    ax_lr.legend(fontsize=8, loc="upper left")
     return _save(fig, run, "forget")
 
 
@@ -315,38 +329,3 @@ def plot_grad_snr(paths) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     return save_figure(fig, Path(paths[0]) / "figures" / "grad_snr.png")
-
-
-def plot_runs(paths) -> list[Path]:
-    """Figures of each path, as its protocol draws them: a run's curves and its own figures, and the
-    figures of a folder of runs that belong together (infoplane seeds side by side, a noise ramp).
-    A folder of independent runs (a sweep, a study) gets what `rotelab report` makes for it."""
-    from .registry import protocol_of
-    out, groups = [], {}
-    for p in map(Path, paths):
-        dirs = runs_in(p)
-        if not dirs:
-            if p.is_dir() and any(p.rglob("config.json")):
-                from .report import report
-                out.append(report([p], p / "report.html")["html"])
-                continue
-            raise StoreError(p, f"{p} is not a rotelab run directory and holds none")
-        protos = {d: protocol_of(d) for d in dirs}
-        grouped = [d for d in dirs if protos[d].group_figures]
-        if p not in dirs and not grouped:   # a folder of independent runs
-            from .report import report
-            out.append(report([p], p / "report.html")["html"])
-            continue
-        for d in dirs:
-            run, proto = RunDir(d), protos[d]
-            if proto.trains:
-                if not run.metrics_file.is_file():
-                    raise StoreError(run.path, f"{run.path} has no metrics.jsonl yet")
-                out += [plot_curves(run), plot_overlap(run)]
-                if proto.figures:
-                    out += proto.figures(run)
-        if grouped:
-            groups.setdefault(protos[grouped[0]].name, (protos[grouped[0]], []))[1].append(p)
-    for proto, folders in groups.values():
-        out += proto.group_figures(folders)
-    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import ConfigError
@@ -39,10 +39,15 @@ class Protocol:
     figures: Callable | None = None          # figures(run) -> [Path]: a run's own figures beyond the curves
     group_figures: Callable | None = None    # group_figures([folder]) -> [Path]: figures of output folders
     report_section: Callable | None = None   # report_section([RunDir], folder) -> [(title, Path)]
-    report_line: Callable | None = None      # report_line(run) -> str: what the command prints for a finished run
+    report_lines: Callable | None = None     # report_lines(run) -> [str]: what the command prints for a finished
+                                             #   run beyond its state and accuracies
     cli_skip: tuple = ()                     # config fields that get no flag (set from other arguments)
     ramp_data: Callable | None = None        # ramp_data(cfg) -> Data: what a noise ramp of its runs
                                              #   evaluates (default: rotelab.data.load_data(cfg))
+    study_figures: dict = field(default_factory=dict)   # kind -> figure(ctx, step, **args) -> [Path]: what a
+                                             #   study file's [[figures]] may name (ctx: reproduce.Context)
+    study_checks: dict = field(default_factory=dict)    # kind -> check(ctx, step, **args) -> (value, expected,
+                                             #   pass or None for reported): what [[checks]] may name
     example: Callable | None = None          # example(tmp) -> (config fields, extra CLI args): a run of a few
                                              #   seconds, for the conformance tests every protocol gets
 

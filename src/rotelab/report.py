@@ -7,14 +7,29 @@ infoplane: information planes; noise: the ramp) and each run's own figures (`rot
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import json
 from pathlib import Path
 
-
+from . import page
+from .registry import load_protocols, protocol_of
 from .store import RunDir, StoreError, find_runs
+
+
+def run_figures(path, strict: bool = False) -> list[Path]:
+    """A trained run's own figures: its curves, the overlap of consecutive epochs' correct sets, and
+    what its protocol adds. A run without metrics yet has none (StoreError with `strict`)."""
+    from .plots import plot_curves, plot_overlap
+    run, proto = RunDir(path), protocol_of(path)
+    if not proto.trains:
+        return []
+    if not run.metrics_file.is_file():
+        if strict:
+            raise StoreError(run.path, f"{run.path} has no metrics.jsonl yet")
+        return []
+    return [plot_curves(run), plot_overlap(run), *(proto.figures(run) if proto.figures else [])]
+
 
 def final_rows(runs: list[RunDir]) -> list[dict]:
     """One row per run: its protocol, the config fields that differ between runs, and final numbers."""
@@ -46,15 +61,8 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<img alt="{html.escape(Path(path).name)}" src="data:image/png;base64,{data}">'
-
-
 def report(paths, out) -> dict:
     """The HTML page, its figures folder and the CSV; returns what was written."""
-    from .plots import plot_runs
-    from .registry import load_protocols, protocol_of
     out = Path(out)
     runs = find_runs(paths)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -66,15 +74,7 @@ def report(paths, out) -> dict:
         mine = [r for r in runs if r.read_protocol() == proto.name]
         if mine and proto.report_section:
             figures += [(f"{proto.name}: {title}", png) for title, png in proto.report_section(mine, folder)]
-    per_run = []
-    for r in runs:
-        if not protocol_of(r).trains:
-            continue   # drawn in its protocol's section
-        try:
-            pngs = plot_runs([r.path])
-        except StoreError:
-            continue
-        per_run.append((r, pngs))
+    per_run = [(r, pngs) for r in runs if (pngs := run_figures(r.path))]   # others: in their protocol's section
 
     table = "".join("<tr>" + "".join(f"<td>{html.escape(str(v if not isinstance(v, float) else round(v, 4)))}</td>"
                                      for v in r.values()) + "</tr>" for r in rows)
@@ -85,15 +85,12 @@ def report(paths, out) -> dict:
     if figures:
         parts.append("<h2>Figures</h2>")
         for title, png in figures:
-            parts.append(f"<figure>{_img(png)}<figcaption>{html.escape(title)}</figcaption></figure>")
+            parts.append(page.figure(png, title))
             listed.append(png)
     parts.append("<h2>Runs</h2>")
     for r, pngs in per_run:
-        imgs = "".join(f"<figure>{_img(p)}<figcaption>{html.escape(p.name)}</figcaption></figure>" for p in pngs)
+        imgs = "".join(page.figure(p, p.name) for p in pngs)
         parts.append(f"<details><summary>{html.escape(str(r.path))} ({r.read_protocol()})</summary>{imgs}</details>")
         listed += pngs
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}figure{display:inline-block;margin:8px}")
-    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>rotelab report</title>"
-                   f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    page.write(out, "rotelab report", "".join(parts))
     return {"html": out, "csv": csv_path, "figures": [p for _, p in figures], "embedded": listed}

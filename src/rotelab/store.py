@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .config import parse_corruption
 
 
@@ -360,6 +360,10 @@ class RunDir:
     def read_info(self) -> list[dict]:
         """info.jsonl (infoplane): one record per captured epoch, layer and estimator."""
         return read_jsonl(self.info_file)
+
+    def num_classes(self) -> int:
+        """The number of classes of the run's data (from the true labels it recorded)."""
+        return int(self.read_examples()["train_labels_true"].max()) + 1
 
     def label_corruption(self) -> float:
         """The label-corruption level p of this run (0 for other corruptions), for coloring figures."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, FitConfig
-from .engine import EpochShare, Evaluation, Loop, build_optimizer, margins, run_together, split_metrics_rows
+from .engine import EpochShare, Evaluation, Loop, build_optimizer, margins, split_metrics_rows
 
 # Fields that may differ between runs trained together: they change the data, not the computation.
 PER_RUN_FIELDS = {"seed", "corrupt", "label_noise_mode", "corrupt_test", "progress", "save_epochs", "checkpoint_every"}

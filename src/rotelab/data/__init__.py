@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..spec import parse_corruption
 from ..seeding import derive_seed, generator
 from . import corruption
 from .sources import SOURCES, Source
@@ -98,7 +99,6 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
 
     With val_size (a count, or a fraction below 1), a class-balanced part of the training set drawn
     from the seed is split off as `val`, corrupted by `val_corrupt` with its own random stream."""
-    from ..config import parse_corruption
     src = load_source(cfg)
     x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
     if src.normalize and cfg.normalize == "standard":

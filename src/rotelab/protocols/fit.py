@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import FitConfig, parse_corruption
 from ..registry import Protocol, register
-from ..store import RunDir
+from ..store import RunDir, runs_in
 from ..runner import start_one
 
 
@@ -166,6 +166,130 @@ def report_section(runs, folder):
     return zhang_figures(runs, folder)
 
 
+# -- what studies of fit runs draw and check (rotelab.reproduce runs them) ---------------------------
+
+def fig_zhang(ctx, step: str) -> list[Path]:
+    return [p for _, p in zhang_figures(ctx.runs(step), ctx.figures)]
+
+
+def fig_oscillation(ctx, step: str, split: str = "train") -> list[Path]:
+    from ..plots import plot_overlap_runs
+    return [plot_overlap_runs(ctx.runs(step), ctx.figures / f"oscillation_{split}.png", split)]
+
+
+def _label_level(run: RunDir) -> float | None:
+    kind, p = parse_corruption(run.read_config().get("corrupt", "none"))
+    return p if kind in ("labels", "none") else None
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+    return float(spearmanr(x, y).statistic)
+
+
+def check_all_fit(ctx, step: str):
+    runs = ctx.runs(step)
+    fit = [r for r in runs if r.read_status().get("fit_epoch")]
+    slow = [r.path.name for r in runs if r not in fit]
+    return f"{len(fit)} of {len(runs)}" + (f" (not fit: {', '.join(slow)})" if slow else ""), "all", \
+        bool(runs) and len(fit) == len(runs)
+
+
+def _by_level(ctx, step: str, value) -> dict[float, list[float]]:
+    levels = {}
+    for r in ctx.runs(step):
+        p = _label_level(r)
+        v = value(r)
+        if p is not None and v is not None:
+            levels.setdefault(p, []).append(v)
+    return dict(sorted(levels.items()))
+
+
+def _fit_epoch(r: RunDir):
+    return r.read_status().get("fit_epoch")
+
+
+def _test_error(r: RunDir):
+    m = r.read_metrics()
+    return 1 - m[-1]["test_acc"] if m else None
+
+
+METRICS = {"fit_epoch": _fit_epoch, "test_error": _test_error}
+
+
+def check_rises_with_p(ctx, step: str, metric: str, at_least: float = 0.9):
+    levels = _by_level(ctx, step, METRICS[metric])
+    means = {p: float(np.mean(v)) for p, v in levels.items()}
+    rho = spearman(list(means), list(means.values())) if len(means) > 2 else float("nan")
+    shown = ", ".join(f"p={p:g}: {m:.4g}" for p, m in means.items())
+    return f"rank correlation {rho:.3f} (means {shown})", f">= {at_least}", bool(rho >= at_least)
+
+
+def check_chance(ctx, step: str, p: float = 1.0, tolerance: float = 0.02):
+    runs = [r for r in ctx.runs(step) if _label_level(r) == p]
+    if not runs:
+        return "no runs", "", False
+    chance = 1 / runs[0].num_classes()
+    acc = float(np.mean([1 - _test_error(r) for r in runs]))
+    return f"test accuracy {acc:.4f} (mean of {len(runs)})", f"{chance:.3f} +- {tolerance}", abs(acc - chance) <= tolerance
+
+
+def check_overlap_bounds(ctx, step: str, split: str = "train"):
+    """intersection(t-1, t) <= acc(t-1), acc(t) <= union(t-1, t) at every epoch of every run; and the
+    gap union - intersection (the fraction of examples whose correctness flips), its largest value and
+    its value at the last epoch, reported."""
+    bad, gaps = 0, []
+    for r in ctx.runs(step):
+        m = r.read_metrics()
+        for prev, cur in zip(m, m[1:]):
+            i, u = cur.get(f"{split}_intersection"), cur.get(f"{split}_union")
+            if i is None:
+                continue
+            bad += not (i - 1e-9 <= min(prev[f"{split}_acc"], cur[f"{split}_acc"])
+                        and max(prev[f"{split}_acc"], cur[f"{split}_acc"]) <= u + 1e-9)
+        g = [r[f"{split}_union"] - r[f"{split}_intersection"] for r in m if r.get(f"{split}_union") is not None]
+        peak = int(np.argmax(g))
+        gaps.append(f"{max(g):.3f} at epoch {m[peak + 1]['epoch']}, {g[-1]:.3f} at the end")
+    return f"{bad} epochs out of bounds; union - intersection: {'; '.join(gaps)}", \
+        "0 out of bounds", bad == 0
+
+
+def report_final_train_acc(ctx, step: str):
+    """Each group's train accuracy at its last epoch (mean and range over its runs), reported."""
+    parts = []
+    for g in ctx.groups(step):
+        accs = [RunDir(d).read_metrics()[-1]["train_acc"] for d in runs_in(g)]
+        parts.append(f"{g.name}: {np.mean(accs):.3f} ({min(accs):.3f}-{max(accs):.3f})")
+    return "; ".join(parts), "reported", None
+
+
+def check_final_train_acc(ctx, step: str, group: str, at_least: float = 0.99, source: str = "rotelab threshold"):
+    """Every run of a group ends with train accuracy >= at_least."""
+    runs = ctx.group_runs(step, group)
+    accs = [r.read_metrics()[-1]["train_acc"] for r in runs]
+    if not accs:
+        return f"no runs in {group}", "", False
+    return f"{group}: train accuracy {', '.join(f'{a:.4f}' for a in accs)} at the last epoch", \
+        f">= {at_least} ({source})", min(accs) >= at_least
+
+
+def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_at_least: float = 0.99):
+    """Final train and test accuracy of each point against a table of the paper's numbers."""
+    rows, ok = [], True
+    for g in ctx.groups(step):
+        want = expected.get(g.name)
+        if want is None:
+            continue
+        runs = [RunDir(d) for d in runs_in(g)]
+        m = [r.read_metrics()[-1] for r in runs]
+        train, test = float(np.mean([x["train_acc"] for x in m])), float(np.mean([x["test_acc"] for x in m]))
+        good = train >= train_at_least and abs(test - want) <= tolerance
+        ok &= good
+        rows.append(f"{g.name}: train {train:.4f}, test {test:.4f} (paper {want:.4f})")
+    return "; ".join(rows), f"train >= {train_at_least}, test within {tolerance} of the paper", ok and bool(rows)
+
+
+
 def example(tmp) -> tuple[dict, list]:
     """A run of a few seconds on scikit-learn's digits (the conformance tests run every protocol's)."""
     return dict(dataset="digits", widths=[64], epochs=40, lr=0.05, corrupt="labels=0.5", hist_every=0,
@@ -173,7 +297,10 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="fit", config=FitConfig, start=start, build_loop=build_loop, stackable=True, example=example,
+    name="fit", study_figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
+    study_checks={"all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance": check_chance,
+                  "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
+                  "train_acc_at_least": check_final_train_acc, "table": check_table}, config=FitConfig, start=start, build_loop=build_loop, stackable=True, example=example,
     help="train on data with corrupted labels or pixels",
     description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
     report_section=report_section))

@@ -218,9 +218,39 @@ def cli_start(args):
     return [stage2_from(args.stage2_from, args.out, overrides, overwrite=args.overwrite)]
 
 
+def report_lines(run: RunDir) -> list[str]:
+    """The collapses the run's summary lists, one line each."""
+    collapses = run.read_status().get("summary", {}).get("collapses", {})
+    return [f"collapse of {split} at epoch {e['epoch']}: {e['before']:.3f} -> {e['lowest']:.3f}"
+            for split, events in collapses.items() for e in events]
+
+
 def figures(run: RunDir):
     from ..plots import plot_forget
     return [plot_forget(run, summarize(run))]
+
+
+# -- what studies of forget runs draw and check ---------------------------------------------------
+
+def fig_forget(ctx, step: str) -> list[Path]:
+    from ..plots import plot_forget
+    out = []
+    for run in ctx.runs(step):
+        png = plot_forget(run, summarize(run))
+        out.append(ctx.copy(png, ctx.figures / f"forget_{step}_{run.path.name}.png"))
+    return out
+
+
+def report_collapses(ctx, step: str):
+    parts = []
+    for run in ctx.runs(step):
+        s = summarize(run)
+        events = [f"{split} at epoch {e['epoch']} ({e['before']:.2f} -> {e['lowest']:.2f})"
+                  for split, ev in s["collapses"].items() for e in ev]
+        parts.append(f"{run.path.name}: stage 1 ended at epoch {s['stage1_end']}; "
+                     + ("collapses: " + ", ".join(events) if events else "no collapse"))
+    return "; ".join(parts), "reported", None
+
 
 
 def example(tmp) -> tuple[dict, list]:
@@ -229,9 +259,10 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="forget", config=ForgetConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
+    name="forget", study_figures={"forget": fig_forget},
+    study_checks={"collapses": report_collapses}, config=ForgetConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
     help="memorize train + val parts, then train on the train part alone",
     description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 continues "
                 "on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run from a stage-1 "
                 "checkpoint of another (only stage-2 options may be given then).",
-    cli_start=cli_start, figures=figures, ramp_data=ramp_data))
+    cli_start=cli_start, figures=figures, ramp_data=ramp_data, report_lines=report_lines))

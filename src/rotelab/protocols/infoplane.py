@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +299,147 @@ def report_section(runs, folder):
     return [(f"information planes: {p.stem}", p) for p in plot_infoplane(groups, folder)]
 
 
+# -- what studies of information planes draw and check ---------------------------------------------
+
+def fig_infoplane(ctx, step: str) -> list[Path]:
+    """The information planes and I(X;T) against epoch of a step's groups, side by side; files named
+    after the step (a study may hold several)."""
+    from ..plots import plot_infoplane
+    out = []
+    for png in plot_infoplane(ctx.groups(step), ctx.figures / step):
+        out.append(ctx.copy(png, ctx.figures / f"{step}_{png.name}"))
+    return out
+
+
+def info_table(runs: list[RunDir], split: str = "train", estimator: str = "binning-size") -> tuple[dict, int]:
+    """layer -> (epochs, I(X;T), I(T;Y)) of one split and estimator, means over runs at the epochs
+    they share; and N, the size of the set it was measured on."""
+    per = {}
+    n = None
+    for run in runs:
+        for r in run.read_info():
+            if r.get("split", "train") == split and r["estimator"] == estimator:
+                per.setdefault(r["layer"], {}).setdefault(r["epoch"], []).append((r["ixt"], r["ity"]))
+                n = r.get("n", n)
+    table = {}
+    for layer, by_epoch in per.items():
+        epochs = np.array(sorted(e for e, v in by_epoch.items() if len(v) == len(runs)))
+        means = np.array([np.mean(by_epoch[e], axis=0) for e in epochs])
+        table[layer] = (epochs, means[:, 0], means[:, 1])
+    return table, n
+
+
+def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
+                      estimator: str = "binning-size") -> list[Path]:
+    """The Memorizing IB study's figure: `panels` maps a title to a group (a sweep point) of the step."""
+    from ..plots import plot_memorizing_ib
+    by_name = {g.name: g for g in ctx.groups(step)}
+    drawn, ceiling, widths = [], None, None
+    for title, group in panels.items():
+        if group in by_name:
+            runs = [RunDir(d) for d in runs_in(by_name[group])]
+            table, n = info_table(runs, split, estimator)
+            drawn.append((f"{title}, {split} set", table))
+            ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
+    if not drawn:
+        return []
+    return [plot_memorizing_ib(drawn, ceiling, ctx.figures / f"memorizing_ib_{split}.png", widths=widths)]
+
+
+def check_info_bounds(ctx, step: str):
+    """I(X;T) <= H(X) <= log2 N and I(T;Y) <= min(I(X;T), H(Y)) for every binning record (the data
+    processing inequality holds exactly for the plug-in estimates); KDE upper >= lower."""
+    bad, n = 0, 0
+    for run in ctx.runs(step):
+        rows = run.read_info()
+        ex = run.read_examples()
+        labels = ex["train_labels_used"]
+        hy = float(-sum(q * math.log2(q) for q in np.bincount(labels) / len(labels) if q > 0))
+        cfg = run.read_config()
+        n_eval = cfg.get("eval_size") or (4096 if cfg.get("dataset") == "tishby" else 2000)
+        pairs = {}
+        for r in rows:
+            n += 1
+            if r["estimator"].startswith("binning"):
+                bad += r["ixt"] > math.log2(n_eval) + 1e-9 or r["ity"] > r["ixt"] + 1e-9 or r["ity"] > hy + 0.05
+            pairs.setdefault((r["epoch"], r["layer"]), {})[r["estimator"]] = r
+        for p in pairs.values():
+            if "kde-upper" in p and "kde-lower" in p:
+                bad += p["kde-upper"]["ixt"] < p["kde-lower"]["ixt"] - 1e-9
+    return f"{bad} of {n} records out of bounds", "0", bad == 0 and n > 0
+
+
+def _final_layers(run: RunDir, estimator: str) -> dict[int, list[tuple[int, float, float]]]:
+    out = {}
+    for r in run.read_info():
+        if r["estimator"] == estimator:
+            out.setdefault(r["layer"], []).append((r["epoch"], r["ixt"], r["ity"]))
+    return out
+
+
+def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimator: str = "binning"):
+    vals = []
+    for g in ctx.groups(step):
+        if g.name != group:
+            continue
+        for d in runs_in(g):
+            layers = _final_layers(RunDir(d), estimator)
+            vals.append(sorted(layers[max(layers)])[-1][2])
+    if not vals:
+        return f"no runs in {group}", "", False
+    return f"{np.mean(vals):.3f} bits (mean of {len(vals)} seeds; min {min(vals):.3f})", f">= {at_least}", \
+        bool(np.mean(vals) >= at_least)
+
+
+def report_ixt_fall(ctx, step: str, estimator: str | None = None):
+    """How far the last hidden layers' I(X;T) falls from its maximum by the last epoch (reported, not
+    judged); by default with the group's binning estimator (fixed edges, else fixed bin size)."""
+    parts = []
+    for g in ctx.groups(step):
+        falls = {}
+        for d in runs_in(g):
+            names = {r["estimator"] for r in RunDir(d).read_info()}
+            est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
+            layers = _final_layers(RunDir(d), est)
+            for layer in sorted(layers)[-3:-1]:   # the last two hidden layers
+                series = sorted(layers[layer])
+                peak = max(v[1] for v in series)
+                falls.setdefault(layer, []).append(peak - series[-1][1])
+        parts.append(f"{g.name} ({est}): " + ", ".join(f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak"
+                                               for l, v in falls.items()))
+    return "; ".join(parts), "reported", None
+
+
+def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: float = 1.0, need: int = 2,
+                      split: str = "train", estimator: str = "binning-size", source: str = "rotelab threshold"):
+    """In every run of a group, at least `need` of the last `layers` layers fall by at least `at_least`
+    bits of I(X;T) from their peak by the last epoch. A layer within 0.1 bit of the ceiling log2 N all
+    along is reported as saturated (the estimator cannot see compression there), not as not compressing."""
+    from ..measures.information import compression
+    runs = ctx.group_runs(step, group)
+    if not runs:
+        return f"no runs in {group}", "", False
+    parts, ok = [], True
+    for run in runs:
+        table, n = info_table([run], split, estimator)
+        ceiling = math.log2(n)
+        found, words = 0, []
+        for layer in sorted(table)[-layers:]:
+            e, ixt, _ = table[layer]
+            c = compression(e, ixt, ceiling)
+            name = "output" if layer == max(table) else f"layer {layer + 1}"
+            if c["saturated"]:
+                words.append(f"{name} saturated (within 0.1 bit of log2 N = {ceiling:.2f} at every capture)")
+                continue
+            found += c["fall"] >= at_least
+            words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}")
+        ok &= found >= need
+        parts.append(f"{run.path.name} ({split} set, N = {n}): " + "; ".join(words))
+    return f"{group}: " + " | ".join(parts), \
+        f">= {at_least} bit fall in {need} of the last {layers} layers, every run ({source})", ok
+
+
+
 def example(tmp) -> tuple[dict, list]:
     return dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-3, batch_size=256, epochs=40,
                 seeds="0-1", captures=8, estimators="binning,kde", hist_every=0, checkpoint_every=0,
@@ -305,7 +447,9 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="infoplane", config=InfoPlaneConfig, example=example, start=start, build_loop=build_loop,
+    name="infoplane", study_figures={"infoplane": fig_infoplane, "memorizing_ib": fig_memorizing_ib},
+    study_checks={"info_bounds": check_info_bounds, "output_ity": check_output_ity, "ixt_fall": report_ixt_fall,
+                  "compression": check_compression}, config=InfoPlaneConfig, example=example, start=start, build_loop=build_loop,
     help="information planes of every layer, for several seeds",
     description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at log-spaced epochs "
                 "and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).",

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+import math
 from pathlib import Path
 
-import math
+import numpy as np
 
 from ..config import Config, ConfigError, opt
 from ..hook import EpochResult, Hook
@@ -276,11 +277,11 @@ def add_arguments(parser):
     parser.add_argument("runs", nargs="*", help="trained run directories")
 
 
-def report_line(run: RunDir) -> str:
+def report_lines(run: RunDir) -> list[str]:
     half = run.read_status().get("summary", {}).get("half_acc")
-    return (f"train accuracy below half of its noise-free value at alpha {half['alpha']:.3g} (epoch {half['epoch']}, "
+    return [f"train accuracy below half of its noise-free value at alpha {half['alpha']:.3g} (epoch {half['epoch']}, "
             f"log-uniform KL {half['kl_loguniform_bits']:.4g} bits)" if half
-            else "train accuracy stayed above half of its noise-free value")
+            else "train accuracy stayed above half of its noise-free value"]
 
 
 def group_figures(paths):
@@ -291,6 +292,53 @@ def group_figures(paths):
 def report_section(runs, folder):
     parents = sorted({r.path.parent for r in runs if r.read_protocol() == "noise"}, key=str)
     return [(f"noise ramp: {p.name}", png) for p in parents for png in group_figures([p])]
+
+
+# -- what studies of noise ramps draw and check ----------------------------------------------------
+
+def fig_noise_ramp(ctx, step: str) -> list[Path]:
+    return [ctx.copy(p, ctx.figures / "noise_ramp.png") for p in group_figures([ctx.step_dir(step)])]
+
+
+def _ramps(ctx, step: str) -> list[dict]:
+    return [summarize(r) for r in ctx.runs(step)]
+
+
+def check_random_breaks_first(ctx, step: str):
+    rows = _ramps(ctx, step)
+    alpha = lambda r: r["half_acc"]["alpha"] if r["half_acc"] else math.inf  # noqa: E731
+    rand = [alpha(r) for r in rows if r["label_corruption"] == 1.0]
+    true = [alpha(r) for r in rows if r["label_corruption"] == 0.0]
+    if not rand or not true:
+        return "needs true- and random-label runs", "", False
+    return (f"random labels halve at alpha {', '.join(f'{a:.3g}' for a in sorted(rand))}; "
+            f"true labels at {', '.join(f'{a:.3g}' for a in sorted(true))}"), \
+        "every random-label alpha below every true-label alpha", max(rand) < min(true)
+
+
+def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: float = 0.347,
+                            tolerance: float = 0.001):
+    run = ctx.runs(step)[0]
+    m = [r for r in run.read_metrics() if r["epoch"] > 0]
+    by_alpha = {}
+    for r in m:
+        by_alpha.setdefault(r["alpha"], r["neg_half_log_alpha"])
+    alphas = sorted(by_alpha)
+    first = by_alpha[alphas[0]]
+    steps = [by_alpha[a] - by_alpha[b] for a, b in zip(alphas, alphas[1:])]
+    drop = float(np.mean(steps)) if steps else float("nan")
+    ok = abs(first - start) <= tolerance and all(abs(s - per_doubling) <= tolerance for s in steps)
+    return f"starts at {first:.4f} nats, falls {drop:.4f} per step", \
+        f"{start} nats, {per_doubling} per doubling", bool(ok)
+
+
+def check_random_test_chance(ctx, step: str, tolerance: float = 0.03):
+    rows = [r for r in _ramps(ctx, step) if r["label_corruption"] == 1.0]
+    chance = 1 / RunDir(rows[0]["source"]).num_classes()
+    accs = [r["noise_free_test_acc"] for r in rows]
+    return f"test accuracy {', '.join(f'{a:.3f}' for a in accs)}", f"{chance:.2f} +- {tolerance}", \
+        all(abs(a - chance) <= tolerance for a in accs)
+
 
 
 def example(tmp) -> tuple[dict, list]:
@@ -308,10 +356,12 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="noise", config=NoiseConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
+    name="noise", study_figures={"noise_ramp": fig_noise_ramp},
+    study_checks={"random_breaks_first": check_random_breaks_first, "information_terms": check_information_terms,
+                  "random_test_chance": check_random_test_chance}, config=NoiseConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
     help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
     description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and raise alpha every "
                 "--every epochs; each run's results go to OUT/<name>.",
     trains=False, sweepable=False, add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs},
     group_figures=group_figures, report_section=report_section, resume_folder=resume_folder,
-    report_line=report_line, cli_skip=("source",)))
+    report_lines=report_lines, cli_skip=("source",)))
