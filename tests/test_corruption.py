@@ -138,3 +138,9 @@ def test_shuffled_pixels_on_test_reuse_the_train_permutation():
     assert torch.equal(flat(d.train.x), flat(clean.train.x)[:, perm])
     assert torch.equal(flat(d.test.x), flat(clean.test.x)[:, perm])
     assert d.train.corrupted.all() and d.test.corrupted.all()
+    # every training image permuted: the test images are by default too (Zhang et al.: the task is the
+    # permuted one); a partly shuffled training set leaves the test set clean
+    default = load_data(FitConfig(dataset="digits", corrupt="shuffled-pixels"))
+    assert torch.equal(flat(default.test.x), flat(clean.test.x)[:, perm]) and default.test.corrupted.all()
+    half = load_data(FitConfig(dataset="digits", corrupt="shuffled-pixels=0.5"))
+    assert torch.equal(half.test.x, clean.test.x) and not half.test.corrupted.any()

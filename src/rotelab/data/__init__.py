@@ -139,7 +139,12 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
         val = split(x_train[val_idx], y_train[val_idx], val_corrupt, "val")
         x_train, y_train = x_train[keep], y_train[keep]
     train = split(x_train, y_train, cfg.corrupt, "train")
+    kind, p = parse_corruption(cfg.corrupt)
     if cfg.corrupt_test:
+        test = split(x_test, y_test, cfg.corrupt, "test")
+    elif kind == "shuffled-pixels" and p == 1.0:
+        # every training image shuffled: the permutation defines the task, and Zhang et al. apply it to
+        # the test images too (their test accuracy is that of the permuted task)
         test = split(x_test, y_test, cfg.corrupt, "test")
     else:
         test = Split(x_test, y_test, y_test, torch.zeros(len(y_test), dtype=torch.bool))

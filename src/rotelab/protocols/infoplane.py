@@ -442,8 +442,7 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
 
 def example(tmp) -> tuple[dict, list]:
     return dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-3, batch_size=256, epochs=40,
-                seeds="0-1", captures=8, estimators="binning,kde", hist_every=0, checkpoint_every=0,
-                progress=False), []
+                seeds="0-1", captures=8, eval_size=512, hist_every=0, checkpoint_every=0, progress=False), []
 
 
 PROTOCOL = register(Protocol(
