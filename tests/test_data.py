@@ -128,6 +128,7 @@ def test_balanced_subset_water_fills_small_classes():
         balanced_subset(y, 500, 3)
 
 
+@pytest.mark.slow
 def test_mnist1d_shapes_and_disk_cache(tmp_path, monkeypatch):
     from rotelab.data import sources
     monkeypatch.setenv("ROTELAB_CACHE", str(tmp_path))

@@ -94,6 +94,7 @@ def test_resume_gives_the_same_information(tmp_path):
     assert info(resumed) == info(full)
 
 
+@pytest.mark.slow
 def test_cli_infoplane_plot_and_errors(tmp_path, capsys):
     out = tmp_path / "ib"
     args = ["infoplane", "--dataset", "tishby", "--model", "tishby", "--optimizer", "adam", "--lr", "0.004",

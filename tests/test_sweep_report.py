@@ -134,6 +134,7 @@ def test_ray_missing_says_how_to_install(tmp_path, monkeypatch):
         sweep(write(tmp_path), executor="ray")
 
 
+@pytest.mark.slow
 def test_report_renders_every_figure_it_lists(tmp_path):
     f = write(tmp_path, epochs=4)
     sweep(f, jobs=1)

@@ -163,6 +163,7 @@ def test_unsupported_combinations_are_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,epochs", [("alexnet-small", 2), ("inception-small", 1)])
 def test_vectorized_convnets_equal_separate_runs(tmp_path, model, epochs):
     """Any model stacks through torch.func (batch norm with per-run statistics included): the runs
