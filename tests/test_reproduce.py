@@ -135,6 +135,41 @@ def test_compression_check_on_hand_made_curves(tmp_path):
     assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
 
 
+def fake_forget(path: Path, train, val, stage1_end: int, lr2: float = 0.01):
+    run = RunDir(path)
+    run.create({"corrupt": "labels=1.0", "val_corrupt": "labels=0.0", "epochs": stage1_end, "epochs2": len(train) - stage1_end},
+               {}, protocol="forget")
+    for e, (tr, va) in enumerate(zip(train, val), start=1):
+        run.append_metrics({"epoch": e, "stage": 1 if e <= stage1_end else 2, "lr": 0.01 if e <= stage1_end else lr2,
+                            "train_acc": tr, "val_acc": va, "test_acc": 0.1})
+    run.unlock()
+
+
+def test_stage2_collapse_check_on_hand_made_runs(tmp_path):
+    from rotelab.protocols import forget as forgetp
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "bnwd", "protocol": "forget"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    # the motivating study's shape: both parts drop at once in stage 2, train recovers, val does not
+    train = [1.0] * 20 + [1.0] * 10 + [0.6, 0.7, 0.85, 0.93, 0.95] + [0.96] * 5
+    val = [1.0] * 20 + [1.0] * 10 + [0.5, 0.45, 0.42, 0.42, 0.42] + [0.42] * 5
+    fake_forget(tmp_path / "bnwd" / "a", train, val, stage1_end=20)
+    value, expected, passed = forgetp.check_stage2_collapse(ctx, "bnwd")
+    assert passed and "train collapses at epoch 31 (1.00 -> 0.60)" in value and "lr unchanged" in value
+    assert "val 1.00 before, 0.42 at the end" in value
+    # the same curves with the learning rate changed at the boundary: a forced perturbation, not spontaneous
+    fake_forget(tmp_path / "bnwd2" / "a", train, val, stage1_end=20, lr2=0.1)
+    ctx2 = rp.Context(rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "bnwd2", "protocol": "forget"}]}),
+                      "cpu", tmp_path, [{"name": "bnwd2", "protocol": "forget", "base": {}, "axes": {}}])
+    assert forgetp.check_stage2_collapse(ctx2, "bnwd2")[2] is False
+    # gradual forgetting of val, no collapse: reported, not passed
+    slow = [1.0 - 0.02 * max(0, e - 20) for e in range(40)]
+    fake_forget(tmp_path / "bnwd3" / "a", [1.0] * 40, slow, stage1_end=20)
+    ctx3 = rp.Context(rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "bnwd3", "protocol": "forget"}]}),
+                      "cpu", tmp_path, [{"name": "bnwd3", "protocol": "forget", "base": {}, "axes": {}}])
+    value, _, passed = forgetp.check_stage2_collapse(ctx3, "bnwd3")
+    assert passed is False and "no collapse" in value and "val 1.00 -> 0.62" in value
+
+
 def test_information_terms_check_knows_the_closed_form(tmp_path):
     import math
     study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "ramp", "protocol": "noise"}]})

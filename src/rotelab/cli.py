@@ -35,11 +35,18 @@ def _field_type(f: dataclasses.Field):
         return parse_ints
     if t.startswith("bool"):
         return bool
-    if "float" in t:
-        return float
-    if "int" in t:
-        return int
-    return str
+    kind = float if "float" in t else int if "int" in t else str
+    if kind is not str and "None" in t:   # `--until-fit none`: the field's None
+        def number_or_none(text: str):
+            if text.strip().lower() == "none":
+                return None
+            try:
+                return kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+        number_or_none.__name__ = kind.__name__
+        return number_or_none
+    return kind
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:

@@ -55,10 +55,16 @@ def _field_adapters(cls) -> dict:
 
 def check_fields(cfg):
     """Check every field of a config against its declared type and bounds (one ConfigError naming the
-    flag); floats given as integers are converted. Returns cfg."""
+    flag); floats given as integers are converted, and "none" is None for a field that may be None
+    (TOML has no null: `until_train_acc = "none"`). Returns cfg."""
+    import typing
     from pydantic import ValidationError
+    hints = typing.get_type_hints(type(cfg))
     for name, adapter in _field_adapters(type(cfg)).items():
         value = getattr(cfg, name)
+        if isinstance(value, str) and value.lower() == "none" and type(None) in typing.get_args(hints[name]) \
+                and str not in typing.get_args(hints[name]):
+            value = None
         try:
             setattr(cfg, name, adapter.validate_python(value))
         except ValidationError as e:

@@ -297,10 +297,11 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="fit", study_figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
-    study_checks={"all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance": check_chance,
-                  "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
-                  "train_acc_at_least": check_final_train_acc, "table": check_table}, config=FitConfig, start=start, build_loop=build_loop, stackable=True, example=example,
+    name="fit", config=FitConfig, start=start, build_loop=build_loop, stackable=True, example=example,
     help="train on data with corrupted labels or pixels",
     description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
-    report_section=report_section))
+    report_section=report_section,
+    study_figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
+    study_checks={"all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance": check_chance,
+                  "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
+                  "train_acc_at_least": check_final_train_acc, "table": check_table}))

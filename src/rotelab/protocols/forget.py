@@ -241,6 +241,50 @@ def fig_forget(ctx, step: str) -> list[Path]:
     return out
 
 
+def stage2_collapses(run: RunDir, recover: float = 0.9, val_gap: float = 0.2) -> dict:
+    """What stage 2 of a forget run did: whether the learning rate stayed as it was at the boundary
+    (a collapse is spontaneous only then), each collapse of the train or val part in stage 2 with the
+    train part's best accuracy after it and the val part's accuracy before it and at the end, and
+    whether it is the motivating study's kind (train recovers to `recover`, val stays `val_gap` below)."""
+    s = summarize(run)
+    m = {r["epoch"]: r for r in run.read_metrics()}
+    end = s["stage1_end"]
+    last = max(m)
+    out = {"stage1_end": end, "lr_kept": end is not None and end + 1 in m and m[end]["lr"] == m[end + 1]["lr"],
+           "val_start": m[end]["val_acc"] if end in m else None, "val_end": m[last]["val_acc"],
+           "train_end": m[last]["train_acc"], "collapses": []}
+    for split in ("train", "val"):
+        for c in s["collapses"].get(split, []):
+            if end is None or c["epoch"] <= end:
+                continue
+            val_before = max(m[e]["val_acc"] for e in range(max(end + 1, c["epoch"] - 5), c["epoch"]) if e in m) \
+                if c["epoch"] - 1 > end else m[end]["val_acc"]
+            train_after = max(m[e]["train_acc"] for e in m if e > c["lowest_epoch"]) if last > c["lowest_epoch"] else None
+            kind = train_after is not None and train_after >= recover and m[last]["val_acc"] <= val_before - val_gap
+            out["collapses"].append({"split": split, **c, "val_before": val_before, "train_after": train_after,
+                                     "val_end": m[last]["val_acc"], "motivating_kind": bool(kind)})
+    return out
+
+
+def check_stage2_collapse(ctx, step: str, recover: float = 0.9, val_gap: float = 0.2, source: str = "rotelab threshold"):
+    """At least one run collapses spontaneously in stage 2 (the learning rate unchanged at the boundary),
+    then its train part recovers to `recover` while its val part stays `val_gap` below its accuracy
+    before the collapse. Every run's stage 2 is reported (gradual forgetting of val included)."""
+    parts, ok = [], False
+    for run in ctx.runs(step):
+        r = stage2_collapses(run, recover, val_gap)
+        found = [c for c in r["collapses"] if r["lr_kept"] and c["motivating_kind"]]
+        ok |= bool(found)
+        events = "; ".join(f"{c['split']} collapses at epoch {c['epoch']} ({c['before']:.2f} -> {c['lowest']:.2f}), "
+                           f"train then up to {c['train_after'] if c['train_after'] is not None else float('nan'):.2f}, "
+                           f"val {c['val_before']:.2f} before, {c['val_end']:.2f} at the end" for c in r["collapses"])
+        parts.append(f"{run.path.parent.name}/{run.path.name}: stage 2 from epoch {r['stage1_end']} "
+                     f"(lr {'unchanged' if r['lr_kept'] else 'changed'}); val {r['val_start']:.2f} -> {r['val_end']:.2f}, "
+                     f"train {r['train_end']:.2f} at the end; " + (events or "no collapse"))
+    return " | ".join(parts), f"a stage-2 collapse with the lr unchanged, train recovering to >= {recover} and val " \
+                              f"staying >= {val_gap} below ({source})", ok
+
+
 def report_collapses(ctx, step: str):
     parts = []
     for run in ctx.runs(step):
@@ -259,10 +303,11 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="forget", study_figures={"forget": fig_forget},
-    study_checks={"collapses": report_collapses}, config=ForgetConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
+    name="forget", config=ForgetConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
     help="memorize train + val parts, then train on the train part alone",
     description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 continues "
                 "on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run from a stage-1 "
                 "checkpoint of another (only stage-2 options may be given then).",
-    cli_start=cli_start, figures=figures, ramp_data=ramp_data, report_lines=report_lines))
+    cli_start=cli_start, figures=figures, ramp_data=ramp_data, report_lines=report_lines,
+    study_figures={"forget": fig_forget},
+    study_checks={"collapses": report_collapses, "stage2_collapse": check_stage2_collapse}))

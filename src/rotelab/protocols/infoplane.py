@@ -446,11 +446,12 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="infoplane", study_figures={"infoplane": fig_infoplane, "memorizing_ib": fig_memorizing_ib},
-    study_checks={"info_bounds": check_info_bounds, "output_ity": check_output_ity, "ixt_fall": report_ixt_fall,
-                  "compression": check_compression}, config=InfoPlaneConfig, example=example, start=start, build_loop=build_loop,
+    name="infoplane", config=InfoPlaneConfig, example=example, start=start, build_loop=build_loop,
     help="information planes of every layer, for several seeds",
     description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at log-spaced epochs "
                 "and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).",
     runs_per_point=lambda cfg: len(parse_seeds(cfg.seeds)), group_figures=group_figures,
-    report_section=report_section, resume_folder=resume_folder))
+    report_section=report_section, resume_folder=resume_folder,
+    study_figures={"infoplane": fig_infoplane, "memorizing_ib": fig_memorizing_ib},
+    study_checks={"info_bounds": check_info_bounds, "output_ity": check_output_ity, "ixt_fall": report_ixt_fall,
+                  "compression": check_compression}))

@@ -356,12 +356,13 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="noise", study_figures={"noise_ramp": fig_noise_ramp},
-    study_checks={"random_breaks_first": check_random_breaks_first, "information_terms": check_information_terms,
-                  "random_test_chance": check_random_test_chance}, config=NoiseConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
+    name="noise", config=NoiseConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
     help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
     description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and raise alpha every "
                 "--every epochs; each run's results go to OUT/<name>.",
     trains=False, sweepable=False, add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs},
     group_figures=group_figures, report_section=report_section, resume_folder=resume_folder,
-    report_lines=report_lines, cli_skip=("source",)))
+    report_lines=report_lines, cli_skip=("source",),
+    study_figures={"noise_ramp": fig_noise_ramp},
+    study_checks={"random_breaks_first": check_random_breaks_first, "information_terms": check_information_terms,
+                  "random_test_chance": check_random_test_chance}))
