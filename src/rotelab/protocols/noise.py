@@ -328,8 +328,9 @@ def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: 
     steps = [by_alpha[a] - by_alpha[b] for a, b in zip(alphas, alphas[1:])]
     drop = float(np.mean(steps)) if steps else float("nan")
     ok = abs(first - start) <= tolerance and all(abs(s - per_doubling) <= tolerance for s in steps)
-    return f"starts at {first:.4f} nats, falls {drop:.4f} per step", \
-        f"{start} nats, {per_doubling} per doubling", bool(ok)
+    # reported, never judged: the information term of a fixed alpha schedule is its arithmetic
+    return f"starts at {first:.4f} nats, falls {drop:.4f} per step ({'as' if ok else 'not as'} the closed form)", \
+        f"reported ({start} nats, {per_doubling} per doubling by construction)", None
 
 
 def check_random_test_chance(ctx, step: str, tolerance: float = 0.03):
