@@ -211,3 +211,42 @@ def test_cli_noise_plot_resume_and_errors(trained, tmp_path, capsys):
     assert main(["noise", str(trained / "true"), "--alphas", "0.1,-1", "--out", str(tmp_path / "y")]) == 2
     assert "--alphas" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_breaking_step_by_hand():
+    from rotelab.measures.examples import breaking_step
+    c = np.array([[1, 1, 0, 1],
+                  [1, 0, 0, 1],
+                  [0, 1, 0, 1]], dtype=bool)   # rows: noise levels; columns: examples
+    # ex0 breaks at level 2; ex1 at 1 (and is right again later: the first wrong level counts);
+    # ex2 is wrong from the start (-1); ex3 never breaks (3 = the number of levels)
+    assert breaking_step(c).tolist() == [2, 1, -1, 3]
+
+
+def test_a_ramp_records_each_examples_fate_and_joins_its_training_run(trained, tmp_path):
+    import rotelab
+    from rotelab.analysis import breaking_summary, summarize_examples
+    from rotelab.measures.examples import correctness, forgetting_events
+    from rotelab.store import RunDir
+    src = fit(FitConfig(dataset="digits", epochs=12, lr=0.1, progress=False, hist_every=0, corrupt="labels=0.5"),
+              tmp_path / "half")
+    cfg = NoiseConfig(alpha_start=1e-2, alpha_factor=4, every=1, steps=5, noise_samples=3, progress=False)
+    run = ramp([src.path], cfg, tmp_path / "ramp")[0]
+    fate = rotelab.load(run.path).noise_fate()
+    ex, m = run.read_examples(), run.read_metrics()
+    bits = correctness(ex, "train")
+    assert len(fate) == int(ex["n_train"]) and list(ex["epochs"]) == [1, 2, 3, 4, 5]
+    alpha = {r["epoch"]: r["alpha"] for r in m}
+    for i in range(0, len(fate), 37):   # against a direct reading of the bits
+        col = bits[:, i]
+        want = float("nan") if not col[0] else (alpha[int(ex["epochs"][np.argmin(col)])] if not col.all() else np.inf)
+        got = fate.breaking_alpha[i]
+        assert (np.isnan(want) and np.isnan(got)) or got == want, i
+    # majority of 3 passes, per example: the recorded accuracy is that of the majority bits
+    assert abs(bits[0].mean() - m[1]["train_acc"]) < 0.1
+    assert np.array_equal(fate.forgetting_events, forgetting_events(correctness(src.read_examples(), "train")))
+    assert fate.corrupted.tolist() == src.read_examples()["train_corrupted"].tolist()
+    s = breaking_summary(fate)
+    assert s["clean"]["examples"] + s["corrupted"]["examples"] == int(fate.breaking_alpha.notna().sum())
+    assert 0 <= s["mann_whitney_p"] <= 1
+    assert summarize_examples(RunDir(run.path))["noise_fate"] == s

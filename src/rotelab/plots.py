@@ -261,47 +261,55 @@ def plot_memorizing_ib(panels: list[tuple[str, dict]], ceiling: float, path: Pat
 
 
 def plot_noise_ramp(path, summaries: list[dict]) -> Path:
-    """Three panels sharing the epoch axis: the information in the weights (mean -1/2 ln alpha per
-    weight, nats), train accuracy and test accuracy under noise (mean and spread of the noisy
-    passes); one curve per run, colored by its label corruption; dots where train accuracy first
-    falls below half of its noise-free value (`summaries`: each ramp run's, in the order of its runs)."""
+    """Three panels sharing the noise-step axis (alpha on top of each): the information in the weights
+    (mean -1/2 ln alpha per weight, nats; the schedule, one line), then train and test accuracy under
+    noise (mean and spread of the noisy passes), one curve per network, colored by its label corruption
+    and styled by its seed; dots where train accuracy first falls below half of its noise-free value
+    (`summaries`: each ramp run's, in the order of its runs)."""
     import numpy as np
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharex=True)
-    cmap = plt.cm.coolwarm
-    for d, summary in zip(runs_in(path, "noise"), summaries):
-        run = RunDir(d)
-        m = [r for r in run.read_metrics() if r["epoch"] > 0]
+    dirs = runs_in(path, "noise")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), sharex=True)
+    colors = {0.0: "C0", 0.5: "C2", 1.0: "C3"}
+    styles = ["-", "--", ":", "-."]
+    every = RunDir(dirs[0]).read_config().get("every", 1) if dirs else 1
+    levels = sorted({s.get("label_corruption") or 0.0 for s in summaries})
+    seen = {}
+    for d, summary in zip(dirs, summaries):
+        m = [r for r in RunDir(d).read_metrics() if r["epoch"] > 0]
         p = summary.get("label_corruption") or 0.0
-        color = cmap(p)
-        e = np.array([r["epoch"] for r in m])
-        axes[0].plot(e, [r["neg_half_log_alpha"] for r in m], color=color, label=f"{d.name} (p={p:g})")
+        color = colors.get(p, plt.cm.viridis(p))
+        k = seen.setdefault(p, 0)
+        seen[p] += 1
+        e = np.array([r["epoch"] for r in m]) / every
         for ax, split in zip(axes[1:], ("train", "test")):
             acc = np.array([r[f"{split}_acc"] for r in m])
             std = np.array([r.get(f"{split}_acc_std", 0.0) for r in m])
-            ax.plot(e, acc, color=color)
-            ax.fill_between(e, acc - std, acc + std, color=color, alpha=0.2)
+            ax.plot(e, acc, color=color, ls=styles[k % len(styles)], lw=1.3,
+                    label=f"{'true labels' if p == 0 else f'labels p={p:g}'}, net {k + 1}" if split == "train" else None)
+            ax.fill_between(e, acc - std, acc + std, color=color, alpha=0.12)
         half = summary.get("half_acc")
         if half:
-            axes[1].plot([half["epoch"]], [half["train_acc"]], "o", color=color)
-    axes[0].set(xlabel="epoch", ylabel="mean -1/2 ln alpha per weight (nats)", title="information in the weights")
-    axes[1].set(xlabel="epoch", ylabel="accuracy", title="train accuracy under noise", ylim=(0, 1.02))
-    axes[2].set(xlabel="epoch", ylabel="accuracy", title="test accuracy under noise", ylim=(0, 1.02))
+            axes[1].plot([half["epoch"] / every], [half["train_acc"]], "o", color=color, mec="k", ms=6, zorder=5)
+    if dirs:   # the schedule is the same for every network: one line
+        m = [r for r in RunDir(dirs[0]).read_metrics() if r["epoch"] > 0]
+        axes[0].plot(np.array([r["epoch"] for r in m]) / every, [r["neg_half_log_alpha"] for r in m], color="k",
+                     label="the schedule (every network)")
+        ticks = m[::max(1, len(m) // 6)]
+        for ax in axes:   # alpha on top of every panel
+            top = ax.secondary_xaxis("top")
+            top.set_xticks([r["epoch"] / every for r in ticks], [f"{r['alpha']:.0e}" for r in ticks], fontsize=7)
+            top.set_xlabel("alpha", fontsize=8)
+    xlabel = f"noise step ({every} epoch{'s' if every != 1 else ''} each)"
+    axes[0].set(xlabel=xlabel, ylabel="mean -1/2 ln alpha per weight (nats)", title="information in the weights")
+    axes[1].set(xlabel=xlabel, ylabel="accuracy", title="train accuracy under noise", ylim=(0, 1.02))
+    axes[2].set(xlabel=xlabel, ylabel="accuracy", title="test accuracy under noise", ylim=(0, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    from matplotlib.patches import Patch
-    axes[1].legend(handles=[plt.Line2D([], [], marker="o", ls="", color="grey",
-                                       label="first epoch below half the noise-free train accuracy"),
-                            Patch(color="grey", alpha=0.2, label="mean +- std over noisy passes")], fontsize=7,
-                   loc="lower left")
-    # alpha of each epoch on a top axis of the centre panel (the ramp is the same for every run)
-    first = next((RunDir(d) for d in runs_in(path, "noise")), None)
-    if first is not None:
-        m = [r for r in first.read_metrics() if r["epoch"] > 0]
-        ticks = m[::max(1, len(m) // 6)]
-        top = axes[1].secondary_xaxis("top")
-        top.set_xticks([r["epoch"] for r in ticks], [f"{r['alpha']:.0e}" for r in ticks], fontsize=7)
-        top.set_xlabel("alpha", fontsize=8)
+    handles, labels = axes[1].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], marker="o", ls="", color="grey", mec="k",
+                              label="first step below half the noise-free train accuracy"))
+    axes[1].legend(handles=handles, fontsize=6, loc="lower left", ncol=1 if len(levels) < 3 else 2)
     return save_figure(fig, Path(path) / "figures" / "noise_ramp.png")
 
 

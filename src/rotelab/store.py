@@ -464,6 +464,8 @@ class Run:
     run.info                 DataFrame of information-plane records (epoch, layer, estimator, ixt, ity)
     run.examples             dict of examples.npz's arrays
     run.correct(split)       bool array (epochs x examples): which examples were right at each epoch
+    run.noise_fate()         (a noise ramp) each example's breaking alpha, joined to its training run's
+                             forgetting events and first-learned presentation
     """
 
     def __init__(self, path, root=None):
@@ -509,6 +511,27 @@ class Run:
         if f"{split}_correct" not in ex:
             raise StoreError(self.dir.examples_file, f"{self.dir.examples_file} has no split {split!r}")
         return correctness(ex, split)
+
+    def noise_fate(self, split: str = "train"):
+        """For a noise-ramp run: per example of the trained network's `split`, the alpha at which it
+        breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at the first
+        level), whether its label was corrupted, and from the training run its forgetting events and
+        first-learned presentation (Toneva et al.'s definitions). A DataFrame, one row per example."""
+        import pandas as pd
+        from .measures.examples import breaking_step, first_correct, forgetting_events
+        if self.protocol != "noise":
+            raise StoreError(self.path, f"{self.path} is a {self.protocol} run; noise_fate reads a noise ramp")
+        ramp = self.correct(split)
+        alpha = {m["epoch"]: m["alpha"] for m in self.dir.read_metrics()}
+        epochs = np.asarray(self.examples["epochs"])
+        step = breaking_step(ramp)
+        levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
+        broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
+        source = Run(self.config["source"])
+        trained = source.correct(split)
+        return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": self.examples[f"{split}_corrupted"],
+                             "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
+                             "first_learned": first_correct(trained)})
 
     def __repr__(self):
         return f"Run({str(self.path)!r}, protocol={self.protocol!r}, state={self.status.get('state')!r})"

@@ -56,6 +56,15 @@ def presentations_to_learn(correct: np.ndarray) -> np.ndarray:
     return np.where(wrong.any(axis=0), last_wrong + 1, 0)
 
 
+def breaking_step(correct: np.ndarray) -> np.ndarray:
+    """Per example, the index of the first row (noise level) at which it is wrong, among examples right
+    at the first row; -1 for an example wrong from the first row on, len(rows) for one never wrong."""
+    c = np.asarray(correct, dtype=bool)
+    wrong = ~c
+    first = np.where(wrong.any(axis=0), wrong.argmax(axis=0), len(c))
+    return np.where(c[0], first, -1)
+
+
 def forgetting_score(correct: np.ndarray) -> np.ndarray:
     """Per example, the key Toneva et al. rank examples by: its forgetting events, or the number of
     presentations if it was never learned (never-learned examples are the most forgettable)."""

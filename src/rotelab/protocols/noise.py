@@ -110,13 +110,15 @@ class NoiseFreeBaseline(Hook):
 
 def noisy_evaluation(loop, samples: int) -> tuple[dict, dict]:
     """Every split evaluated with weight noise on, `samples` passes: the mean metrics with their
-    spread as _std keys, and the first pass's Evaluation (for per-example hooks)."""
-    import numpy as np
-    from ..engine import evaluate, split_metrics
+    spread as _std keys, and per example an Evaluation whose `correct` says whether it was right in
+    the majority of the passes (the per-example record of the ramp)."""
+    import torch
+    from ..engine import Evaluation, evaluate, split_metrics
     evals, metrics = {}, {}
     for name, s in loop.splits.items():
         draws = [evaluate(loop.model, s.x, s.y, loop.cfg.eval_batch_size) for _ in range(samples)]
-        evals[name] = draws[0]
+        right = torch.stack([d.correct for d in draws]).float().mean(0)
+        evals[name] = Evaluation(draws[0].loss, draws[0].pred, right > 0.5)
         per_draw = [split_metrics(name, d, s) for d in draws]
         for key in per_draw[0]:
             values = [m[key] for m in per_draw if m[key] is not None]
@@ -158,7 +160,8 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
     """The source run's data and network (its last checkpoint), with noise, frozen unless train_means."""
     from ..data import load_data
     from ..engine import Loop, resolve_device
-    from ..hooks import Checkpointer, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter, WeightNoiseStats
+    from ..hooks import (Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter,
+                         WeightNoiseStats)
     from ..models import build_model
     from ..models.noisy import add_weight_noise, noisy_layers
     src, proto, scfg = source_config(cfg)
@@ -183,7 +186,9 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
         if not name.endswith("log_alpha"):
             p.requires_grad_(cfg.train_means)
     model = model.to(device)
-    hooks = [NoiseFreeBaseline(run), WeightNoiseStats(cfg.alpha_ref), AlphaRamp(cfg), MetricsWriter(run),
+    # per example and noise level: right in the majority of the noisy passes (examples.npz)
+    hooks = [ExampleRecorder(run, data.splits), NoiseFreeBaseline(run), WeightNoiseStats(cfg.alpha_ref),
+             AlphaRamp(cfg), MetricsWriter(run),
              TensorBoardWriter(run, hist_every=0), Checkpointer(run), StatusWriter(run),
              ProgressBar(cfg.epochs, cfg.progress, desc=Path(cfg.source).name)]
     loop = Loop(model, data.splits, lcfg, hooks, device, strategy=noisy_strategy(cfg.noise_samples, cfg.train_means))
@@ -333,6 +338,28 @@ def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: 
         f"reported ({start} nats, {per_doubling} per doubling by construction)", None
 
 
+def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 3, level: float = 0.05,
+                                source: str = "rotelab threshold"):
+    """In every ramp of a network trained with label corruption p (at least `networks` of them), the
+    examples whose labels were corrupted break at a lower median alpha than the clean ones, and a
+    two-sided Mann-Whitney U test of their breaking alphas gives p < `level`. Breaking: first wrong in
+    the majority of the noisy passes, among examples right at the first noise level."""
+    from ..analysis import breaking_summary
+    from ..store import Run
+    parts, ok = [], True
+    ramps = [r for r in ctx.runs(step) if source_label_corruption(r.read_config()["source"]) == p]
+    for r in ramps:
+        s = breaking_summary(Run(r.path).noise_fate())
+        clean, bad = s["clean"]["median_breaking_alpha"], s["corrupted"]["median_breaking_alpha"]
+        pval = s.get("mann_whitney_p", float("nan"))
+        ok &= clean is not None and bad is not None and bad < clean and pval < level
+        parts.append(f"{r.path.name}: median breaking alpha {bad:.3g} corrupted ({s['corrupted']['examples']}) vs "
+                     f"{clean:.3g} clean ({s['clean']['examples']}), p = {pval:.2g}")
+    return "; ".join(parts) or f"no ramps of networks trained at p = {p}", \
+        f"corrupted below clean with p < {level} in each of >= {networks} networks ({source})", \
+        ok and len(ramps) >= networks
+
+
 def check_random_test_chance(ctx, step: str, tolerance: float = 0.03):
     rows = [r for r in _ramps(ctx, step) if r["label_corruption"] == 1.0]
     chance = 1 / RunDir(rows[0]["source"]).num_classes()
@@ -366,4 +393,5 @@ PROTOCOL = register(Protocol(
     report_lines=report_lines, cli_skip=("source",),
     study_figures={"noise_ramp": fig_noise_ramp},
     study_checks={"random_breaks_first": check_random_breaks_first, "information_terms": check_information_terms,
-                  "random_test_chance": check_random_test_chance}))
+                  "random_test_chance": check_random_test_chance,
+                  "corrupted_break_first": check_corrupted_break_first}))
