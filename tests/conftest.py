@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 VAR_U = REPO.parent / "shared" / "data" / "var_u.mat"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if VAR_U.is_file():   # studies find the 12-bit task where a user keeps data: $ROTELAB_DATA
+    os.environ.setdefault("ROTELAB_DATA", str(VAR_U.parent))
 # generated data sets are cached for the session (and its sweep workers), not in the user's cache
 os.environ.setdefault("ROTELAB_CACHE", tempfile.mkdtemp(prefix="rotelab-test-cache-"))
 

@@ -46,9 +46,8 @@ from .store import RunDir, atomic_write_json, runs_in
 
 STUDIES = Path(__file__).parent / "studies"
 SCALES = ("smoke", "cpu", "paper")
-# Where a step's `data_file` is looked for when it is not a path that exists: $ROTELAB_DATA, ./data
-# and the project's shared data folder beside the checkout.
-DATA_DIRS = ("data", "../shared/data")
+# Where a step's `data_file` is looked for when it is not a path that exists: $ROTELAB_DATA, then ./data.
+DATA_DIRS = ("data",)
 
 
 @dataclass
@@ -113,14 +112,14 @@ def _resolve_data_file(base: dict, notes: list[str]):
     name = base.get("data_file")
     if not name or Path(name).is_file():
         return
-    dirs = [os.environ["ROTELAB_DATA"]] if os.environ.get("ROTELAB_DATA") else []
-    for d in dirs + list(DATA_DIRS):
+    dirs = [("$ROTELAB_DATA", os.environ["ROTELAB_DATA"])] if os.environ.get("ROTELAB_DATA") else []
+    for shown, d in dirs + [(f"./{d}", d) for d in DATA_DIRS]:
         if (Path(d) / name).is_file():
             base["data_file"] = str((Path(d) / name).resolve())
-            notes.append(f"data: {name} read from {Path(d) / name}")
+            notes.append(f"data: {name} read from {shown}")
             return
     base.pop("data_file")
-    notes.append(f"data: {name} not found (looked in $ROTELAB_DATA, ./data, ../shared/data); "
+    notes.append(f"data: {name} not found (looked in $ROTELAB_DATA and ./data); "
                  "the generated task of the same shape was used instead")
 
 
