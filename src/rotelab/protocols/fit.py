@@ -102,22 +102,32 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
         m = r.read_metrics()
         x = np.array([e["epoch"] for e in m], dtype=float) * (spe or 1)
         curves[cfg.get("corrupt", "none"), spe is not None].append((x, np.array([e["train_loss"] for e in m])))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    pixel_styles = {"shuffled-pixels": ("C1", "--"), "random-pixels": ("C3", "-."), "gaussian": ("k", ":")}
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    pixel_styles = {"shuffled-pixels": ("C1", "--", "s"), "random-pixels": ("C3", "-.", "^"), "gaussian": ("k", ":", "D")}
 
     def order(item):
         kind, p = parse_corruption(item[0][0])
         return (kind not in ("none", "labels"), kind, p)
     for (spec, in_steps), series in sorted(curves.items(), key=order):
         kind, p = parse_corruption(spec)
-        color, style = pixel_styles.get(kind, (plt.cm.viridis(0.9 * p), "-"))
-        # mean over seeds up to the shortest run (runs stop when they fit); a dot where it ends
-        n = min(len(s[0]) for s in series)
-        mean = np.mean([s[1][:n] for s in series], axis=0)
-        ax.plot(series[0][0][:n], mean, color=color, ls=style, lw=2 if p == 0 and kind != "gaussian" else 1.3,
+        color, style, marker = pixel_styles.get(kind, (plt.cm.viridis(0.9 * p), "-", None))
+        # every seed to its own end (runs stop when they fit): the mean over the seeds still running at
+        # each step, and their min-max as a band; a dot where each seed ends
+        n = max(len(s[0]) for s in series)
+        stack = np.full((len(series), n), np.nan)
+        for i, s in enumerate(series):
+            stack[i, :len(s[1])] = s[1]
+        x = max(series, key=lambda s: len(s[0]))[0]
+        mean = np.nanmean(stack, axis=0)
+        ax.plot(x, mean, color=color, ls=style, lw=2.2 if (kind, p) in (("none", 0.0), ("labels", 0.0)) else 1.4,
+                marker=marker, markevery=max(1, n // 8), ms=5,
                 label=f"{'true labels' if kind == 'none' or (kind == 'labels' and p == 0) else spec} ({len(series)} runs)")
-        ax.plot(series[0][0][n - 1], mean[-1], "o", color=color, ms=4)
-    ax.plot([], [], "o", color="grey", ms=4, label="first seed to fit its training set (mean up to here)")
+        if len(series) > 1:
+            ax.fill_between(x, np.nanmin(stack, axis=0), np.nanmax(stack, axis=0), color=color, alpha=0.12, lw=0)
+        for s in series:
+            ax.plot(s[0][-1], s[1][-1], "o", color=color, ms=3.5)
+    ax.plot([], [], "o", color="grey", ms=3.5, label="a run's last epoch (a run stops once it fits)")
+    ax.fill_between([], [], [], color="grey", alpha=0.12, label="min-max over seeds")
     ax.set(xlabel="step" if all(k[1] for k in curves) else "epoch", ylabel="training loss (mean over seeds)",
            title="(a) learning curves per corruption")
     ax.grid(alpha=0.3)
@@ -137,13 +147,18 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                 classes = int(r.read_examples()["train_labels_true"].max()) + 1
     if by_level:
         levels = sorted(by_level)
+        base = [v[0] for v in by_level.get(0.0, []) if v[0] is not None]
+        relative = bool(base)   # Zhang et al. plot convergence time relative to true labels (p = 0)
         for key, idx, ylabel, title, name in (
-                ("b", 0, "epochs to fit the training set", "(b) convergence time", "zhang_1b_convergence.png"),
+                ("b", 0, "time to fit, relative to p = 0" if relative else "epochs to fit the training set",
+                 "(b) convergence time", "zhang_1b_convergence.png"),
                 ("c", 1, "test error", "(c) test error", "zhang_1c_test_error.png")):
             fig, ax = plt.subplots(figsize=(5.5, 4))
             xs, means, lo, hi = [], [], [], []
             for p in levels:
                 vals = [v[idx] for v in by_level[p] if v[idx] is not None]
+                if key == "b" and relative:
+                    vals = [v / np.mean(base) for v in vals]
                 if vals:
                     xs.append(p)
                     means.append(np.mean(vals))
@@ -155,6 +170,7 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
             if key == "c" and classes:
                 ax.axhline(1 - 1 / classes, color="grey", ls="--", lw=1, label=f"chance (1 - 1/{classes})")
             ax.set(xlabel="label corruption p", ylabel=ylabel, title=title)
+            ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
