@@ -140,7 +140,7 @@ def fake_forget(path: Path, train, val, stage1_end: int, lr2: float = 0.01):
     run.create({"corrupt": "labels=1.0", "val_corrupt": "labels=0.0", "epochs": stage1_end, "epochs2": len(train) - stage1_end},
                {}, protocol="forget")
     for e, (tr, va) in enumerate(zip(train, val), start=1):
-        run.append_metrics({"epoch": e, "stage": 1 if e <= stage1_end else 2, "lr": 0.01 if e <= stage1_end else lr2,
+        run.append_metrics({"epoch": e, "stage": 1 if e <= stage1_end else 2, "lr": 0.1 * 0.1 if e <= stage1_end else lr2,
                             "train_acc": tr, "val_acc": va, "test_acc": 0.1})
     run.unlock()
 

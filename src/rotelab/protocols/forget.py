@@ -10,6 +10,7 @@ at the boundary, so epochs count on and the curves join.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,7 +251,9 @@ def stage2_collapses(run: RunDir, recover: float = 0.9, val_gap: float = 0.2) ->
     m = {r["epoch"]: r for r in run.read_metrics()}
     end = s["stage1_end"]
     last = max(m)
-    out = {"stage1_end": end, "lr_kept": end is not None and end + 1 in m and m[end]["lr"] == m[end + 1]["lr"],
+    # the same lr on both sides of the boundary (0.1 x 0.1 from a step schedule is 0.010000000000000002)
+    kept = end is not None and end + 1 in m and math.isclose(m[end]["lr"], m[end + 1]["lr"], rel_tol=1e-9)
+    out = {"stage1_end": end, "lr_kept": kept,
            "val_start": m[end]["val_acc"] if end in m else None, "val_end": m[last]["val_acc"],
            "train_end": m[last]["train_acc"], "collapses": []}
     for split in ("train", "val"):
