@@ -272,7 +272,6 @@ def plot_noise_ramp(path, summaries: list[dict]) -> Path:
     colors = {0.0: "C0", 0.5: "C2", 1.0: "C3"}
     styles = ["-", "--", ":", "-."]
     every = RunDir(dirs[0]).read_config().get("every", 1) if dirs else 1
-    levels = sorted({s.get("label_corruption") or 0.0 for s in summaries})
     seen = {}
     for d, summary in zip(dirs, summaries):
         m = [r for r in RunDir(d).read_metrics() if r["epoch"] > 0]
@@ -309,7 +308,7 @@ def plot_noise_ramp(path, summaries: list[dict]) -> Path:
     handles, labels = axes[1].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], marker="o", ls="", color="grey", mec="k",
                               label="first step below half the noise-free train accuracy"))
-    axes[1].legend(handles=handles, fontsize=6, loc="lower left", ncol=1 if len(levels) < 3 else 2)
+    axes[1].legend(handles=handles, fontsize=6, loc="lower left")   # below the curves before they fall
     return save_figure(fig, Path(path) / "figures" / "noise_ramp.png")
 
 
