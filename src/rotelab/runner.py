@@ -102,9 +102,19 @@ def _mark(runs, loops, state: str, **extra):
         if loop.done and state == "interrupted" and run.read_status().get("state") == "done":
             continue
         try:
-            run.write_status(state, epochs_completed=loop.saved_epoch, **extra)
+            run.write_status(state, epochs_completed=checkpoint_epoch(run, loop.saved_epoch), **extra)
         except OSError:
             pass
+
+
+def checkpoint_epoch(run: RunDir, default: int) -> int:
+    """The epoch of the checkpoint on disk (a signal can land between writing it and noting it), read
+    without loading its tensors; `default` if there is none or it cannot be read."""
+    import torch
+    try:
+        return int(torch.load(run.last_checkpoint, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+    except Exception:
+        return default
 
 
 def resumable_state(run: RunDir) -> dict | None:
