@@ -195,9 +195,15 @@ def start_group(proto, cfgs: list, paths: list, out, overwrite: bool = False, ke
     left alone); new runs are trained as one stack with `stacked`."""
     if not keep_existing:
         RunDir.check_new(out, overwrite)
+    probed = set()
     for c in cfgs:
         c.validate()
-        proto.build_loop(c, RunDir(Path(out) / "probe"))   # raises on bad data, model or source
+        # bad data, model or source raise here; configs that differ only in their seed are built once
+        # (their data and model shapes are the same; building each loaded the data again)
+        key = repr(sorted((k, repr(v)) for k, v in c.to_dict().items() if k != "seed"))
+        if key not in probed:
+            proto.build_loop(c, RunDir(Path(out) / "probe"))
+            probed.add(key)
     if overwrite and Path(out).is_dir():
         RunDir(out).clear()
     if prepare is not None:

@@ -440,12 +440,15 @@ def float_columns(df):
     return df
 
 
+SWEEP_RECORD = "sweep.json"   # beside a sweep's points: its axes and each point's values (sweep.record_points)
+
+
 def sweep_axes(path: Path) -> dict:
     """The axis values of the sweep point a run belongs to, from the nearest folder above it with a
     sweep.json (written by `rotelab sweep` and `rotelab reproduce`); {} if none."""
     path = Path(path).resolve()
     for point, root in zip([path, *path.parents], path.parents):
-        record = root / "sweep.json"
+        record = root / SWEEP_RECORD
         if record.is_file():
             return dict(read_json(record).get("points", {}).get(point.name, {}))
     return {}
@@ -505,9 +508,10 @@ class Run:
     def examples(self) -> dict:
         return self.dir.read_examples()
 
-    def correct(self, split: str = "train") -> np.ndarray:
+    def correct(self, split: str = "train", ex: dict | None = None) -> np.ndarray:
+        """`ex`: examples.npz's arrays when the caller has read them already."""
         from .measures.examples import correctness
-        ex = self.examples
+        ex = self.examples if ex is None else ex
         if f"{split}_correct" not in ex:
             raise StoreError(self.dir.examples_file, f"{self.dir.examples_file} has no split {split!r}")
         return correctness(ex, split)
@@ -521,15 +525,16 @@ class Run:
         from .measures.examples import breaking_step, first_correct, forgetting_events
         if self.protocol != "noise":
             raise StoreError(self.path, f"{self.path} is a {self.protocol} run; noise_fate reads a noise ramp")
-        ramp = self.correct(split)
+        ex = self.examples
+        ramp = self.correct(split, ex)
         alpha = {m["epoch"]: m["alpha"] for m in self.dir.read_metrics()}
-        epochs = np.asarray(self.examples["epochs"])
+        epochs = np.asarray(ex["epochs"])
         step = breaking_step(ramp)
         levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
         broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
         source = Run(self.config["source"])
         trained = source.correct(split)
-        return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": self.examples[f"{split}_corrupted"],
+        return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": ex[f"{split}_corrupted"],
                              "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
                              "first_learned": first_correct(trained)})
 

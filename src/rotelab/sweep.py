@@ -121,14 +121,11 @@ def sweep_points(spec: dict, out=None) -> tuple[str, list[Point]]:
     return protocol, points
 
 
-SWEEP_RECORD = "sweep.json"
-
-
 def record_points(protocol: str, points: list[Point]) -> Path | None:
     """Write OUT/sweep.json: the protocol, the axes and each point's axis values (a variant axis by its
     name), so that readers (rotelab.load) know every run's axis values. Points recorded by an earlier
     sweep into the same folder are kept."""
-    from .store import atomic_write_json, read_json
+    from .store import SWEEP_RECORD, atomic_write_json, read_json
     if not points:
         return None
     root = points[0].path.parent

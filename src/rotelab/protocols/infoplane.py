@@ -395,6 +395,7 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
 def report_ixt_fall(ctx, step: str, estimator: str | None = None):
     """How far the last hidden layers' I(X;T) falls from its maximum by the last epoch (reported, not
     judged); by default with the group's binning estimator (fixed edges, else fixed bin size)."""
+    from ..measures.information import compression
     parts = []
     for g in ctx.groups(step):
         falls = {}
@@ -403,9 +404,8 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
             est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
             layers = _final_layers(RunDir(d), est)
             for layer in sorted(layers)[-3:-1]:   # the last two hidden layers
-                series = sorted(layers[layer])
-                peak = max(v[1] for v in series)
-                falls.setdefault(layer, []).append(peak - series[-1][1])
+                epochs, ixt, _ = zip(*layers[layer])
+                falls.setdefault(layer, []).append(compression(epochs, ixt, ceiling=math.inf)["fall"])
         parts.append(f"{g.name} ({est}): " + ", ".join(f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak"
                                                for l, v in falls.items()))
     return "; ".join(parts), "reported", None
