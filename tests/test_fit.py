@@ -248,3 +248,47 @@ def test_a_run_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path, sm
     fit(small_cfg(epochs=3, progress=True), tmp_path / "r")
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("r: epoch 3/3, train acc ") and "min left" in lines[-1]
+
+
+def test_batch_scalars_log_every_batch_and_survive_a_resume(tmp_path, small_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from rotelab.data import load_data
+    from rotelab.models import build_model
+    cfg = small_cfg(epochs=4, batch_scalars=True, batch_norm=True, weight_decay=1e-3, schedule="step", lr_step=2,
+                    lr_gamma=0.5)
+    full = fit(cfg, tmp_path / "full")
+    n = len(load_data(cfg).train)
+    per_epoch = -(-n // cfg.batch_size)
+    tb = EventAccumulator(str(full.tb / "batch"), size_guidance={"scalars": 0}).Reload()
+    values = {tag: [e.value for e in tb.Scalars(tag)] for tag in tb.Tags()["scalars"]}
+    assert [e.step for e in tb.Scalars("batch/lr")] == list(range(1, 4 * per_epoch + 1))
+    assert values["batch/lr"] == pytest.approx([0.1] * 2 * per_epoch + [0.05] * 2 * per_epoch)
+    # the first batch sees the initial weights; each epoch's batches average to its presented loss
+    model = build_model(cfg, load_data(cfg).input_shape, 10)
+    initial = torch.stack([p.detach().norm() for n_, p in model.named_parameters() if p.dim() > 1]).norm()
+    assert values["batch/weight_norm"][0] == pytest.approx(float(initial), rel=1e-5)
+    sizes = np.array([cfg.batch_size] * (per_epoch - 1) + [n - cfg.batch_size * (per_epoch - 1)])
+    losses = 10 ** np.array(values["batch/log10_loss"]).reshape(4, per_epoch)
+    assert (losses * sizes).sum(1) / n == pytest.approx([r["train_loss_presented"] for r in full.read_metrics()], rel=1e-4)
+    assert [r["batches"] for r in full.read_metrics()] == [per_epoch * e for e in range(1, 5)]
+
+    run = RunDir.check_new(tmp_path / "cut")
+    loop = build_loop(cfg, run)
+    loop.hooks.append(Crash(2))
+    run.create(cfg.to_dict(), {})
+    with pytest.raises(RuntimeError):
+        loop.run()
+    resumed = resume(tmp_path / "cut")
+    steps = [s for f in event_steps(resumed.tb / "batch") for s in f]
+    assert sorted(steps) == list(range(1, 4 * per_epoch + 1))   # each batch once, in one event
+    tb2 = EventAccumulator(str(resumed.tb / "batch"), size_guidance={"scalars": 0}).Reload()
+    assert [e.value for e in tb2.Scalars("batch/log10_loss")] == pytest.approx(values["batch/log10_loss"], abs=1e-6)
+
+
+def test_mlp_batch_norm_comes_before_each_activation():
+    from rotelab.config import FitConfig
+    from rotelab.models import build_model
+    model = build_model(FitConfig(widths=[8, 4], batch_norm=True), (1, 8, 8), 10)
+    assert [type(m).__name__ for m in model.layers[1]] == ["Linear", "BatchNorm1d", "ReLU"]
+    plain = build_model(FitConfig(widths=[8, 4]), (1, 8, 8), 10)
+    assert [type(m).__name__ for m in plain.layers[1]] == ["Linear", "ReLU"]

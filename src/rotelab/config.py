@@ -131,6 +131,7 @@ class FitConfig(Config):
     model: str = opt("mlp", "model name (see `rotelab models`)")
     widths: list[int] = opt([512], "mlp hidden widths, comma-separated, e.g. 512,512,512", flag_type="ints")
     activation: str | None = opt(None, "relu or tanh (default: the model's own, relu for mlp, tanh for tishby)", ("relu", "tanh"))
+    batch_norm: bool = opt(False, "mlp, tishby: batch norm after each hidden linear layer, before the activation")
     depth: int = opt(16, "wrn depth (6n+4)", ge=10)
     widen: int = opt(4, "wrn widen factor", ge=1)
     # optimisation
@@ -156,6 +157,7 @@ class FitConfig(Config):
     info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)", ge=0)
     alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant", gt=0)
     norms: bool = opt(False, "log per epoch each weight matrix's norm, the effective learning rate lr/||w||^2 and the mean gradient norm")
+    batch_scalars: bool = opt(False, "TensorBoard scalars per training batch, as the motivating study logged them: lr, weights' norm, log10 gradient norm, log10 loss (tb/batch; step = batches trained)")
     fisher_every: int = opt(0, "log the trace of the Fisher information per layer every N epochs (0: never)", ge=0)
     fisher_samples: int = opt(256, "training examples of the Monte Carlo Fisher trace (labels sampled from the model)", ge=1)
     # bookkeeping

@@ -124,8 +124,9 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
     Returns (presented cross-entropy, presented accuracy, per-example correctness at presentation
     or None, per-example margins at presentation or None: recorded with `record`, margins with
     `record_margins` too, so that both come from the same forward pass). Sums stay on the device: one sync per epoch. frozen_bn keeps batch norm on its
-    running statistics (and leaves them unchanged). after_backward(), if given, runs after each
-    batch's backward pass, before the step (where per-batch gradients can be read). reduction "sum"
+    running statistics (and leaves them unchanged). after_backward(loss), if given, runs after each
+    batch's backward pass, before the step (where per-batch gradients can be read), with the batch's
+    mean cross-entropy as a tensor (no sync). reduction "sum"
     minimizes the batch's summed cross-entropy (the returned loss is still the mean per example)."""
     model.train()
     if frozen_bn:
@@ -148,7 +149,7 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if after_backward is not None:
-            after_backward()
+            after_backward(ce.detach() / len(idx) if reduction == "sum" else ce.detach())
         opt.step()
         with torch.no_grad():
             hit = logits.argmax(dim=1) == yb
@@ -239,7 +240,7 @@ class Eager:
             aug = generator(cfg.seed, "augment", e) if cfg.augment else None
             order = loop.epoch_order(e).to(loop.device)
             per_batch = [h for h in loop.hooks if hasattr(h, "on_backward")]
-            after_backward = (lambda: [h.on_backward(loop) for h in per_batch]) if per_batch else None
+            after_backward = (lambda loss: [h.on_backward(loop, loss) for h in per_batch]) if per_batch else None
             loss, acc, presented, presented_margin = train_epoch(
                 loop.model, loop.opt, loop.fit_x, loop.fit_y, cfg.batch_size, order, aug,
                 record=cfg.example_record == "presentation", penalty=loop.penalty,

@@ -39,8 +39,8 @@ RECORD, MEASURE, PROTOCOL, WRITE, CHECKPOINT, STATUS, REPORT = 10, 20, 30, 60, 8
 
 class Hook:
     """Override what you need. The Loop runs hooks by `phase` (see above), in the order given within
-    a phase; each sees what earlier ones added. `on_backward` (called after each training batch's
-    backward pass) is only called on hooks that define it, so the others cost nothing per batch."""
+    a phase; each sees what earlier ones added. `on_backward(loop, loss)` (called after each training
+    batch's backward pass, with the batch's mean loss as a tensor) is only called on hooks that define it, so the others cost nothing per batch."""
 
     phase = PROTOCOL
 

@@ -292,7 +292,7 @@ class NormStats(Hook):
     def weights(model) -> dict:
         return {n: p for n, p in model.named_parameters() if p.dim() > 1 and not n.endswith("log_alpha")}
 
-    def on_backward(self, loop: Loop):
+    def on_backward(self, loop: Loop, loss):
         import torch
         grads = [p.grad for p in self.weights(loop.model).values() if p.grad is not None]
         if grads:
@@ -312,6 +312,62 @@ class NormStats(Hook):
         for n, v in norms.items():
             m[f"weight_norm/{n}"] = v
         self.grad_sq, self.batches = None, 0
+
+
+class BatchScalars(Hook):
+    """TensorBoard scalars per training batch, as the motivating study logged them (--batch-scalars):
+    `batch/lr`, `batch/weight_norm` (Linear and Conv weights together, before the step),
+    `batch/log10_grad_norm` and `batch/log10_loss`, in their own event files (tb/batch), the step
+    being the number of batches trained so far (also each epoch's `batches` metric, from which a
+    resume continues). Values stay on the device until the epoch ends: one sync an epoch."""
+    phase = MEASURE   # adds `batches` to the epoch's metrics before they are written
+
+    def __init__(self, run: RunDir, flush_secs: float = 10):
+        self.run, self.flush_secs, self.writer, self.rows, self.lrs, self.batches = run, flush_secs, None, [], [], 0
+
+    def on_start(self, loop: Loop):
+        import shutil
+        from torch.utils.tensorboard import SummaryWriter
+        folder = self.run.tb / "batch"
+        if loop.epoch:
+            done = [m.get("batches") for m in self.run.read_metrics() if m["epoch"] <= loop.epoch]
+            self.batches = int(done[-1] or 0) if done else 0
+        aside = set_aside_events(folder) if folder.is_dir() else None
+        self.writer = SummaryWriter(str(folder), flush_secs=self.flush_secs, max_queue=1000)
+        if aside is not None:
+            for event in events_upto(aside, self.batches):
+                self.writer.file_writer.add_event(event, walltime=event.wall_time)
+            self.writer.flush()
+            shutil.rmtree(aside)
+
+    def on_backward(self, loop: Loop, loss):
+        weights = list(NormStats.weights(loop.model).values())
+        grads = [p.grad for p in weights if p.grad is not None]
+        norm = lambda ts: torch.stack(torch._foreach_norm(ts)).square().sum().sqrt() if ts else torch.zeros(())
+        with torch.no_grad():
+            self.rows.append(torch.stack([norm([p.detach() for p in weights]).to(loss.device),
+                                          norm(grads).to(loss.device), loss.float()]))
+        self.lrs.append(loop.opt.param_groups[0]["lr"])
+
+    def on_epoch_end(self, loop: Loop, result: EpochResult):
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        rows = torch.stack(self.rows).double().cpu().tolist() if self.rows else []
+        for lr, (weight_norm, grad_norm, loss) in zip(self.lrs, rows):
+            self.batches += 1
+            values = {"batch/lr": lr, "batch/weight_norm": weight_norm,
+                      "batch/log10_grad_norm": math.log10(grad_norm) if grad_norm > 0 else None,
+                      "batch/log10_loss": math.log10(loss) if loss > 0 else None}
+            self.writer.file_writer.add_summary(Summary(value=[
+                Summary.Value(tag=k, simple_value=v) for k, v in values.items()
+                if v is not None and math.isfinite(v)]), self.batches)
+        self.rows, self.lrs = [], []
+        result.metrics["batches"] = self.batches
+        if loop.persist:
+            self.writer.flush()
+
+    def on_end(self, loop: Loop):
+        if self.writer is not None:
+            self.writer.close()
 
 
 class FisherTrace(Hook):

@@ -28,13 +28,13 @@ def _image_shape(name, shape):
 
 @MODELS.register("mlp")
 def _mlp(cfg, shape, k):
-    return MLP(shape, cfg.widths, k, ACTIVATIONS[cfg.activation or "relu"])
+    return MLP(shape, cfg.widths, k, ACTIVATIONS[cfg.activation or "relu"], cfg.batch_norm)
 
 
 @MODELS.register("tishby")
 def _tishby(cfg, shape, k):
     """The 12-10-7-5-4-3-2 net of Shwartz-Ziv & Tishby (hidden widths 10-7-5-4-3), tanh by default."""
-    return MLP(shape, [10, 7, 5, 4, 3], k, ACTIVATIONS[cfg.activation or "tanh"])
+    return MLP(shape, [10, 7, 5, 4, 3], k, ACTIVATIONS[cfg.activation or "tanh"], cfg.batch_norm)
 
 
 @MODELS.register("alexnet-small")

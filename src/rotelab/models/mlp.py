@@ -9,16 +9,18 @@ from torch import nn
 
 
 class MLP(nn.Module):
-    """Flatten, then Linear+activation per hidden width, then a linear classifier.
+    """Flatten, then Linear(+BatchNorm)+activation per hidden width, then a linear classifier.
 
     `layers` holds the hidden blocks in order, so activation-capture hooks can find each layer.
+    With batch_norm the hidden weights become scale-invariant (what weight decay then shrinks).
     """
 
-    def __init__(self, input_shape, widths, num_classes, activation=nn.ReLU):
+    def __init__(self, input_shape, widths, num_classes, activation=nn.ReLU, batch_norm: bool = False):
         super().__init__()
         dims = [math.prod(input_shape), *widths]
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), activation()) for a, b in zip(dims[:-1], dims[1:]))
+            nn.Sequential(nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batch_norm else []), activation())
+            for a, b in zip(dims[:-1], dims[1:]))
         self.head = nn.Linear(dims[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

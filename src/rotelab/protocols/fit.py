@@ -14,12 +14,14 @@ from ..store import RunDir, runs_in
 from ..runner import start_one
 
 
-def measurement_hooks(cfg: FitConfig, data) -> list:
+def measurement_hooks(cfg: FitConfig, data, run: RunDir | None = None) -> list:
     """Hooks that add measurements to each epoch's metrics, as the config asks."""
     from ..data import balanced_subset
-    from ..hooks import FisherTrace, NormStats, WeightNoiseStats
+    from ..hooks import BatchScalars, FisherTrace, NormStats, WeightNoiseStats
     from ..seeding import derive_seed
     hooks = [NormStats()] if cfg.norms else []
+    if cfg.batch_scalars and run is not None:
+        hooks.append(BatchScalars(run))
     if cfg.weight_noise != "none":
         hooks.append(WeightNoiseStats(cfg.alpha_ref))
     if cfg.fisher_every:
@@ -47,7 +49,7 @@ def standard_hooks(cfg: FitConfig, run: RunDir, data, own=(), checkpointer=None,
     hooks = []
     if cfg.example_record != "none":
         hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
-    hooks += [*measurement_hooks(cfg, data), *own, MetricsWriter(run),
+    hooks += [*measurement_hooks(cfg, data, run), *own, MetricsWriter(run),
               TensorBoardWriter(run, cfg.hist_every, backfill=backfill_tb),
               checkpointer or Checkpointer(run, cfg.save_epochs), StatusWriter(run),
               ProgressBar(total_epochs or cfg.epochs, cfg.progress, desc=run.path.name)]

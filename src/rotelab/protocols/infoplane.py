@@ -110,6 +110,10 @@ class InfoPlaneConfig(FitConfig):
         if self.vectorize and self.grad_snr:
             raise ConfigError("--grad-snr", "reads each run's gradients batch by batch, which a stack of runs "
                                             "does not expose; drop --vectorize or --grad-snr")
+        if self.vectorize and (self.batch_norm or self.batch_scalars):
+            flag = "--batch-norm" if self.batch_norm else "--batch-scalars"
+            raise ConfigError(flag, "is not supported by a stack of runs (the stacked kernel has no batch norm "
+                                    "and exposes no single run's batches); drop --vectorize or " + flag)
         return self
 
 
@@ -218,7 +222,7 @@ class GradientSNR(Hook):
     def weights(self, loop) -> list:
         return [layer[0].weight for layer in loop.model.layers] + [loop.model.head.weight]
 
-    def on_backward(self, loop):
+    def on_backward(self, loop, loss):
         if loop.epoch + 1 not in self.epochs:
             return
         import torch
