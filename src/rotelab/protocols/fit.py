@@ -90,7 +90,9 @@ def _steps_per_epoch(run: RunDir, cfg: dict) -> int | None:
 
 
 def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
-    """Zhang et al. Fig. 1 (a), (b), (c) from the fit runs, grouped by corruption and level."""
+    """Zhang et al. Fig. 1 (a), (b), (c) from the fit runs, grouped by corruption and level; seeds as
+    bootstrap 95% intervals of the mean (bands), runs as points."""
+    from ..measures.stats import bootstrap_band, bootstrap_mean_ci
     from ..plots import plt, save_figure
     fits = runs
     if not fits:
@@ -114,22 +116,24 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
         kind, p = parse_corruption(spec)
         color, style, marker = pixel_styles.get(kind, (plt.cm.viridis(0.9 * p), "-", None))
         # every seed to its own end (runs stop when they fit): the mean over the seeds still running at
-        # each step, and their min-max as a band; a dot where each seed ends
+        # each step, and its bootstrap 95% interval as a band; a dot where each seed ends
         n = max(len(s[0]) for s in series)
         stack = np.full((len(series), n), np.nan)
         for i, s in enumerate(series):
             stack[i, :len(s[1])] = s[1]
         x = max(series, key=lambda s: len(s[0]))[0]
         mean = np.nanmean(stack, axis=0)
-        ax.plot(x, mean, color=color, ls=style, lw=2.2 if (kind, p) in (("none", 0.0), ("labels", 0.0)) else 1.4,
+        true = (kind, p) in (("none", 0.0), ("labels", 0.0))
+        # true labels as a wide, light line: a curve that lies on it (shuffled pixels for an MLP) stays visible on top
+        ax.plot(x, mean, color=color, ls=style, lw=5 if true else 1.4, alpha=0.45 if true else 1.0,
                 marker=marker, markevery=max(1, n // 8), ms=5,
                 label=f"{'true labels' if kind == 'none' or (kind == 'labels' and p == 0) else spec} ({len(series)} runs)")
         if len(series) > 1:
-            ax.fill_between(x, np.nanmin(stack, axis=0), np.nanmax(stack, axis=0), color=color, alpha=0.12, lw=0)
+            ax.fill_between(x, *bootstrap_band(stack), color=color, alpha=0.15, lw=0)
         for s in series:
             ax.plot(s[0][-1], s[1][-1], "o", color=color, ms=3.5)
     ax.plot([], [], "o", color="grey", ms=3.5, label="a run's last epoch (a run stops once it fits)")
-    ax.fill_between([], [], [], color="grey", alpha=0.12, label="min-max over seeds")
+    ax.fill_between([], [], [], color="grey", alpha=0.15, label="bootstrap 95% interval of the mean over seeds")
     ax.set(xlabel="step" if all(k[1] for k in curves) else "epoch", ylabel="training loss (mean over seeds)",
            title="(a) learning curves per corruption")
     ax.grid(alpha=0.3)
@@ -164,11 +168,14 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                 if vals:
                     xs.append(p)
                     means.append(np.mean(vals))
-                    lo.append(np.min(vals))
-                    hi.append(np.max(vals))
+                    ci = bootstrap_mean_ci(vals)
+                    lo.append(ci[0])
+                    hi.append(ci[1])
+                    ax.plot([p] * len(vals), vals, "o", color="C0", ms=3, alpha=0.35, mfc="none",
+                            label="a run" if len(xs) == 1 else None)
             if xs:
-                ax.errorbar(xs, means, yerr=[np.subtract(means, lo), np.subtract(hi, means)], marker="o", capsize=3,
-                            label="mean over seeds (bars: min to max)")
+                ax.plot(xs, means, "o-", color="C0", label="mean over seeds")
+                ax.fill_between(xs, lo, hi, color="C0", alpha=0.18, lw=0, label="bootstrap 95% interval of the mean")
             if key == "c" and classes:
                 ax.axhline(1 - 1 / classes, color="grey", ls="--", lw=1, label=f"chance (1 - 1/{classes})")
             ax.set(xlabel="label corruption p", ylabel=ylabel, title=title)
@@ -235,12 +242,23 @@ def _test_error(r: RunDir):
 METRICS = {"fit_epoch": _fit_epoch, "test_error": _test_error}
 
 
-def check_rises_with_p(ctx, step: str, metric: str, at_least: float = 0.9):
+def check_rises_with_p(ctx, step: str, metric: str, alpha: float = 0.01, source: str = "rotelab threshold"):
+    """The trend over the runs, not over their means: Spearman's rank correlation of every run's value
+    with its p, one-sided. Reported beside it: each p's mean with its bootstrap 95% interval, and the
+    neighbouring p whose intervals overlap (where the seeds cannot tell two levels apart)."""
+    from ..measures.stats import bootstrap_mean_ci, overlapping_neighbours, rank_trend
     levels = _by_level(ctx, step, METRICS[metric])
-    means = {p: float(np.mean(v)) for p, v in levels.items()}
-    rho = spearman(list(means), list(means.values())) if len(means) > 2 else float("nan")
-    shown = ", ".join(f"p={p:g}: {m:.4g}" for p, m in means.items())
-    return f"rank correlation {rho:.3f} (means {shown})", f">= {at_least}", bool(rho >= at_least)
+    xs = [p for p, v in levels.items() for _ in v]
+    ys = [y for v in levels.values() for y in v]
+    rho, pval = rank_trend(xs, ys) if len(levels) > 2 else (float("nan"), float("nan"))
+    cis = {p: bootstrap_mean_ci(v) for p, v in levels.items()}
+    shown = ", ".join(f"p={p:g}: {np.mean(v):.4g} [{cis[p][0]:.4g}, {cis[p][1]:.4g}]" for p, v in levels.items())
+    overlaps = overlapping_neighbours(cis)
+    said = ("; intervals overlap at p = " + ", ".join(f"{a:g}-{b:g}" for a, b in overlaps)) if overlaps \
+        else "; no two neighbouring intervals overlap"
+    return (f"Spearman {rho:.3f} over {len(ys)} runs (one-sided p = {pval:.2g}); mean [bootstrap 95% interval]: "
+            f"{shown}{said}"), f"rising over the runs: Spearman > 0 at one-sided p < {alpha} ({source})", \
+        bool(rho > 0 and pval < alpha)
 
 
 def check_chance(ctx, step: str, p: float = 1.0, tolerance: float = 0.02):
