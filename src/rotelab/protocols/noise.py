@@ -302,23 +302,31 @@ def report_section(runs, folder):
 # -- what studies of noise ramps draw and check ----------------------------------------------------
 
 def fig_noise_ramp(ctx, step: str) -> list[Path]:
-    return [ctx.copy(p, ctx.figures / "noise_ramp.png") for p in group_figures([ctx.step_dir(step)])]
+    return [ctx.copy(p, ctx.figures / f"noise_ramp_{step}.png") for p in group_figures([ctx.step_dir(step)])]
 
 
 def _ramps(ctx, step: str) -> list[dict]:
     return [summarize(r) for r in ctx.runs(step)]
 
 
-def check_random_breaks_first(ctx, step: str):
+def check_random_breaks_first(ctx, step: str, max_factor: float | None = None, source: str = "rotelab threshold"):
+    """Every random-label net's train accuracy halves at a lower alpha than every true-label net's. With
+    `max_factor`, only on a ramp whose alpha grows by at most that factor per step, so that seeds do not
+    all tie on one grid point (how many distinct alphas each kind took is reported)."""
     rows = _ramps(ctx, step)
     alpha = lambda r: r["half_acc"]["alpha"] if r["half_acc"] else math.inf  # noqa: E731
     rand = [alpha(r) for r in rows if r["label_corruption"] == 1.0]
     true = [alpha(r) for r in rows if r["label_corruption"] == 0.0]
     if not rand or not true:
         return "needs true- and random-label runs", "", False
-    return (f"random labels halve at alpha {', '.join(f'{a:.3g}' for a in sorted(rand))}; "
-            f"true labels at {', '.join(f'{a:.3g}' for a in sorted(true))}"), \
-        "every random-label alpha below every true-label alpha", max(rand) < min(true)
+    grid = sorted({r["alpha"] for r in ctx.runs(step)[0].read_metrics() if r.get("alpha")})
+    factor = max((b / a for a, b in zip(grid, grid[1:])), default=math.inf)
+    fine = max_factor is None or factor <= max_factor * (1 + 1e-9)
+    expected = "every random-label alpha below every true-label alpha" + \
+        (f", on a grid of factor <= {max_factor:.4g} per step ({source})" if max_factor else f" ({source})")
+    return (f"random labels halve at alpha {', '.join(f'{a:.3g}' for a in sorted(rand))} ({len(set(rand))} distinct); "
+            f"true labels at {', '.join(f'{a:.3g}' for a in sorted(true))} ({len(set(true))} distinct); "
+            f"grid factor {factor:.4g} per step"), expected, fine and max(rand) < min(true)
 
 
 def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: float = 0.347,
