@@ -137,7 +137,7 @@ def test_gradient_mean_and_std_over_batches():
         model.layers[0][0].weight.grad = torch.tensor(gs[0], dtype=torch.float32)
         model.head.weight.grad = torch.tensor(gs[1], dtype=torch.float32)
         seen.append([g.astype(np.float32).astype(np.float64) for g in gs])
-        hook.on_backward(loop)
+        hook.on_backward(loop, torch.zeros(()))
     result = SimpleNamespace(metrics={})
     hook.on_epoch_end(loop, result)
     for i in range(2):
@@ -145,7 +145,7 @@ def test_gradient_mean_and_std_over_batches():
         assert result.metrics[f"grad_mean/layer{i}"] == pytest.approx(np.linalg.norm(g.mean(0)), rel=1e-9)
         assert result.metrics[f"grad_std/layer{i}"] == pytest.approx(np.linalg.norm(g.std(0)), rel=1e-6)
     loop.epoch = 1   # epoch 2 is not captured: nothing is accumulated
-    hook.on_backward(loop)
+    hook.on_backward(loop, torch.zeros(()))
     assert hook.sums is None
 
 

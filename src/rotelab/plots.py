@@ -161,15 +161,43 @@ def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> P
     return save_figure(fig, Path(path))
 
 
+ESTIMATOR_WORDS = {"binning": "binning", "binning-size": "bins of fixed width", "kde-upper": "KDE upper bound",
+                   "kde-lower": "KDE lower bound"}
+LAYER_STYLES = ["-", "--", "-.", ":"]   # with the colour, keeps layers that lie on one another apart
+
+
+def describe_run(cfg: dict) -> str:
+    """A run's labels and activation in words, e.g. 'true labels, tanh' (figure titles)."""
+    from .config import parse_corruption
+    kind, p = parse_corruption(cfg.get("corrupt", "none"))
+    labels = "true labels" if kind == "none" or (kind == "labels" and p == 0) else \
+        "random labels" if kind == "labels" and p == 1 else \
+        f"labels {p:g} random" if kind == "labels" else f"{kind.replace('-', ' ')} {p:g}"
+    activation = cfg.get("activation") or ("tanh" if cfg.get("model") == "tishby" else "relu")
+    return f"{labels}, {activation}"
+
+
+def group_titles(paths) -> dict[str, str]:
+    """Folder name -> its runs described in words; folders that read alike keep their name too."""
+    words = {}
+    for p in map(Path, paths):
+        dirs = runs_in(p)
+        words[p.name] = describe_run(RunDir(dirs[0]).read_config()) if dirs else p.name
+    counts = {w: list(words.values()).count(w) for w in words.values()}
+    return {g: w if counts[w] == 1 else f"{w} ({g})" for g, w in words.items()}
+
+
 def plot_infoplane(paths, folder=None) -> list[Path]:
     """Per estimator: the information plane of each run or seed group (mean over seeds; one line per
     captured epoch joining the layers, colored by epoch on a log scale), and I(X;T) of each layer
-    against epoch (mean and min-max over seeds). Groups side by side; figures go to `folder` (default
-    the first path's figures/)."""
+    against epoch (mean and min-max over seeds), with the estimator's ceiling log2 N drawn. Groups side
+    by side, titled in words; legends outside the data; figures go to `folder` (default the first
+    path's figures/)."""
     import numpy as np
     from matplotlib.colors import LogNorm
     rows = [r for r in read_info(paths) if r.get("split") != "test"]   # the training set's (or all of a task's)
     groups = list(dict.fromkeys(r["group"] for r in rows))
+    titles = group_titles(paths)
     folder = Path(folder) if folder is not None else Path(paths[0]) / "figures"
     out = []
     for est in sorted({r["estimator"] for r in rows}):
@@ -178,11 +206,13 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         last = max(r["epoch"] for r in sel)
         norm = LogNorm(vmin=1, vmax=last + 1)
         mine_groups = [g for g in groups if any(r["group"] == g for r in sel)]   # groups with this estimator
-        fig_p, axes_p = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4.5), squeeze=False)
-        fig_x, axes_x = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4), squeeze=False,
+        fig_p, axes_p = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4.8), squeeze=False)
+        fig_x, axes_x = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups) + 1.6, 4.2), squeeze=False,
                                      sharey=True)
         for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], mine_groups):
             mine = [r for r in sel if r["group"] == g]
+            ceiling = float(np.log2(max(r["n"] for r in mine)))
+            title = f"{titles.get(g, g)}: {ESTIMATOR_WORDS.get(est, est)}"
             epochs = sorted({r["epoch"] for r in mine})
             # table[e][layer] -> list over seeds of (ixt, ity)
             table = {}
@@ -193,7 +223,11 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
                 color = plt.cm.viridis(norm(e + 1))
                 ax_p.plot(pts[:, 0], pts[:, 1], "-", color=color, lw=0.5, alpha=0.6)
                 ax_p.scatter(pts[:, 0], pts[:, 1], color=color, s=8, zorder=3)
-            # name each layer at its last captured point (the hidden layers in order, the softmax last)
+            ax_p.axvline(ceiling, color="grey", ls=":", lw=1)
+            ax_p.annotate(f"ceiling log2 N = {ceiling:.3g}", (ceiling, 0), xycoords=("data", "axes fraction"),
+                          xytext=(-3, 3), textcoords="offset points", rotation=90, ha="right", va="bottom",
+                          fontsize=7, color="grey")
+            # name each layer at its last captured point (the hidden layers in order, the output last)
             final, placed = table[epochs[-1]], []
             for l in layers:
                 if l in final:
@@ -202,20 +236,25 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
                     placed.append((x, y))
                     ax_p.annotate("out" if l == max(layers) else f"L{l + 1}", (x, y), textcoords="offset points",
                                   xytext=(4, 4 - 9 * near), fontsize=7)
-            ax_p.plot([], [], "-o", color="grey", ms=3, lw=0.5,
-                      label="one epoch: its layers, joined (mean over seeds)")
-            ax_p.legend(fontsize=7, loc="lower right")
-            ax_p.set(xlabel="I(X;T) bits", ylabel="I(T;Y) bits", title=f"{g} ({est})")
-            for l in layers:
+            ax_p.set(xlabel="I(X;T) bits", ylabel="I(T;Y) bits", title=title)
+            for k, l in enumerate(layers):
                 xs = [e for e in epochs if l in table[e]]
                 vals = [np.array(table[e][l])[:, 0] for e in xs]
                 x1 = np.array(xs) + 1
-                ax_x.plot(x1, [v.mean() for v in vals], label=f"layer {l + 1}" if l < max(layers) else "output")
-                ax_x.fill_between(x1, [v.min() for v in vals], [v.max() for v in vals], alpha=0.2)
-            ax_x.plot([], [], color="grey", lw=6, alpha=0.2, label="min-max over seeds")
-            ax_x.set(xscale="log", xlabel="epoch + 1", ylabel="I(X;T) bits", title=f"{g} ({est})")
+                ax_x.plot(x1, [v.mean() for v in vals], color=f"C{k}", ls=LAYER_STYLES[k % len(LAYER_STYLES)],
+                          lw=1.6, label=f"layer {l + 1}" if l < max(layers) else "output")
+                ax_x.fill_between(x1, [v.min() for v in vals], [v.max() for v in vals], color=f"C{k}", alpha=0.15, lw=0)
+            ax_x.axhline(ceiling, color="grey", ls=":", lw=1)
+            ax_x.set(xscale="log", xlabel="epoch + 1", ylabel="I(X;T) bits", title=title, ylim=(0, ceiling * 1.06))
             ax_x.grid(alpha=0.3)
-            ax_x.legend(fontsize=7)
+        handles, labels = axes_x[0, 0].get_legend_handles_labels()
+        handles += [plt.Line2D([], [], color="grey", lw=6, alpha=0.2), plt.Line2D([], [], color="grey", ls=":")]
+        labels += ["min-max over seeds", "ceiling log2 N"]
+        fig_x.tight_layout(rect=(0, 0, 1 - 1.5 / fig_x.get_figwidth(), 1))
+        fig_x.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+        fig_p.text(0.01, -0.03, "each line: one captured epoch, its layers joined (mean over seeds); "
+                               "L1, L2, ...: the hidden layers at the last epoch; out: the output layer",
+                   fontsize=7, color="dimgrey")
         fig_p.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes_p[0].tolist(), label="epoch + 1")
         out.append(save_figure(fig_p, folder / f"infoplane-{est}.png"))
         out.append(save_figure(fig_x, folder / f"ixt-{est}.png"))

@@ -319,7 +319,8 @@ def publish(out, docs) -> Path:
 
 
 def _small_png(src: Path, dst: Path, limit: int = 300_000):
-    """Copy a PNG, redrawn smaller (fewer pixels, fewer colors) until it is under `limit` bytes."""
+    """Copy a PNG, redrawn smaller until it is under `limit` bytes: fewer pixels first, and only then
+    256 colours with dithering (plain quantization bands a colour bar's gradient into steps)."""
     shutil.copyfile(src, dst)
     if dst.stat().st_size <= limit:
         return
@@ -327,9 +328,11 @@ def _small_png(src: Path, dst: Path, limit: int = 300_000):
     img = Image.open(src).convert("RGB")
     scale = 1.0
     while dst.stat().st_size > limit and scale > 0.2:
-        scale *= 0.8
+        scale *= 0.85
         small = img.resize((int(img.width * scale), int(img.height * scale)), Image.LANCZOS)
-        small.quantize(colors=128).save(dst, optimize=True)
+        small.save(dst, optimize=True)
+        if dst.stat().st_size > limit and scale < 0.75:
+            small.quantize(colors=256, dither=Image.Dither.FLOYDSTEINBERG).save(dst, optimize=True)
 
 
 def summary_line(results: dict) -> str:
