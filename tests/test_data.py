@@ -176,3 +176,15 @@ def test_fashion_mnist_from_debian_package(tmp_path):
     d = load_data(FitConfig(dataset="fashion-mnist", data_root=str(tmp_path)))
     assert d.train.x.shape == (60000, 1, 28, 28) and d.test.x.shape == (10000, 1, 28, 28)
     assert torch.bincount(d.train.y).tolist() == [6000] * 10
+
+
+def test_center_crop_keeps_the_central_pixels_and_refuses_flat_data():
+    from rotelab.data import center_crop
+    from rotelab.errors import ConfigError
+    x = torch.arange(2 * 3 * 6 * 5, dtype=torch.float32).reshape(2, 3, 6, 5)
+    c = center_crop(x, 3)
+    assert c.shape == (2, 3, 3, 3) and torch.equal(c, x[:, :, 1:4, 1:4])
+    with pytest.raises(ConfigError, match="--center-crop"):
+        center_crop(x, 7)
+    with pytest.raises(ConfigError, match="--center-crop"):
+        center_crop(torch.zeros(4, 64), 2)

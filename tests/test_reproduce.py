@@ -66,9 +66,12 @@ def test_table1_dry_run_and_a_smoke_run_on_written_cifar_files(tmp_path, capsys)
     write_cifar(tmp_path / "cifar", n_per_batch=40)
     results = rp.reproduce("zhang-table1", "smoke", tmp_path / "t1", data_root=str(tmp_path / "cifar"))
     # one epoch on 200 images fits nothing; measured and shown, not judged at smoke scale
-    assert [c["pass"] for c in results["checks"]] == [None, None]
+    assert [c["pass"] for c in results["checks"]] == [None, None, None]
     assert all(c["expected"].startswith("not judged at smoke scale") for c in results["checks"])
-    assert "variant-alexnet: train" in results["checks"][0]["value"]
+    # on 28 x 28 centre crops the networks have the paper's parameter counts (Table 1)
+    assert "variant-alexnet: 1,387,786" in results["checks"][0]["value"]
+    assert "variant-mlp-1x512: 1,209,866" in results["checks"][0]["value"]
+    assert "variant-alexnet: train" in results["checks"][1]["value"]
 
 
 def fake_fit(path: Path, corrupt: str, fit_epoch, test_acc: float, classes: int = 10):

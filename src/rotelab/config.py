@@ -126,6 +126,7 @@ class FitConfig(Config):
     corrupt_test: bool = opt(False, "corrupt the test set the same way (own random stream; shuffled-pixels keeps the train permutation, and shuffled-pixels=1.0 always permutes the test set, as Zhang et al.)")
     label_noise_mode: str = opt("uniform", "uniform: redraw from all classes (may keep the true one, as Zhang et al.); other: always a different class; permute: shuffle the picked labels among themselves (class histogram kept)", ("uniform", "other", "permute"))
     normalize: str = opt("standard", "standard: per-channel standardization with training statistics; none: inputs as the source gives them (images in [0, 1])", ("standard", "none"))
+    center_crop: int | None = opt(None, "crop images (train and test) to their central N x N pixels, e.g. 28 for CIFAR-10 as Zhang et al.", ge=1)
     test_subset: int | None = opt(None, "evaluate on a fixed, class-balanced subset of this many test examples", ge=1)
     # model
     model: str = opt("mlp", "model name (see `rotelab models`)")

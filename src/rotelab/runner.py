@@ -179,7 +179,7 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
     loop = proto.build_loop(cfg, run, None)
     run.lock()
     try:
-        run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol=proto.name)
+        run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol=proto.name)
     except BaseException:
         run.unlock()
         raise
@@ -242,7 +242,7 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
         r.lock()
     try:
         for c, r, loop in zip(cfgs, runs, loops):
-            r.create(c.to_dict(), environment(loop.device), protocol=proto.name)
+            r.create(c.to_dict(), environment(loop.device, loop.model), protocol=proto.name)
         Stacked(loops, stack)
     except BaseException:
         for r in runs:

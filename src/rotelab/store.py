@@ -74,11 +74,13 @@ def source_version() -> str | None:
         return None
 
 
-def environment(device) -> dict:
-    """Versions and device, so a run says what produced it."""
+def environment(device, model=None) -> dict:
+    """Versions and device, so a run says what produced it; with the model, its parameter count."""
     import torch
     env = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "device": str(device)}
+    if model is not None:
+        env["parameters"] = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if source_version():
@@ -265,6 +267,10 @@ class RunDir:
 
     def read_protocol(self) -> str:
         return self._config_json().get("protocol", "fit")
+
+    def read_environment(self) -> dict:
+        """What produced the run: versions, device, git commit, and the model's parameter count."""
+        return self._config_json().get("environment", {})
 
     def write_status(self, state: str, **extra):
         old = self.read_status()
@@ -462,6 +468,7 @@ class Run:
     run.pixel_corruption     str: the input corruption (shuffled-pixels, random-pixels, gaussian), or "none"
     run.pixel_fraction       float: the fraction of inputs it corrupts (0.0 without one)
     run.seed                 int
+    run.parameters           int: the model's parameter count (None for runs from before it was recorded)
     run.axes                 dict: the run's sweep-axis values (a variant axis by its name); {} outside a sweep
     run.metrics              DataFrame, one row per epoch (and noise step); numeric columns are float
     run.info                 DataFrame of information-plane records (epoch, layer, estimator, ixt, ity)
@@ -483,6 +490,7 @@ class Run:
         self.pixel_corruption = kind if kind not in ("labels", "none") else "none"
         self.pixel_fraction = float(p) if self.pixel_corruption != "none" else 0.0
         self.seed = int(self.config.get("seed", 0))
+        self.parameters = self.dir.read_environment().get("parameters")
         self.axes = sweep_axes(self.path)
 
     @property

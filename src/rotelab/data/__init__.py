@@ -94,6 +94,15 @@ def corrupt_split(x, y, num_classes, kind, p, gen, label_mode, perm=None, stats=
     return x_new, y, mask
 
 
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size pixels of images (N, C, H, W); one clear error for other data."""
+    if x.dim() != 4 or min(x.shape[2:]) < size:
+        raise ConfigError("--center-crop", f"needs images of at least {size} x {size}, but the data has shape "
+                                           f"{tuple(x.shape[1:])}; drop --center-crop or give a smaller size")
+    top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
+    return x[:, :, top:top + size, left:left + size].contiguous()
+
+
 def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none") -> Data:
     """The data set of a config: normalized, subset, corrupted; deterministic from cfg.seed.
 
@@ -101,6 +110,8 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     from the seed is split off as `val`, corrupted by `val_corrupt` with its own random stream."""
     src = load_source(cfg)
     x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
+    if cfg.center_crop is not None:
+        x_train, x_test = center_crop(x_train, cfg.center_crop), center_crop(x_test, cfg.center_crop)
     if src.normalize and cfg.normalize == "standard":
         mean, std = corruption.channel_stats(x_train)
         shape = (1, -1) + (1,) * (x_train.dim() - 2) if x_train.dim() > 2 else (1, 1)

@@ -355,6 +355,20 @@ def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_a
     return "; ".join(rows), f"train >= {train_at_least}, test within {tolerance} of the paper", ok and bool(rows)
 
 
+def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):
+    """Each point's parameter count (recorded by the run) equals the paper's."""
+    rows, ok = [], True
+    for g in ctx.groups(step):
+        want = expected.get(g.name)
+        runs = [RunDir(d) for d in runs_in(g)]
+        if want is None or not runs:
+            continue
+        have = runs[0].read_environment().get("parameters")
+        ok &= have == want
+        rows.append(f"{g.name}: {have:,}" if have is not None else f"{g.name}: not recorded")
+    return "; ".join(rows), "; ".join(f"{k}: {v:,}" for k, v in expected.items()) + f" ({source})", ok and bool(rows)
+
+
 
 def example(tmp) -> tuple[dict, list]:
     """A run of a few seconds on scikit-learn's digits (the conformance tests run every protocol's)."""
@@ -370,4 +384,5 @@ PROTOCOL = register(Protocol(
     study_figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
     study_checks={"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance": check_chance,
                   "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
-                  "train_acc_at_least": check_final_train_acc, "table": check_table}))
+                  "train_acc_at_least": check_final_train_acc, "table": check_table,
+                  "parameters": check_parameters}))

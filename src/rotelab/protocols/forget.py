@@ -199,7 +199,7 @@ def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> Ru
     run = RunDir.check_new(out, overwrite)
     loop, switch = build(cfg, run, state, backfill_tb=True)
     switch.apply(loop, loop.epoch)   # the same turn an uninterrupted run takes at the boundary
-    run.create(cfg.to_dict(), environment(loop.device), overwrite, protocol="forget")   # takes the lock
+    run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol="forget")   # takes the lock
     for record in source.read_metrics():
         if record["epoch"] <= loop.epoch:
             run.append_metrics(record)
