@@ -51,6 +51,47 @@ def final_rows(runs: list[RunDir]) -> list[dict]:
     return rows
 
 
+SUMMARIZED = ("fit_epoch", "train_acc", "test_acc", "val_acc")
+
+
+def by_config_rows(rows: list[dict]) -> list[dict]:
+    """final_rows grouped by everything but the seed and the outcome: per configuration the number of
+    runs and, per final number, the mean over its seeds with a bootstrap 95% interval of that mean."""
+    import numpy as np
+    from .measures.stats import bootstrap_mean_ci
+    outcome = {"run", "state", "epochs", "seed", "train_loss", "test_loss", *SUMMARIZED}
+    groups = {}
+    for r in rows:
+        key = json.dumps({k: v for k, v in r.items() if k not in outcome}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, members in groups.items():
+        row = {**json.loads(key), "runs": len(members)}
+        for k in SUMMARIZED:
+            vals = [m[k] for m in members if isinstance(m.get(k), (int, float))]
+            if vals:
+                lo, hi = bootstrap_mean_ci(vals)
+                row[k] = float(np.mean(vals))
+                row[f"{k}_ci95"] = [lo, hi]
+        out.append(row)
+    return out
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        v = round(v, 4)
+    elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        v = f"{v[0]:.4g} to {v[1]:.4g}"
+    return html.escape(str(v))
+
+
+def _table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    header = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k, ''))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
 def write_csv(rows: list[dict], path: Path) -> Path:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
@@ -76,11 +117,12 @@ def report(paths, out) -> dict:
             figures += [(f"{proto.name}: {title}", png) for title, png in proto.report_section(mine, folder)]
     per_run = [(r, pngs) for r in runs if (pngs := run_figures(r.path))]   # others: in their protocol's section
 
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(str(v if not isinstance(v, float) else round(v, 4)))}</td>"
-                                     for v in r.values()) + "</tr>" for r in rows)
-    header = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    parts = [f"<h1>rotelab report</h1><p>{len(runs)} runs. Final metrics: <code>{html.escape(csv_path.name)}</code></p>",
-             f"<table><tr>{header}</tr>{table}</table>"]
+    grouped = by_config_rows(rows)
+    config_csv = write_csv(grouped, out.with_name(out.stem + "_by_config.csv"))
+    parts = [f"<h1>rotelab report</h1><p>{len(runs)} runs. Final metrics: <code>{html.escape(csv_path.name)}</code>; "
+             f"by configuration: <code>{html.escape(config_csv.name)}</code></p>",
+             "<h2>By configuration</h2><p>Mean over the seeds of each configuration, with the bootstrap 95% "
+             "interval of that mean (<code>_ci95</code>).</p>", _table(grouped), "<h2>Every run</h2>", _table(rows)]
     listed = []
     if figures:
         parts.append("<h2>Figures</h2>")
@@ -93,4 +135,4 @@ def report(paths, out) -> dict:
         parts.append(f"<details><summary>{html.escape(str(r.path))} ({r.read_protocol()})</summary>{imgs}</details>")
         listed += pngs
     page.write(out, "rotelab report", "".join(parts))
-    return {"html": out, "csv": csv_path, "figures": [p for _, p in figures], "embedded": listed}
+    return {"html": out, "csv": csv_path, "by_config": config_csv, "figures": [p for _, p in figures], "embedded": listed}
