@@ -23,6 +23,9 @@ def test_every_study_names_registered_figures_and_checks():
         spec = rp.load_study(name).spec
         assert {f["kind"] for f in spec.get("figures", [])} <= set(figures), name
         assert {c["kind"] for c in spec.get("checks", [])} <= set(checks), name
+        # a judged check says where its expected value comes from; the others say they are reported
+        for c in spec.get("checks", []):
+            assert c.get("source") or "reported" in c["name"], (name, c["name"])
 
 
 def test_list_names_every_study_with_its_scales(capsys):

@@ -33,6 +33,7 @@ Output: DIR/<step>/... (the runs), DIR/figures/*.png, DIR/results.json and DIR/r
 from __future__ import annotations
 
 import html
+import inspect
 import json
 import os
 import shutil
@@ -234,7 +235,12 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
         figures += [(fig.get("title", fig["kind"]), p) for p in figure_kinds[fig["kind"]](ctx, **_args(fig))]
     checks = []
     for chk in study.spec.get("checks", []):
-        value, expected, passed = check_kinds[chk["kind"]](ctx, **_args(chk))
+        fn, args = check_kinds[chk["kind"]], _args(chk)
+        own_source = "source" in inspect.signature(fn).parameters
+        source = None if own_source else args.pop("source", None)
+        value, expected, passed = fn(ctx, **args)
+        if source and passed is not None:   # where the expected value comes from, said with it
+            expected = f"{expected} ({source})"
         if scale == "smoke":   # a few epochs on tiny data: the claims are not judged there
             expected, passed = f"not judged at smoke scale ({expected})", None
         elif chk.get("reported") and passed is not None:   # a claim measured as a comparison, not judged

@@ -321,11 +321,14 @@ def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2,
 
 
 def report_final_train_acc(ctx, step: str):
-    """Each group's train accuracy at its last epoch (mean and range over its runs), reported."""
+    """Each group's train accuracy at its last epoch (mean, its bootstrap 95% interval and the range
+    over its runs), reported."""
+    from ..measures.stats import bootstrap_mean_ci
     parts = []
     for g in ctx.groups(step):
         accs = [RunDir(d).read_metrics()[-1]["train_acc"] for d in runs_in(g)]
-        parts.append(f"{g.name}: {np.mean(accs):.3f} ({min(accs):.3f}-{max(accs):.3f})")
+        lo, hi = bootstrap_mean_ci(accs)
+        parts.append(f"{g.name}: {np.mean(accs):.3f} (95% interval {lo:.3f} to {hi:.3f}; runs {min(accs):.3f}-{max(accs):.3f})")
     return "; ".join(parts), "reported", None
 
 

@@ -374,15 +374,21 @@ def check_info_bounds(ctx, step: str):
     return f"{bad} of {n} records out of bounds", "reported (plug-in estimates satisfy the bounds identically)", None
 
 
-def _final_layers(run: RunDir, estimator: str) -> dict[int, list[tuple[int, float, float]]]:
+def _final_layers(run: RunDir, estimator: str, split: str = "train") -> dict[int, list[tuple[int, float, float]]]:
+    """Per layer, (epoch, I(X;T), I(T;Y)) of one estimator on one split (records of a run captured on
+    a single set, split "all", count as every split's)."""
     out = {}
     for r in run.read_info():
-        if r["estimator"] == estimator:
+        if r["estimator"] == estimator and r.get("split", "all") in (split, "all"):
             out.setdefault(r["layer"], []).append((r["epoch"], r["ixt"], r["ity"]))
     return out
 
 
-def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimator: str = "binning"):
+def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimator: str = "binning",
+                     source: str = "rotelab threshold"):
+    """The output layer's I(T;Y) at the last capture, mean over the group's seeds (with its bootstrap
+    95% interval), at least `at_least` bits."""
+    from ..measures.stats import bootstrap_mean_ci
     vals = []
     for g in ctx.groups(step):
         if g.name != group:
@@ -392,8 +398,9 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
             vals.append(sorted(layers[max(layers)])[-1][2])
     if not vals:
         return f"no runs in {group}", "", False
-    return f"{np.mean(vals):.3f} bits (mean of {len(vals)} seeds; min {min(vals):.3f})", f">= {at_least}", \
-        bool(np.mean(vals) >= at_least)
+    lo, hi = bootstrap_mean_ci(vals)
+    return f"{np.mean(vals):.3f} bits (mean of {len(vals)} seeds, bootstrap 95% interval {lo:.3f} to {hi:.3f}; " \
+           f"min {min(vals):.3f})", f">= {at_least} bits, mean over seeds ({source})", bool(np.mean(vals) >= at_least)
 
 
 def report_ixt_fall(ctx, step: str, estimator: str | None = None):
