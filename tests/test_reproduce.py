@@ -206,11 +206,12 @@ def test_information_terms_are_reported_with_the_closed_form(tmp_path):
     assert "as the closed form" in value
 
 
-def fake_overlaps(path: Path, acc, gap):
+def fake_overlaps(path: Path, acc, gap, lr=None):
     run = RunDir(path)
     run.create({"corrupt": "labels=1.0"}, {}, protocol="fit")
     for e, (a, g) in enumerate(zip(acc, gap), start=1):
-        run.append_metrics({"epoch": e, "train_acc": a, "train_intersection": a - g / 2, "train_union": a + g / 2})
+        run.append_metrics({"epoch": e, "train_acc": a, "train_intersection": a - g / 2, "train_union": a + g / 2,
+                            "lr": lr[e - 1] if lr else 0.01})
     run.unlock()
 
 
@@ -225,6 +226,22 @@ def test_oscillation_gap_check_on_hand_made_runs(tmp_path):
     assert fitp.check_oscillation_gap(ctx, "runs")[2] is False          # run b flips after its fit
     assert fitp.check_oscillation_gap(ctx, "runs", after_fit_at_most=0.06)[2] is True
     assert fitp.check_oscillation_gap(ctx, "runs", at_least=0.13, after_fit_at_most=0.06)[2] is False
+
+
+def test_gap_at_lr_step_check_on_hand_made_runs(tmp_path):
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "runs", "protocol": "fit"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    acc = [0.2 + 0.05 * e for e in range(16)]
+    lr = [0.02] * 8 + [0.002] * 8   # the lr of epoch 9 on is stepped
+    settles = [0.3, 0.3, 0.3, 0.28, 0.3, 0.32, 0.3, 0.29, 0.2, 0.1, 0.05, 0.04, 0.05, 0.06, 0.05, 0.05]
+    fake_overlaps(tmp_path / "runs" / "a", acc, settles, lr)
+    value, expected, passed = fitp.check_gap_falls_at_lr_step(ctx, "runs")
+    assert passed and "lr steps at epoch 9; median gap 0.300 before, 0.050 after" in value
+    fake_overlaps(tmp_path / "runs" / "b", acc, [0.3] * 9 + [0.2] * 7, lr)   # does not settle
+    assert fitp.check_gap_falls_at_lr_step(ctx, "runs")[2] is False
+    assert fitp.check_gap_falls_at_lr_step(ctx, "runs", factor=0.7)[2] is True
+    fake_overlaps(tmp_path / "runs" / "c", acc, settles)   # constant lr: nothing to judge, fails
+    assert "c: the lr never steps" in fitp.check_gap_falls_at_lr_step(ctx, "runs", factor=0.7)[0]
 
 
 def test_publish_writes_the_docs_page_and_small_figures(tmp_path):

@@ -199,7 +199,8 @@ def fig_zhang(ctx, step: str) -> list[Path]:
 
 def fig_oscillation(ctx, step: str, split: str = "train") -> list[Path]:
     from ..plots import plot_overlap_runs
-    return [plot_overlap_runs(ctx.runs(step), ctx.figures / f"oscillation_{split}.png", split)]
+    name = f"oscillation_{split}.png" if step == "runs" else f"oscillation_{step}_{split}.png"
+    return [plot_overlap_runs(ctx.runs(step), ctx.figures / name, split)]
 
 
 def _label_level(run: RunDir) -> float | None:
@@ -320,6 +321,28 @@ def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2,
                              f"the fit ({source})", ok
 
 
+def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int = 5, after: tuple = (2, 6),
+                               factor: float = 0.5, source: str = "rotelab threshold"):
+    """At the learning rate's first step the oscillation settles: in every run the median flip fraction
+    (union - intersection) over epochs `after` past the step is at most `factor` times its median over
+    the `before` epochs up to it."""
+    parts, ok = [], True
+    for r in ctx.runs(step):
+        m = [x for x in r.read_metrics() if x.get(f"{split}_union") is not None]
+        drop = next((b["epoch"] for a, b in zip(m, m[1:]) if b["lr"] < a["lr"] * (1 - 1e-9)), None)
+        if drop is None:
+            ok = False
+            parts.append(f"{r.path.name}: the lr never steps")
+            continue
+        gap = {x["epoch"]: x[f"{split}_union"] - x[f"{split}_intersection"] for x in m}
+        pre = [gap[e] for e in range(drop - before, drop) if e in gap]
+        post = [gap[e] for e in range(drop + after[0], drop + after[1] + 1) if e in gap]
+        g0, g1 = float(np.median(pre)), float(np.median(post)) if post else float("nan")
+        ok &= bool(post) and g1 <= factor * g0
+        parts.append(f"{r.path.name}: lr steps at epoch {drop}; median gap {g0:.3f} before, {g1:.3f} after")
+    return "; ".join(parts), f"the gap after the step <= {factor} x the gap before it ({source})", ok and bool(parts)
+
+
 def report_final_train_acc(ctx, step: str):
     """Each group's train accuracy at its last epoch (mean, its bootstrap 95% interval and the range
     over its runs), reported."""
@@ -388,4 +411,5 @@ PROTOCOL = register(Protocol(
     study_checks={"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance": check_chance,
                   "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
                   "train_acc_at_least": check_final_train_acc, "table": check_table,
-                  "parameters": check_parameters}))
+                  "parameters": check_parameters,
+                  "gap_falls_at_lr_step": check_gap_falls_at_lr_step}))
