@@ -43,7 +43,7 @@ from pathlib import Path
 
 from .version import __version__
 from .config import ConfigError, load_config_file
-from .store import RunDir, atomic_write_json, runs_in
+from .store import RunDir, atomic_write_json, runs_in, source_version
 
 STUDIES = Path(__file__).parent / "studies"
 SCALES = ("smoke", "cpu", "paper")
@@ -247,8 +247,10 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
             expected, passed = f"reported (the judged claim's test: {expected})", None
         checks.append({"name": chk["name"], "value": value, "expected": expected, "pass": passed})
     compute = 0.0   # every epoch's training and evaluation, and the information captures (seconds_info, cumulative)
+    trained_at = set()   # the source versions the runs were trained with (git describe, when known)
     for step in steps:
         for r in ctx.runs(step["name"]):
+            trained_at.add(r.read_environment().get("git") or r.read_environment().get("rotelab", "?"))
             m = r.read_metrics()
             compute += sum(x.get("seconds", 0.0) for x in m) + (m[-1].get("seconds_info", 0.0) if m else 0.0)
     results = {"study": study.name, "scale": scale, "version": __version__,
@@ -256,7 +258,8 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
                "notes": "\n".join([study.spec.get("notes", "").strip(), *notes]).strip(),
                "reproduces": study.spec.get("reproduces", ""),
                "figures": [str(Path(png).relative_to(out / "figures")) for _, png in figures],
-               "command": f"rotelab reproduce {study.name} --scale {scale}"}
+               "command": f"rotelab reproduce {study.name} --scale {scale}",
+               "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
     atomic_write_json(out / "results.json", results)
     write_page(results, figures, out / "report.html")
     return {**results, "out": str(out)}
@@ -314,7 +317,9 @@ def publish(out, docs) -> Path:
         page += [f"## {r['study']}", "", r.get("reproduces", ""), "",
                  f"`{r['command']}`: {r.get('compute_seconds', r['seconds']) / 60:.0f} min of training, evaluation and "
                  "measurement; "
-                 f"rotelab {r['version']}.", "",
+                 f"rotelab {r['version']}" + (f"; runs trained at {', '.join(f'`{v}`' for v in r['trained_at'])}, "
+                                              f"checks and figures at `{r['checked_at']}`" if r.get("trained_at") else "")
+                 + ".", "",
                  "| check | value | expected | |", "| --- | --- | --- | --- |"]
         page += [f"| {c['name']} | {c['value']} | {c['expected']} | {mark[c['pass']]} |".replace("\n", " ")
                  for c in r["checks"]]
