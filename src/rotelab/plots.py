@@ -72,6 +72,20 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def describe_network(cfg: dict) -> str:
+    """A run's network and regularization in words, e.g. 'WRN-10-1 (batch norm), weight decay 0.005'."""
+    model = cfg.get("model", "mlp")
+    if model == "wrn":
+        net = f"WRN-{cfg.get('depth')}-{cfg.get('widen')} (batch norm)"
+    elif model in ("mlp", "tishby"):
+        widths = cfg.get("widths") if model == "mlp" else [10, 7, 5, 4, 3]
+        net = "MLP " + "-".join(map(str, widths or [])) + (" with batch norm" if cfg.get("batch_norm") else "")
+    else:
+        net = model
+    wd = cfg.get("weight_decay") or 0
+    return net + (f", weight decay {wd:g}" if wd else ", no weight decay")
+
+
 def plot_forget(run: RunDir, summary: dict) -> Path:
     """Accuracy of the train part, the val part and the test set over both stages, with the stage
     boundary and the collapses the detector found (`summary`: stage1_end and collapses per split);
@@ -95,8 +109,12 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
         a.grid(alpha=0.3)
     if any(summary["collapses"].values()):
         ax.plot([], [], "v", color="grey", ms=9, mec="k", label="collapse: lowest point (shaded: its epochs)")
-    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=f"{run.path.name}: train+val, then train only (collapses marked)")
-    ax.legend(fontsize=8)
+    cfg = run.read_config()
+    lr2 = cfg.get("lr2")
+    stage2 = f"stage 2 at lr {lr2:g}" if lr2 is not None else "stage 2 at stage 1's last lr"
+    ax.set(ylabel="accuracy", ylim=(0, 1.02),
+           title=f"{describe_network(cfg)}\nstage 1: train (random labels) + val (true labels); {stage2}, train only")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_lr.plot(*_series(m, "lr"), color="k", lw=1, label="learning rate")
     x, eff = _series(m, "eff_lr")
     if x:
@@ -104,9 +122,9 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
         twin = ax_lr.twinx()
         twin.plot(*_series(m, "weight_norm"), color="C4", lw=1.2, ls="--", label="||w|| (right axis)")
         twin.set_ylabel("weight norm")
-        twin.legend(fontsize=8, loc="upper right")
+        twin.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 0.62), frameon=False)
     ax_lr.set(xlabel="epoch", ylabel="learning rate", yscale="log")
-    ax_lr.legend(fontsize=8, loc="upper left")
+    ax_lr.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0), frameon=False)
     return _save(fig, run, "forget")
 
 
