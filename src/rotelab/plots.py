@@ -172,10 +172,14 @@ def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> P
         x_i, inter = _series(m, f"{split}_intersection")
         ax.plot(x_u, union, color=f"C{i}", lw=1, label=f"{run.path.name}: union")
         ax.plot(x_i, inter, color=f"C{i}", lw=1, ls="--", label=f"{run.path.name}: intersection")
+    first = runs[0].read_metrics() if runs else []
+    steps = [b["epoch"] for a, b in zip(first, first[1:]) if a.get("lr") and b.get("lr") and b["lr"] < a["lr"] * (1 - 1e-9)]
+    for k, e in enumerate(steps):   # the learning rate's steps, where the oscillation changes
+        ax.axvline(e - 0.5, color="grey", ls=":", lw=1, label="learning-rate step" if k == 0 else None)
     ax.set(xlabel="epoch", ylabel=f"fraction of {split} examples", ylim=(0, 1.02),
            title=f"{split}: examples correct at epoch t-1 and t (intersection) or at either (union)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     return save_figure(fig, Path(path))
 
 
