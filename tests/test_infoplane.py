@@ -197,3 +197,19 @@ def test_seeds_trained_together_equal_seeds_trained_apart(tmp_path):
         assert [(r["epoch"], r["layer"], r["estimator"]) for r in ra] == [(r["epoch"], r["layer"], r["estimator"]) for r in rb]
         assert max(abs(x["ixt"] - y["ixt"]) + abs(x["ity"] - y["ity"]) for x, y in zip(ra, rb)) < 1e-3
         assert RunDir(a.path).read_protocol() == "infoplane" and RunDir(a.path).read_status()["state"] == "done"
+
+
+def test_group_titles_are_words_and_never_collide(tmp_path):
+    from rotelab.plots import describe_run, group_titles
+    assert describe_run({"model": "tishby", "corrupt": "labels=1.0"}) == "random labels, tanh, hidden 10-7-5-4-3"
+    assert describe_run({"model": "mlp", "widths": [64, 8], "activation": "tanh", "corrupt": "labels=0.0"}) \
+        == "true labels, tanh, hidden 64-8"
+    assert describe_run({"model": "wrn", "corrupt": "labels=0.25"}) == "labels 0.25 random, relu"
+    for name, cfg in (("a", {"corrupt": "labels=0.0", "bin_size": 0.5}), ("b", {"corrupt": "labels=0.0"}),
+                      ("c", {"corrupt": "labels=1.0"})):
+        run = RunDir(tmp_path / name)
+        run.create({"model": "mlp", "widths": [8], **cfg}, {}, protocol="infoplane")
+        run.unlock()
+    titles = group_titles([tmp_path / n for n in "abc"])
+    assert titles == {"a": "true labels, relu, hidden 8 (a)", "b": "true labels, relu, hidden 8 (b)",
+                      "c": "random labels, relu, hidden 8"}

@@ -189,14 +189,16 @@ LAYER_STYLES = ["-", "--", "-.", ":"]   # with the colour, keeps layers that lie
 
 
 def describe_run(cfg: dict) -> str:
-    """A run's labels and activation in words, e.g. 'true labels, tanh' (figure titles)."""
+    """A run's labels, activation and hidden widths in words, e.g. 'true labels, tanh, hidden 10-7-5-4-3'
+    (figure titles)."""
     from .config import parse_corruption
     kind, p = parse_corruption(cfg.get("corrupt", "none"))
     labels = "true labels" if kind == "none" or (kind == "labels" and p == 0) else \
         "random labels" if kind == "labels" and p == 1 else \
         f"labels {p:g} random" if kind == "labels" else f"{kind.replace('-', ' ')} {p:g}"
     activation = cfg.get("activation") or ("tanh" if cfg.get("model") == "tishby" else "relu")
-    return f"{labels}, {activation}"
+    widths = [10, 7, 5, 4, 3] if cfg.get("model") == "tishby" else cfg.get("widths") if cfg.get("model", "mlp") == "mlp" else None
+    return f"{labels}, {activation}" + (f", hidden {'-'.join(map(str, widths))}" if widths else "")
 
 
 def group_titles(paths) -> dict[str, str]:
