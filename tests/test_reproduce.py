@@ -36,6 +36,14 @@ def test_list_names_every_study_with_its_scales(capsys):
     assert "cpu ~" in out and "smoke ~" in out
 
 
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_scale_of_every_study_plans_valid_configs(name, tmp_path):
+    """A dry run validates every point's config (a paper scale nobody can run here included)."""
+    for scale in rp.load_study(name).scales:
+        assert rp.reproduce(name, scale, tmp_path / scale, dry_run=True) == {}
+        assert not (tmp_path / scale).exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [s for s in STUDIES if s != "zhang-table1"])
 def test_smoke_scale_runs_end_to_end(name, tmp_path):
