@@ -250,3 +250,42 @@ def test_a_ramp_records_each_examples_fate_and_joins_its_training_run(trained, t
     assert s["clean"]["examples"] + s["corrupted"]["examples"] == int(fate.breaking_alpha.notna().sum())
     assert 0 <= s["mann_whitney_p"] <= 1
     assert summarize_examples(RunDir(run.path))["noise_fate"] == s
+
+
+def test_half_alpha_interpolates_in_log_alpha_between_levels():
+    from rotelab.protocols.noise import half_alpha
+    rows = [{"epoch": 0, "alpha": None, "train_acc": 1.0}]
+    for e, (a, acc) in enumerate([(0.1, 0.9), (0.1, 0.9), (0.2, 0.6), (0.2, 0.4), (0.4, 0.3), (0.4, 0.3)], start=1):
+        rows.append({"epoch": e, "alpha": a, "train_acc": acc})   # two epochs per level, averaged
+    assert half_alpha(rows, 0.5) == pytest.approx(0.2)              # level 0.2 averages exactly 0.5
+    assert half_alpha(rows, 0.45) == pytest.approx(0.2 * 2 ** 0.25)  # a quarter of the way to 0.4 in log alpha
+    assert half_alpha(rows, 0.95) == pytest.approx(0.1)             # below half already at the first level
+    assert half_alpha(rows, 0.2) is None                            # never crosses
+
+
+def test_random_breaks_first_is_judged_between_grid_levels(tmp_path):
+    import rotelab.reproduce as rp
+    from rotelab.protocols.noise import check_random_breaks_first
+    from rotelab.store import RunDir
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "ramp", "protocol": "noise"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+
+    def ramp(name, p, accs, factor=2 ** 0.25):
+        src = RunDir(tmp_path / "src" / name)
+        src.create({"corrupt": f"labels={p}"}, {}, protocol="fit")
+        src.unlock()
+        run = RunDir(tmp_path / "ramp" / name)
+        run.create({"source": str(src.path)}, {}, protocol="noise")
+        run.append_metrics({"epoch": 0, "alpha": None, "train_acc": 1.0, "test_acc": 0.5})
+        for e, acc in enumerate(accs, start=1):
+            run.append_metrics({"epoch": e, "alpha": 0.1 * factor ** (e - 1), "train_acc": acc, "test_acc": 0.5})
+        run.unlock()
+    # every net falls below half on the same grid level, but the random-label ones cross earlier
+    ramp("rand-0", 1.0, [0.9, 0.52, 0.2, 0.1])
+    ramp("rand-1", 1.0, [0.9, 0.58, 0.3, 0.1])
+    ramp("true-0", 0.0, [0.9, 0.9, 0.45, 0.1])
+    value, expected, passed = check_random_breaks_first(ctx, "ramp", max_factor=1.1893)
+    assert passed and "random labels 0.141, 0.141 (1 distinct)" in value and "factor <= 1.189" in expected
+    ramp("true-1", 0.0, [0.9, 0.51, 0.2, 0.1])   # a true-label net that crosses before rand-1
+    assert check_random_breaks_first(ctx, "ramp", max_factor=1.1893)[2] is False
+    assert check_random_breaks_first(ctx, "ramp", max_factor=1.1)[2] is False   # the grid is too coarse
