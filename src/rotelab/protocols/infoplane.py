@@ -405,20 +405,27 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
 
 def report_ixt_fall(ctx, step: str, estimator: str | None = None):
     """How far the last hidden layers' I(X;T) falls from its maximum by the last epoch (reported, not
-    judged); by default with the group's binning estimator (fixed edges, else fixed bin size)."""
+    judged); by default with the group's binning estimator (fixed edges, else fixed bin size). A layer
+    that stays within 0.1 bit of the estimator's ceiling log2 N in every run is said to be saturated:
+    the estimate cannot show compression there, which is not finding none."""
     from ..measures.information import compression
     parts = []
     for g in ctx.groups(step):
-        falls = {}
+        falls, saturated, ceiling = {}, {}, None
         for d in runs_in(g):
-            names = {r["estimator"] for r in RunDir(d).read_info()}
+            rows = RunDir(d).read_info()
+            names = {r["estimator"] for r in rows}
             est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
+            ceiling = math.log2(max(r["n"] for r in rows if r["estimator"] == est and r.get("split", "all") != "test"))
             layers = _final_layers(RunDir(d), est)
             for layer in sorted(layers)[-3:-1]:   # the last two hidden layers
                 epochs, ixt, _ = zip(*layers[layer])
-                falls.setdefault(layer, []).append(compression(epochs, ixt, ceiling=math.inf)["fall"])
-        parts.append(f"{g.name} ({est}): " + ", ".join(f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak"
-                                               for l, v in falls.items()))
+                c = compression(epochs, ixt, ceiling=ceiling)
+                falls.setdefault(layer, []).append(c["fall"])
+                saturated[layer] = saturated.get(layer, True) and c["saturated"]
+        said = [f"layer {l + 1} saturated at the ceiling log2 N = {ceiling:.2f} (the estimate cannot show compression)"
+                if saturated[l] else f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak" for l, v in falls.items()]
+        parts.append(f"{g.name} ({est}): " + ", ".join(said))
     return "; ".join(parts), "reported", None
 
 
