@@ -157,6 +157,9 @@ def test_compression_check_on_hand_made_curves(tmp_path):
                    {0: [5] * 3, 5: [9.95, ceiling, 9.92], 6: [4, 9, 7], 7: [3, 6, 5.5]})
     value, _, passed = ipp.check_compression(ctx, "planes", "labels-true")
     assert "layer 6 saturated" in value and passed is False   # one layer falls >= 1 bit of the two judged
+    value, expected, _ = ipp.report_ixt_fall(ctx, "planes")   # the last two hidden layers: 5 and 6
+    assert "labels-true (binning-size): layer 6 saturated at the ceiling log2 N = 10.00" in value
+    assert "layer 7 falls 2.00 bits from its peak" in value and expected == "reported"
     value, _, passed = fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)
     assert passed and "1.0000" in value
     fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-1", {0: [1, 2]}, train_acc=0.98)
