@@ -371,7 +371,8 @@ def plot_noise_ramp(path, summaries: list[dict]) -> Path:
     handles, labels = axes[1].get_legend_handles_labels()
     handles.append(plt.Line2D([], [], marker="o", ls="", color="grey", mec="k",
                               label="first step below half the noise-free train accuracy"))
-    axes[1].legend(handles=handles, fontsize=6, loc="lower left")   # below the curves before they fall
+    fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=4, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))   # below the panels: no curve is covered
     return save_figure(fig, Path(path) / "figures" / "noise_ramp.png")
 
 

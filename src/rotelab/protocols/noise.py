@@ -387,7 +387,7 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
         pval = s.get("mann_whitney_p", float("nan"))
         ok &= clean is not None and bad is not None and bad < clean and pval < level
         parts.append(f"{r.path.name}: median breaking alpha {bad:.3g} corrupted ({s['corrupted']['examples']}) vs "
-                     f"{clean:.3g} clean ({s['clean']['examples']}), p = {pval:.2g}")
+                     f"{clean:.3g} clean ({s['clean']['examples']}), p {'< 1e-300' if pval == 0 else f'= {pval:.2g}'}")
     return "; ".join(parts) or f"no ramps of networks trained at p = {p}", \
         f"corrupted below clean with p < {level} in each of >= {networks} networks ({source})", \
         ok and len(ramps) >= networks
