@@ -236,7 +236,7 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], mine_groups):
             mine = [r for r in sel if r["group"] == g]
             ceiling = float(np.log2(max(r["n"] for r in mine)))
-            title = f"{titles.get(g, g)}: {ESTIMATOR_WORDS.get(est, est)}"
+            title = f"{titles.get(g, g)}\n{ESTIMATOR_WORDS.get(est, est)}"   # two lines: side-by-side titles never meet
             epochs = sorted({r["epoch"] for r in mine})
             # table[e][layer] -> list over seeds of (ixt, ity)
             table = {}
