@@ -223,6 +223,16 @@ def test_sweep_splits_a_stack_among_its_workers(tmp_path):
     assert tasks(seeds, 2) == [("group", 3), ("group", 3)]
     assert tasks({**seeds, "lr": [0.1, 0.2]}, 2) == [("group", 6), ("group", 6)]
     assert tasks({"seed": [0, 1, 2]}, 4) == [("point", 1)] * 3
+    # per-batch measurements and batch norm need each run's own batches: such points go alone
+    assert tasks({"seed": [0, 1], "norms": [True]}, 1) == [("point", 1)] * 2
+    assert sorted(tasks({"seed": [0, 1], "batch_norm": [True, False]}, 1)) == [("group", 2), ("point", 1), ("point", 1)]
+
+
+def test_runs_that_need_their_own_batches_are_not_stacked():
+    from rotelab.vectorized import check_vectorizable
+    cfgs = [FitConfig(dataset="digits", seed=s, batch_scalars=True) for s in (0, 1)]
+    with pytest.raises(ConfigError, match="--batch-scalars"):
+        check_vectorizable(cfgs)
 
 
 @pytest.mark.parametrize("kw", [dict(noise_sampling="lrt", learn_alpha=True, info_weight=0.5, noise_alpha=0.05),

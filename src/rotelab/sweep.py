@@ -205,10 +205,10 @@ def plan(protocol: str, points: list[Point], vectorize: bool, workers: int = 1) 
     a whole grid on one worker left the others idle)."""
     if not vectorize or not get_protocol(protocol).stackable:
         return [("point", p) for p in points]
-    from .vectorized import PER_RUN_FIELDS
+    from .vectorized import PER_RUN_FIELDS, stackable
     groups, tasks = {}, []
     for p in points:
-        if point_state(protocol, p.path) != "new":
+        if point_state(protocol, p.path) != "new" or not stackable(p.config):
             tasks.append(("point", p))
             continue
         key = repr(sorted((k, repr(v)) for k, v in p.config.items() if k not in PER_RUN_FIELDS))

@@ -30,6 +30,13 @@ from .engine import EpochShare, Evaluation, Loop, build_optimizer, margins, spli
 
 # Fields that may differ between runs trained together: they change the data, not the computation.
 PER_RUN_FIELDS = {"seed", "corrupt", "label_noise_mode", "corrupt_test", "progress", "save_epochs", "checkpoint_every"}
+# what a stack cannot give a run: per-batch hooks (the stack trains every run in one pass) and batch
+# norm in the written-out MLP kernel; points that ask for them are trained one by one
+UNSTACKABLE_FIELDS = ("norms", "batch_scalars", "batch_norm")
+
+
+def stackable(config: dict) -> bool:
+    return not any(config.get(k) for k in UNSTACKABLE_FIELDS)
 
 
 def check_vectorizable(cfgs: list[FitConfig]) -> None:
@@ -42,6 +49,10 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
             raise ConfigError("--vectorize-seeds", f"runs trained together must share every option but "
                                                    f"{', '.join(sorted(PER_RUN_FIELDS))}; they differ in {diff[0]}")
     c = cfgs[0]
+    if not stackable(c.to_dict()):
+        raise ConfigError("--vectorize-seeds", "cannot stack runs with --norms, --batch-scalars or --batch-norm "
+                                               "(they need each run's own batches); a sweep trains such points "
+                                               "one by one")
     if c.augment or c.example_record == "presentation" or c.loss_reduction != "mean":
         raise ConfigError("--vectorize-seeds", "works without --augment, --example-record presentation and "
                                                "--loss-reduction sum")
