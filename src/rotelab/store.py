@@ -64,12 +64,16 @@ def _jsonable(o):
 
 @functools.lru_cache(maxsize=1)
 def source_version() -> str | None:
-    """`git describe` of the rotelab source, when it is a git checkout (once per process)."""
+    """`git describe` of the rotelab source, when it is a git checkout; "-dirty" when the package's own
+    files differ from that commit (changes elsewhere in the checkout, such as docs, do not count)."""
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() if out.returncode == 0 else None
+        out = subprocess.run(["git", "describe", "--always"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True,
+                                 text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
