@@ -244,6 +244,22 @@ def cmd_examples(args) -> int:
     return 0
 
 
+def cmd_replay(args) -> int:
+    from .replay import replay
+    bad = 0
+    for path in args.runs:
+        r = replay(path, args.epochs)
+        versions = f"trained at {r['trained_at'] or '?'}, replayed at {r['replayed_at'] or '?'}"
+        if r["differences"]:
+            bad += 1
+            e, key, a, b = r["differences"][0]
+            print(f"{path}: {len(r['differences'])} of {r['compared']} values differ in the first {r['epochs']} "
+                  f"epochs ({versions}); first: epoch {e} {key} {a!r} saved, {b!r} replayed")
+        else:
+            print(f"{path}: identical, {r['compared']} values in the first {r['epochs']} epochs ({versions})")
+    return 1 if bad else 0
+
+
 def cmd_plot(args) -> int:
     from .figures import plot_paths
     for path in plot_paths(args.runs):
@@ -337,6 +353,15 @@ def make_parser() -> argparse.ArgumentParser:
                     help="where the figure comparing the runs' intersection/union curves goes (default: "
                          "figures/overlap_runs.png in the first run)")
     ex.set_defaults(func=cmd_examples)
+
+    rl = sub.add_parser("replay", help="train the first epochs of runs again with this code and compare their "
+                                       "metrics exactly (exit 1 on any difference)",
+                        description="Train the first epochs of each run again in a temporary folder and compare "
+                                    "every metric (timings aside) bit for bit. Equal numbers need the run's own "
+                                    "device and thread count.")
+    rl.add_argument("runs", nargs="+", help="run directories (fit, forget, or one seed of an infoplane folder)")
+    rl.add_argument("--epochs", type=int, default=3, help="epochs to replay (default: 3)")
+    rl.set_defaults(func=cmd_replay)
 
     pl = sub.add_parser("plot", help="figures of finished or running runs")
     pl.add_argument("runs", nargs="+", help="run directories")

@@ -307,10 +307,13 @@ def publish(out, docs) -> Path:
     atomic_write_json(docs / "results" / f"{results['study']}.json", results)
     page = ["# Reproductions", "",
             "Each study below was run with `rotelab reproduce NAME` at its cpu scale on a 2-core CPU (no GPU).",
-            "Numbers in *expected* are the original papers' (or the closed form's); *value* is what the run gave.",
-            "Times are the summed time of the study's runs (training, evaluation and information captures;",
-            "on 2 cores two runs can go at once with `--jobs 2`). `rotelab reproduce --list` gives every study",
-            "and scale.", ""]
+            "*expected* names where its value comes from: the original paper's number, or a rotelab threshold;",
+            "a check marked *reported* is a measurement, not a judged claim (it holds by construction, or it",
+            "describes a control). *value* is what the runs gave. Times are the summed time of the study's runs",
+            "(training, evaluation and information captures; on 2 cores two runs can go at once with",
+            "`--jobs 2`). Each study says which source versions trained its runs and which drew its checks and",
+            "figures; a run trained at an earlier version was replayed on the final code for its first epochs,",
+            "with identical metrics. `rotelab reproduce --list` gives every study and scale.", ""]
     for f in sorted((docs / "results").glob("*.json")):
         r = json.loads(f.read_text())
         mark = {True: "pass", False: "**fail**", None: "reported"}

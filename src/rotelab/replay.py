@@ -1,0 +1,59 @@
+"""`rotelab replay RUN`: train a run's first epochs again with this code and compare their metrics.
+
+Every draw in a run comes from its seed, so on the same device and thread count a replay must give
+the same numbers bit for bit. A study whose runs were trained by an earlier version can show, this
+way, that the code it is published with still makes them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError, StoreError
+from .registry import protocol_of
+from .store import RunDir, source_version
+
+
+def _timing(key: str) -> bool:
+    return key.startswith("seconds")   # wall times: never equal
+
+
+def replay(path, epochs: int = 3) -> dict:
+    """Train the first `epochs` epochs of the run at `path` again in a temporary folder and compare
+    every metric both have, exactly. Returns the epochs and values compared, the differences as
+    (epoch, key, saved, replayed), and the source versions that trained and replayed it."""
+    if epochs < 1:
+        raise ConfigError("--epochs", f"must be at least 1, got {epochs}")
+    run = RunDir(path)
+    if not (run.path / "config.json").is_file():
+        raise StoreError(run.path, f"{run.path} is not a run directory (no config.json); give a run of fit, forget "
+                                   "or one seed of an infoplane folder")
+    proto = protocol_of(run.path)
+    if not proto.trains:
+        raise ConfigError("RUN", f"{run.path} is a {proto.name} run; replay trains runs again (fit, forget, infoplane)")
+    saved = {m["epoch"]: m for m in run.read_metrics() if m["epoch"] >= 1}
+    if not saved:
+        raise StoreError(run.path, f"{run.path} has no finished epoch to replay")
+    n = min(epochs, max(saved))
+    cfg = {**run.read_config(), "epochs": n, "progress": False}
+    for key, value in (("epochs2", 0), ("until_train_acc", None)):   # only stage 1's first epochs matter
+        if key in cfg:
+            cfg[key] = value
+    if "seeds" in cfg:   # one seed of a folder of seeds
+        cfg["seeds"] = str(cfg.get("seed", 0))
+    config = proto.config.from_dict(cfg).validate()
+    with tempfile.TemporaryDirectory() as tmp:
+        made = proto.start(config, Path(tmp) / "replay")
+        again = {m["epoch"]: m for m in made[0].read_metrics()}
+    compared, differences = 0, []
+    for e in range(1, n + 1):
+        for key in sorted(set(saved.get(e, {})) & set(again.get(e, {}))):
+            if _timing(key):
+                continue
+            compared += 1
+            if saved[e][key] != again[e][key]:
+                differences.append((e, key, saved[e][key], again[e][key]))
+    return {"epochs": n, "compared": compared, "differences": differences,
+            "trained_at": run.read_environment().get("git") or run.read_environment().get("rotelab"),
+            "replayed_at": source_version()}
