@@ -66,6 +66,7 @@ def test_a_folder_gives_long_tables_with_float_columns(grid):
     assert set(m["variant"]) == {"narrow", "wide"}
     final = runs.final
     assert len(final) == 6 and (final["epoch"] == 2).all() and set(final["state"]) == {"done"}
+    assert final.groupby("variant").parameters.first().to_dict() == {"narrow": 610, "wide": 2410}
     run = rotelab.load(grid / "corrupt-labels=0.5__variant-wide")
     row = final[final.run == run.path.name].iloc[0]
     assert row["test_acc"] == pytest.approx(run.metrics["test_acc"].iloc[-1])

@@ -502,7 +502,7 @@ class Run:
         """The columns that describe this run in a table of many runs."""
         return {"run": self.name, "protocol": self.protocol, "label_corruption": self.label_corruption,
                 "pixel_corruption": self.pixel_corruption, "pixel_fraction": self.pixel_fraction,
-                "seed": self.seed, **self.axes}
+                "seed": self.seed, "parameters": self.parameters, **self.axes}
 
     @property
     def status(self) -> dict:
