@@ -139,6 +139,22 @@ def events_upto(aside: Path, step: int) -> list:
     return [e for e in events if e.step <= step and not e.HasField("file_version")]
 
 
+def resumed_writer(folder: Path, upto: int, flush_secs: float):
+    """A SummaryWriter on `folder` whose new event file starts with the events of the folder's earlier
+    files up to step `upto` (a resume's checkpoint); the earlier files then go, so no file holds a step
+    past the checkpoint or one twice."""
+    import shutil
+    from torch.utils.tensorboard import SummaryWriter
+    aside = set_aside_events(folder) if folder.is_dir() else None
+    writer = SummaryWriter(str(folder), flush_secs=flush_secs, max_queue=1000)
+    if aside is not None:
+        for event in events_upto(aside, upto):
+            writer.file_writer.add_event(event, walltime=event.wall_time)
+        writer.flush()   # the kept events on disk before the old files go
+        shutil.rmtree(aside)
+    return writer
+
+
 class TensorBoardWriter(Hook):
     """TensorBoard files derived from the epoch's metrics (scalars, one event per epoch) and weight
     histograms at chosen epochs, through the library's SummaryWriter. On resume the events up to the
@@ -151,15 +167,7 @@ class TensorBoardWriter(Hook):
         self.flush_secs, self.last_hist = flush_secs, None
 
     def on_start(self, loop: Loop):
-        import shutil
-        from torch.utils.tensorboard import SummaryWriter
-        aside = set_aside_events(self.run.tb) if self.run.tb.is_dir() else None
-        self.writer = SummaryWriter(str(self.run.tb), flush_secs=self.flush_secs, max_queue=1000)
-        if aside is not None:
-            for event in events_upto(aside, loop.epoch):
-                self.writer.file_writer.add_event(event, walltime=event.wall_time)
-            self.writer.flush()   # the kept events on disk before the old files go
-            shutil.rmtree(aside)
+        self.writer = resumed_writer(self.run.tb, loop.epoch, self.flush_secs)
         if self.backfill:  # a run that starts from another run's epochs shows them too
             for record in self.run.read_metrics():
                 self.scalars(record)
@@ -326,19 +334,10 @@ class BatchScalars(Hook):
         self.run, self.flush_secs, self.writer, self.rows, self.lrs, self.batches = run, flush_secs, None, [], [], 0
 
     def on_start(self, loop: Loop):
-        import shutil
-        from torch.utils.tensorboard import SummaryWriter
-        folder = self.run.tb / "batch"
         if loop.epoch:
             done = [m.get("batches") for m in self.run.read_metrics() if m["epoch"] <= loop.epoch]
             self.batches = int(done[-1] or 0) if done else 0
-        aside = set_aside_events(folder) if folder.is_dir() else None
-        self.writer = SummaryWriter(str(folder), flush_secs=self.flush_secs, max_queue=1000)
-        if aside is not None:
-            for event in events_upto(aside, self.batches):
-                self.writer.file_writer.add_event(event, walltime=event.wall_time)
-            self.writer.flush()
-            shutil.rmtree(aside)
+        self.writer = resumed_writer(self.run.tb / "batch", self.batches, self.flush_secs)
 
     def on_backward(self, loop: Loop, loss):
         weights = list(NormStats.weights(loop.model).values())
