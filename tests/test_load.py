@@ -72,6 +72,21 @@ def test_a_folder_gives_long_tables_with_float_columns(grid):
     assert row["test_acc"] == pytest.approx(run.metrics["test_acc"].iloc[-1])
 
 
+def test_summary_gives_each_group_its_mean_and_bootstrap_interval(grid):
+    from rotelab.measures.stats import bootstrap_mean_ci
+    runs = rotelab.load(grid)
+    table = runs.summary("variant", "test_acc", "train_acc_corrupted")
+    final = runs.final
+    for variant in ("narrow", "wide"):
+        accs = final[final.variant == variant].test_acc.to_numpy()
+        row = table.loc[variant]
+        assert row["runs"] == 3 and row["test_acc"] == pytest.approx(accs.mean())
+        assert (row["test_acc_lo"], row["test_acc_hi"]) == pytest.approx(bootstrap_mean_ci(accs))
+        assert row["train_acc_corrupted"] == pytest.approx(final[final.variant == variant].train_acc_corrupted.mean())
+    two = runs.summary(["variant", "label_corruption"], "test_acc")
+    assert len(two) == 4 and two["runs"].sum() == 6   # (narrow, wide) x (p = 0, 0.5; shuffled pixels at p = 0)
+
+
 def test_numeric_frame_keeps_strings_and_makes_none_nan():
     df = numeric_frame([{"a": None, "b": "x", "c": 1, "d": None}, {"a": None, "b": None, "c": None, "d": 2.5}])
     assert df["a"].dtype == float and df["a"].isna().all()

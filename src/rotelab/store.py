@@ -562,6 +562,8 @@ class Runs(list):
     runs.metrics   DataFrame: every run's metrics, one row per run and epoch
     runs.final     DataFrame: one row per run, its last epoch's metrics, with fit_epoch and state
     runs.info      DataFrame: every run's information-plane records
+    runs.summary("label_corruption", "test_acc")   per group: runs, the mean over them and the
+                   bootstrap 95% interval of that mean (columns test_acc, test_acc_lo, test_acc_hi)
     """
 
     def _long(self, frames):
@@ -578,6 +580,24 @@ class Runs(list):
     @property
     def info(self):
         return self._long((r, r.info) for r in self)
+
+    def summary(self, by, *columns, table: str = "final"):
+        """One row per value of `by` (a column name or a list of them) of `table` (final, metrics or
+        info): the number of rows (runs, for `final`) and, per column, their mean and the percentile
+        bootstrap 95% interval of that mean (`COLUMN_lo`, `COLUMN_hi`)."""
+        import pandas as pd
+        from .measures.stats import bootstrap_mean_ci
+        frame = getattr(self, table)
+        out = []
+        for key, group in frame.groupby(by, dropna=False):
+            row = dict(zip([by] if isinstance(by, str) else by, key if isinstance(key, tuple) else (key,)))
+            row["runs"] = len(group)
+            for c in columns:
+                values = group[c].dropna().to_numpy(dtype=float)
+                lo, hi = bootstrap_mean_ci(values)
+                row.update({c: values.mean() if len(values) else float("nan"), f"{c}_lo": lo, f"{c}_hi": hi})
+            out.append(row)
+        return pd.DataFrame(out).set_index(by)
 
     @property
     def final(self):
