@@ -312,8 +312,8 @@ def publish(out, docs) -> Path:
             "describes a control). *value* is what the runs gave. Times are the summed time of the study's runs",
             "(training, evaluation and information captures; on 2 cores two runs can go at once with",
             "`--jobs 2`). Each study says which source versions trained its runs and which drew its checks and",
-            "figures; a run trained at an earlier version was replayed on the final code for its first epochs,",
-            "with identical metrics. `rotelab reproduce --list` gives every study and scale.", ""]
+            "figures; every run below was replayed on the version that drew the checks (`rotelab replay`, its",
+            "first 3 epochs) with identical metrics. `rotelab reproduce --list` gives every study and scale.", ""]
     for f in sorted((docs / "results").glob("*.json")):
         r = json.loads(f.read_text())
         mark = {True: "pass", False: "**fail**", None: "reported"}
