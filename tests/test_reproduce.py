@@ -166,14 +166,30 @@ def test_compression_check_on_hand_made_curves(tmp_path):
     assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
 
 
-def fake_forget(path: Path, train, val, stage1_end: int, lr2: float = 0.01):
+def fake_forget(path: Path, train, val, stage1_end: int, lr2: float = 0.01, weight_decay: float = 0.0):
     run = RunDir(path)
-    run.create({"corrupt": "labels=1.0", "val_corrupt": "labels=0.0", "epochs": stage1_end, "epochs2": len(train) - stage1_end},
-               {}, protocol="forget")
+    run.create({"corrupt": "labels=1.0", "val_corrupt": "labels=0.0", "epochs": stage1_end, "epochs2": len(train) - stage1_end,
+                "lr2": lr2, "weight_decay": weight_decay}, {}, protocol="forget")
     for e, (tr, va) in enumerate(zip(train, val), start=1):
         run.append_metrics({"epoch": e, "stage": 1 if e <= stage1_end else 2, "lr": 0.1 * 0.1 if e <= stage1_end else lr2,
                             "train_acc": tr, "val_acc": va, "test_acc": 0.1})
     run.unlock()
+
+
+def test_collapse_period_check_on_hand_made_runs(tmp_path):
+    from rotelab.protocols import forget as fgp
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "bnwd", "protocol": "forget"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+
+    def train_with_collapses(at, n=60):   # stage 1 to epoch 10, then collapses (1.0 -> 0.3) at the given epochs
+        return [0.5] * 10 + [0.3 if e in at else 1.0 for e in range(11, n + 1)]
+    fake_forget(tmp_path / "bnwd" / "wd-a", train_with_collapses({20, 40, 58}), [0.5] * 60, 10, weight_decay=5e-3)
+    fake_forget(tmp_path / "bnwd" / "wd-b", train_with_collapses({15, 25, 35, 45}), [0.5] * 60, 10, weight_decay=1e-2)
+    value, expected, passed = fgp.check_collapse_period(ctx, "bnwd")
+    assert passed and "wd-a (lr x wd 5e-05): collapses at epochs 20, 40, 58, period 19 epochs" in value
+    assert "wd-b (lr x wd 0.0001): collapses at epochs 15, 25, 35, 45, period 10 epochs" in value
+    fake_forget(tmp_path / "bnwd" / "wd-c", train_with_collapses({30}), [0.5] * 60, 10, weight_decay=2e-2)
+    assert fgp.check_collapse_period(ctx, "bnwd")[2] is False   # one collapse gives no period
 
 
 def test_stage2_collapse_check_on_hand_made_runs(tmp_path):

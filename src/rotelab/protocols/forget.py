@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +289,30 @@ def check_stage2_collapse(ctx, step: str, recover: float = 0.9, val_gap: float =
                               f"staying >= {val_gap} below ({source})", ok
 
 
+def collapse_period(run: RunDir) -> dict:
+    """The stage-2 collapses of the train part: their epochs and the median gap between consecutive
+    ones (None with fewer than two), with the run's lr x weight decay in stage 2."""
+    s = summarize(run)
+    cfg = run.read_config()
+    end = s["stage1_end"] or 0
+    epochs = [c["epoch"] for c in s["collapses"].get("train", []) if c["epoch"] > end]
+    gaps = [b - a for a, b in zip(epochs, epochs[1:])]
+    lr2 = cfg.get("lr2") if cfg.get("lr2") is not None else cfg.get("lr")
+    return {"epochs": epochs, "period": float(statistics.median(gaps)) if gaps else None,
+            "lr_wd": (lr2 or 0) * (cfg.get("weight_decay") or 0)}
+
+
+def check_collapse_period(ctx, step: str, source: str = "rotelab threshold"):
+    """Every run collapses at least twice in stage 2, and the period (median gap between the train
+    part's collapses) is strictly shorter for every larger lr x weight decay."""
+    rows = sorted(((collapse_period(r), r.path.name) for r in ctx.runs(step)), key=lambda t: t[0]["lr_wd"])
+    parts = [f"{name} (lr x wd {c['lr_wd']:.2g}): collapses at epochs {', '.join(map(str, c['epochs'])) or 'none'}"
+             + (f", period {c['period']:g} epochs" if c["period"] is not None else "") for c, name in rows]
+    periods = [c["period"] for c, _ in rows]
+    ok = len(rows) >= 2 and all(p is not None for p in periods) and all(a > b for a, b in zip(periods, periods[1:]))
+    return "; ".join(parts), f"every run collapses twice or more, the period shorter at every larger lr x wd ({source})", ok
+
+
 def report_collapses(ctx, step: str):
     parts = []
     for run in ctx.runs(step):
@@ -313,4 +338,5 @@ PROTOCOL = register(Protocol(
                 "checkpoint of another (only stage-2 options may be given then).",
     cli_start=cli_start, figures=figures, ramp_data=ramp_data, report_lines=report_lines,
     study_figures={"forget": fig_forget},
-    study_checks={"collapses": report_collapses, "stage2_collapse": check_stage2_collapse}))
+    study_checks={"collapses": report_collapses, "stage2_collapse": check_stage2_collapse,
+                  "collapse_period": check_collapse_period}))
