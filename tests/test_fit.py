@@ -97,18 +97,25 @@ def test_no_example_record(tmp_path, small_cfg):
     assert "train_intersection" not in run.read_metrics()[-1]
 
 
+def crashed_run(cfg, path, at: int):
+    """A run of cfg in `path` killed at the end of epoch `at` (after every hook of that epoch ran);
+    returns the run and its loop."""
+    run = RunDir.check_new(path)
+    loop = build_loop(cfg, run)
+    loop.hooks.append(Crash(at))
+    run.create(cfg.to_dict(), {})
+    with pytest.raises(RuntimeError):
+        loop.run()
+    return run, loop
+
+
 @pytest.mark.parametrize("kw", [dict(corrupt="labels=0.5"), dict(corrupt="random-pixels=0.5", augment=True,
                                                                    optimizer="adam", lr=0.003, schedule="cosine")])
 def test_resume_equals_an_uninterrupted_run(tmp_path, small_cfg, kw):
     cfg = small_cfg(epochs=6, example_margins=True, **kw)
     full = fit(cfg, tmp_path / "full")
 
-    run = RunDir.check_new(tmp_path / "cut")
-    loop = build_loop(cfg, run)
-    loop.hooks.append(Crash(3))   # after checkpoint and status of epoch 3
-    run.create(cfg.to_dict(), {})
-    with pytest.raises(RuntimeError):
-        loop.run()
+    run, _ = crashed_run(cfg, tmp_path / "cut", 3)   # after checkpoint and status of epoch 3
     assert run.read_status()["state"] != "done"
     # simulate a kill that came after metrics/examples of epoch 4 but before its checkpoint
     run.append_metrics({"epoch": 4, "train_acc": -1})
@@ -219,12 +226,7 @@ def test_metrics_reach_the_disk_within_a_second_between_checkpoints(tmp_path, sm
 def test_resume_from_before_the_first_checkpoint_shows_each_epoch_once(tmp_path, small_cfg):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     cfg = small_cfg(epochs=5, checkpoint_every=3600.0)   # no checkpoint until the end
-    run = RunDir.check_new(tmp_path / "cut")
-    loop = build_loop(cfg, run)
-    loop.hooks.append(Crash(3))
-    run.create(cfg.to_dict(), {})
-    with pytest.raises(RuntimeError):
-        loop.run()
+    run, loop = crashed_run(cfg, tmp_path / "cut", 3)
     loop.hooks[[type(h).__name__ for h in loop.hooks].index("TensorBoardWriter")].writer.close()   # on disk
     run.unlock()
     assert not run.last_checkpoint.is_file() and event_steps(run.tb) == [[1, 2, 3]]
@@ -272,12 +274,7 @@ def test_batch_scalars_log_every_batch_and_survive_a_resume(tmp_path, small_cfg)
     assert (losses * sizes).sum(1) / n == pytest.approx([r["train_loss_presented"] for r in full.read_metrics()], rel=1e-4)
     assert [r["batches"] for r in full.read_metrics()] == [per_epoch * e for e in range(1, 5)]
 
-    run = RunDir.check_new(tmp_path / "cut")
-    loop = build_loop(cfg, run)
-    loop.hooks.append(Crash(2))
-    run.create(cfg.to_dict(), {})
-    with pytest.raises(RuntimeError):
-        loop.run()
+    crashed_run(cfg, tmp_path / "cut", 2)
     resumed = resume(tmp_path / "cut")
     steps = [s for f in event_steps(resumed.tb / "batch") for s in f]
     assert sorted(steps) == list(range(1, 4 * per_epoch + 1))   # each batch once, in one event

@@ -286,6 +286,11 @@ class WeightNoiseStats(Hook):
                 m[f"{key}/{name}"] = layer[key]
 
 
+def joint_norm(tensors: list):
+    """The norm of several tensors taken together, as a 0-d tensor (no sync); 0 for none."""
+    return torch.stack(torch._foreach_norm(tensors)).square().sum().sqrt() if tensors else torch.zeros(())
+
+
 class NormStats(Hook):
     """Per epoch: each weight matrix's norm (`weight_norm/NAME`, Linear and Conv weights), their joint
     norm (`weight_norm`), the effective learning rate lr / ||w||^2 (`eff_lr`: the step size of weights
@@ -301,10 +306,9 @@ class NormStats(Hook):
         return {n: p for n, p in model.named_parameters() if p.dim() > 1 and not n.endswith("log_alpha")}
 
     def on_backward(self, loop: Loop, loss):
-        import torch
         grads = [p.grad for p in self.weights(loop.model).values() if p.grad is not None]
         if grads:
-            sq = torch.stack(torch._foreach_norm(grads)).square().sum().sqrt()
+            sq = joint_norm(grads)
             self.grad_sq = sq if self.grad_sq is None else self.grad_sq + sq
             self.batches += 1
 
@@ -342,10 +346,9 @@ class BatchScalars(Hook):
     def on_backward(self, loop: Loop, loss):
         weights = list(NormStats.weights(loop.model).values())
         grads = [p.grad for p in weights if p.grad is not None]
-        norm = lambda ts: torch.stack(torch._foreach_norm(ts)).square().sum().sqrt() if ts else torch.zeros(())
         with torch.no_grad():
-            self.rows.append(torch.stack([norm([p.detach() for p in weights]).to(loss.device),
-                                          norm(grads).to(loss.device), loss.float()]))
+            self.rows.append(torch.stack([joint_norm([p.detach() for p in weights]).to(loss.device),
+                                          joint_norm(grads).to(loss.device), loss.float()]))
         self.lrs.append(loop.opt.param_groups[0]["lr"])
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):

@@ -72,14 +72,20 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def hidden_widths(cfg: dict) -> list[int] | None:
+    """An MLP run's hidden widths (the tishby net's own), None for other models."""
+    from .spec import TISHBY_WIDTHS
+    model = cfg.get("model", "mlp")
+    return list(TISHBY_WIDTHS) if model == "tishby" else cfg.get("widths") if model == "mlp" else None
+
+
 def describe_network(cfg: dict) -> str:
     """A run's network and regularization in words, e.g. 'WRN-10-1 (batch norm), weight decay 0.005'."""
     model = cfg.get("model", "mlp")
     if model == "wrn":
         net = f"WRN-{cfg.get('depth')}-{cfg.get('widen')} (batch norm)"
     elif model in ("mlp", "tishby"):
-        widths = cfg.get("widths") if model == "mlp" else [10, 7, 5, 4, 3]
-        net = "MLP " + "-".join(map(str, widths or [])) + (" with batch norm" if cfg.get("batch_norm") else "")
+        net = "MLP " + "-".join(map(str, hidden_widths(cfg) or [])) + (" with batch norm" if cfg.get("batch_norm") else "")
     else:
         net = model
     wd = cfg.get("weight_decay") or 0
@@ -172,9 +178,8 @@ def plot_overlap_runs(runs: list[RunDir], path: Path, split: str = "train") -> P
         x_i, inter = _series(m, f"{split}_intersection")
         ax.plot(x_u, union, color=f"C{i}", lw=1, label=f"{run.path.name}: union")
         ax.plot(x_i, inter, color=f"C{i}", lw=1, ls="--", label=f"{run.path.name}: intersection")
-    first = runs[0].read_metrics() if runs else []
-    steps = [b["epoch"] for a, b in zip(first, first[1:]) if a.get("lr") and b.get("lr") and b["lr"] < a["lr"] * (1 - 1e-9)]
-    for k, e in enumerate(steps):   # the learning rate's steps, where the oscillation changes
+    from .measures.curves import lr_drops
+    for k, e in enumerate(lr_drops(runs[0].read_metrics()) if runs else []):   # the learning rate's steps, where the oscillation changes
         ax.axvline(e - 0.5, color="grey", ls=":", lw=1, label="learning-rate step" if k == 0 else None)
     ax.set(xlabel="epoch", ylabel=f"fraction of {split} examples", ylim=(0, 1.02),
            title=f"{split}: examples correct at epoch t-1 and t (intersection) or at either (union)")
@@ -197,7 +202,7 @@ def describe_run(cfg: dict) -> str:
         "random labels" if kind == "labels" and p == 1 else \
         f"labels {p:g} random" if kind == "labels" else f"{kind.replace('-', ' ')} {p:g}"
     activation = cfg.get("activation") or ("tanh" if cfg.get("model") == "tishby" else "relu")
-    widths = [10, 7, 5, 4, 3] if cfg.get("model") == "tishby" else cfg.get("widths") if cfg.get("model", "mlp") == "mlp" else None
+    widths = hidden_widths(cfg)
     return f"{labels}, {activation}" + (f", hidden {'-'.join(map(str, widths))}" if widths else "")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from .errors import ConfigError
 
+TISHBY_WIDTHS = (10, 7, 5, 4, 3)   # the hidden widths of Shwartz-Ziv & Tishby's 12-10-7-5-4-3-2 net
+
 CORRUPTIONS = ("none", "labels", "shuffled-pixels", "random-pixels", "gaussian")
 
 

@@ -26,3 +26,10 @@ def find_collapses(epochs, acc, drop: float, window: int) -> list[dict]:
     for e in events:
         e["drop"] = e["before"] - e["lowest"]
     return events
+
+
+def lr_drops(metrics: list[dict]) -> list[int]:
+    """The epochs whose learning rate is below the previous record's (a schedule's steps); records
+    without an lr are skipped."""
+    rows = [m for m in metrics if m.get("lr")]
+    return [b["epoch"] for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"] * (1 - 1e-9)]

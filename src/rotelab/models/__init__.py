@@ -10,6 +10,7 @@ import torch
 from ..errors import ConfigError
 from ..registries import Registry
 from ..seeding import derive_seed
+from ..spec import TISHBY_WIDTHS
 from .convnets import AlexNetSmall, InceptionSmall
 from .mlp import MLP
 from .noisy import add_weight_noise
@@ -34,7 +35,7 @@ def _mlp(cfg, shape, k):
 @MODELS.register("tishby")
 def _tishby(cfg, shape, k):
     """The 12-10-7-5-4-3-2 net of Shwartz-Ziv & Tishby (hidden widths 10-7-5-4-3), tanh by default."""
-    return MLP(shape, [10, 7, 5, 4, 3], k, ACTIVATIONS[cfg.activation or "tanh"], cfg.batch_norm)
+    return MLP(shape, list(TISHBY_WIDTHS), k, ACTIVATIONS[cfg.activation or "tanh"], cfg.batch_norm)
 
 
 @MODELS.register("alexnet-small")

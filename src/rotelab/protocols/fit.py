@@ -208,11 +208,6 @@ def _label_level(run: RunDir) -> float | None:
     return p if kind in ("labels", "none") else None
 
 
-def spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-    return float(spearmanr(x, y).statistic)
-
-
 def check_all_fit(ctx, step: str):
     runs = ctx.runs(step)
     fit = [r for r in runs if r.read_status().get("fit_epoch")]
@@ -326,10 +321,11 @@ def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int
     """At the learning rate's first step the oscillation settles: in every run the median flip fraction
     (union - intersection) over epochs `after` past the step is at most `factor` times its median over
     the `before` epochs up to it."""
+    from ..measures.curves import lr_drops
     parts, ok = [], True
     for r in ctx.runs(step):
         m = [x for x in r.read_metrics() if x.get(f"{split}_union") is not None]
-        drop = next((b["epoch"] for a, b in zip(m, m[1:]) if b["lr"] < a["lr"] * (1 - 1e-9)), None)
+        drop = next(iter(lr_drops(m)), None)
         if drop is None:
             ok = False
             parts.append(f"{r.path.name}: the lr never steps")

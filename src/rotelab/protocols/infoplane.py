@@ -374,11 +374,11 @@ def check_info_bounds(ctx, step: str):
     return f"{bad} of {n} records out of bounds", "reported (plug-in estimates satisfy the bounds identically)", None
 
 
-def _final_layers(run: RunDir, estimator: str, split: str = "train") -> dict[int, list[tuple[int, float, float]]]:
-    """Per layer, (epoch, I(X;T), I(T;Y)) of one estimator on one split (records of a run captured on
-    a single set, split "all", count as every split's)."""
+def _final_layers(rows: list[dict], estimator: str, split: str = "train") -> dict[int, list[tuple[int, float, float]]]:
+    """Per layer, (epoch, I(X;T), I(T;Y)) of one estimator on one split, from a run's info records
+    (records of a run captured on a single set, split "all", count as every split's)."""
     out = {}
-    for r in run.read_info():
+    for r in rows:
         if r["estimator"] == estimator and r.get("split", "all") in (split, "all"):
             out.setdefault(r["layer"], []).append((r["epoch"], r["ixt"], r["ity"]))
     return out
@@ -394,7 +394,7 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
         if g.name != group:
             continue
         for d in runs_in(g):
-            layers = _final_layers(RunDir(d), estimator)
+            layers = _final_layers(RunDir(d).read_info(), estimator)
             vals.append(sorted(layers[max(layers)])[-1][2])
     if not vals:
         return f"no runs in {group}", "", False
@@ -417,7 +417,7 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
             names = {r["estimator"] for r in rows}
             est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
             ceiling = math.log2(max(r["n"] for r in rows if r["estimator"] == est and r.get("split", "all") != "test"))
-            layers = _final_layers(RunDir(d), est)
+            layers = _final_layers(rows, est)
             for layer in sorted(layers)[-3:-1]:   # the last two hidden layers
                 epochs, ixt, _ = zip(*layers[layer])
                 c = compression(epochs, ixt, ceiling=ceiling)
