@@ -115,3 +115,54 @@ def test_sweep_workers_die_with_the_sweep(tmp_path):
     assert again.returncode == 0, err
     for p in (tmp_path / "g").glob("seed-*"):
         assert [m["epoch"] for m in RunDir(p).read_metrics()] == list(range(1, 151))
+
+
+RACES = int(os.environ.get("ROTELAB_SWEEP_RACES", "8"))   # 20 were run for the record; 8 keep the suite short
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_racing_sweeps_never_report_a_point_failed(tmp_path, vectorize, monkeypatch):
+    """Two sweeps of one grid into one folder, the second started at a random offset: each point is made
+    once, by one of them; the other skips it or reports it running elsewhere, never failed."""
+    import multiprocessing
+    import random
+    import rotelab.data
+    from rotelab.sweep import sweep
+    load_data = rotelab.data.load_data
+
+    def slow_load(cfg):   # a fresh worker's first load pays its imports (1.7 s measured): a window to race in
+        time.sleep(random.uniform(0, 0.5))
+        return load_data(cfg)
+    monkeypatch.setattr(rotelab.data, "load_data", slow_load)
+    ctx = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    for race in range(-1, RACES):   # race -1, one sweep alone: the imports are paid once, before the forks
+        out = tmp_path / f"g{race}"
+        grid = tmp_path / f"grid{race}.toml"
+        grid.write_text(f'protocol = "fit"\nout = "{out}"\n[base]\ndataset = "digits"\nwidths = [16]\nepochs = 3\n'
+                        'lr = 0.05\nhist_every = 0\nprogress = false\n[axes]\nseed = [0, 1]\n'
+                        'corrupt = ["labels=0.0", "labels=1.0"]\n')
+        results = ctx.Queue()
+
+        def go(delay):
+            time.sleep(delay)
+            results.put(sweep(grid, jobs=2, vectorize_seeds=vectorize))
+
+        if race < 0:
+            sweep(grid, jobs=1)
+            continue
+        offset = rng.uniform(0, 1.5)
+        procs = [ctx.Process(target=go, args=(d,)) for d in (0.0, offset)]
+        for p in procs:
+            p.start()
+        states = [r for _ in procs for r in results.get(timeout=300)]
+        for p in procs:
+            p.join()
+        failed = [r for r in states if r["state"] == "failed"]
+        assert not failed, f"race {race} (offset {offset:.2f} s): {failed[0]}"
+        assert {r["state"] for r in states} <= {"done", "skipped", "running"}
+        points = sorted(p for p in out.iterdir() if p.is_dir())
+        assert len(points) == 4
+        for p in points:   # every point whole: one run, every epoch once, done
+            assert [m["epoch"] for m in RunDir(p).read_metrics()] == [1, 2, 3]
+            assert RunDir(p).read_status()["state"] == "done"

@@ -158,6 +158,7 @@ def resume(path, display: dict | None = None) -> RunDir:
         run.read_info()
         loop = proto.build_loop(cfg, run, resumable_state(run))
         if loop.done and run.read_status().get("state") == "done":
+            run.unlock()
             return run
         # killed after its last checkpoint but before its final status: the final metrics are on disk
         loop.last_metrics = next((m for m in reversed(metrics) if m.get("epoch") == loop.epoch), None)
@@ -175,10 +176,16 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
     cfg.validate()
     if keep_existing and RunDir(out).config_file.is_file():
         return [resume(out)]
-    run = RunDir.check_new(out, overwrite)
+    run = RunDir.check_new(out, overwrite or keep_existing)
     loop = proto.build_loop(cfg, run, None)
+    # Look again under the lock: another process (a second sweep on the same folder) may have made
+    # this run while the loop was built; it then holds the lock (RunLocked) or has left the run behind.
     run.lock()
     try:
+        if keep_existing and run.config_file.is_file():
+            return [resume(out)]
+        if not overwrite:
+            RunDir.check_new(out)
         run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol=proto.name)
     except BaseException:
         run.unlock()
@@ -238,9 +245,10 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
     check_vectorizable(cfgs)
     runs = [RunDir.check_new(p) for p in paths]
     loops = [proto.build_loop(c, r) for c, r in zip(cfgs, runs)]
-    for r in runs:
-        r.lock()
     try:
+        for r in runs:   # then look again under the locks: another process may have made one meanwhile
+            r.lock()
+            RunDir.check_new(r.path)
         for c, r, loop in zip(cfgs, runs, loops):
             r.create(c.to_dict(), environment(loop.device, loop.model), protocol=proto.name)
         Stacked(loops, stack)

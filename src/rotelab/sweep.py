@@ -189,9 +189,13 @@ def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int
         torch.set_num_threads(threads)
     from .runner import start_stack
     cls = get_protocol(protocol).config
+    from .store import StoreError
     try:
         start_stack([cls.from_dict(quiet(cls, c)) for c in configs], paths, protocol=protocol)
         return [{"path": p, "state": "done"} for p in paths]
+    except StoreError:   # another sweep took some of these points after they were planned (RunLocked, or
+        # a run made meanwhile): nothing of the stack was written; each point goes its own way
+        return [run_point(protocol, c, p, threads) for c, p in zip(configs, paths)]
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt):
             interrupted(e)
