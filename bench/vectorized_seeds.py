@@ -7,13 +7,15 @@ Cases: the 12-10-7-5-4-3-2 net on the 12-bit task (Adam, batch 512) and an MLP 1
 10,000-example subset of Fashion-MNIST (SGD, batch 128; skipped if Fashion-MNIST is not installed),
 both through the written-out MLP kernel; the 12-bit case again through the torch.func stack
 (`tishby_func`: what the kernel gains over it); and Zhang et al.'s small AlexNet on a 2,000-example subset
-of Fashion-MNIST (SGD, batch 128, 4 seeds, 2 epochs) through the torch.func stack.
+of Fashion-MNIST (SGD, batch 128, 4 seeds, 2 epochs) through the torch.func stack. Per case also
+TensorBoard's share of a stacked run (the time inside its hook, every call timed, over the run's).
 Ends with one JSON line of figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -59,9 +61,37 @@ def compare(name: str, base: dict, seeds: int, tmp: Path, stack: str | None = No
             for k, v in x.items():
                 if isinstance(v, float) and not k.startswith("seconds") and y.get(k) is not None:
                     worst = max(worst, abs(v - y[k]))
+    # TensorBoard's share of a stacked run: the time spent inside its hook (every call timed), over the run's
+    with timed_tensorboard() as spent:
+        t_timed = run_together("tb")[1]
+    tb_share = spent[0] / t_timed
     return {f"{name}_sequential_s": round(t_seq, 2), f"{name}_vectorized_s": round(t_vec, 2),
             f"{name}_vectorized_range_s": [round(min(vec_times), 2), round(max(vec_times), 2)],
-            f"{name}_speedup": round(t_seq / t_vec, 2), f"{name}_max_metric_diff": worst}
+            f"{name}_speedup": round(t_seq / t_vec, 2), f"{name}_max_metric_diff": worst,
+            f"{name}_tensorboard_share_of_stacked": round(tb_share, 3)}
+
+
+@contextlib.contextmanager
+def timed_tensorboard():
+    """The TensorBoard hook with every call timed; yields [seconds spent in it] (a measurement only)."""
+    import rotelab.hooks as hooks
+    real, spent = hooks.TensorBoardWriter, [0.0]
+
+    def timed(method):
+        def call(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return call
+
+    hooks.TensorBoardWriter = type("TimedTensorBoardWriter", (real,), {
+        m: timed(getattr(real, m)) for m in ("__init__", "on_start", "on_epoch_end", "on_end")})
+    try:
+        yield spent
+    finally:
+        hooks.TensorBoardWriter = real
 
 
 def main(argv=None):

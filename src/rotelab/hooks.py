@@ -140,16 +140,16 @@ def events_upto(aside: Path, step: int) -> list:
 
 
 def resumed_writer(folder: Path, upto: int, flush_secs: float):
-    """A SummaryWriter on `folder` whose new event file starts with the events of the folder's earlier
-    files up to step `upto` (a resume's checkpoint); the earlier files then go, so no file holds a step
-    past the checkpoint or one twice."""
+    """A new event file in `folder` that starts with the events of the folder's earlier files up to
+    step `upto` (a resume's checkpoint); the earlier files then go, so no file holds a step past the
+    checkpoint or one twice."""
     import shutil
-    from torch.utils.tensorboard import SummaryWriter
+    from .eventfile import EventFile
     aside = set_aside_events(folder) if folder.is_dir() else None
-    writer = SummaryWriter(str(folder), flush_secs=flush_secs, max_queue=1000)
+    writer = EventFile(folder, flush_secs)
     if aside is not None:
         for event in events_upto(aside, upto):
-            writer.file_writer.add_event(event, walltime=event.wall_time)
+            writer.add_event(event, walltime=event.wall_time)
         writer.flush()   # the kept events on disk before the old files go
         shutil.rmtree(aside)
     return writer
@@ -157,7 +157,7 @@ def resumed_writer(folder: Path, upto: int, flush_secs: float):
 
 class TensorBoardWriter(Hook):
     """TensorBoard files derived from the epoch's metrics (scalars, one event per epoch) and weight
-    histograms at chosen epochs, through the library's SummaryWriter. On resume the events up to the
+    histograms at chosen epochs (eventfile.EventFile). On resume the events up to the
     checkpoint's epoch move into the new event file and the old files go: no file then holds an epoch
     past what metrics.jsonl keeps, or one twice."""
     phase = WRITE
@@ -173,11 +173,12 @@ class TensorBoardWriter(Hook):
                 self.scalars(record)
 
     def scalars(self, metrics: dict):
-        self.writer.file_writer.add_summary(scalars_summary(metrics), metrics["epoch"])
+        self.writer.add_summary(scalars_summary(metrics), metrics["epoch"])
 
     def histograms(self, loop: Loop, epoch: int):
+        from .eventfile import histogram_summary
         for name, p in loop.model.named_parameters():
-            self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
+            self.writer.add_summary(histogram_summary(f"weights/{name}", p.detach().float().cpu().numpy()), epoch)
         self.last_hist = epoch
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
@@ -359,7 +360,7 @@ class BatchScalars(Hook):
             values = {"batch/lr": lr, "batch/weight_norm": weight_norm,
                       "batch/log10_grad_norm": math.log10(grad_norm) if grad_norm > 0 else None,
                       "batch/log10_loss": math.log10(loss) if loss > 0 else None}
-            self.writer.file_writer.add_summary(Summary(value=[
+            self.writer.add_summary(Summary(value=[
                 Summary.Value(tag=k, simple_value=v) for k, v in values.items()
                 if v is not None and math.isfinite(v)]), self.batches)
         self.rows, self.lrs = [], []
