@@ -112,3 +112,30 @@ def test_console_script_and_plot(tmp_path):
     for name in ("curves.png", "overlap.png"):
         png = out / "figures" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def readme_commands():
+    """Every `rotelab ...` command in the README's bash blocks, continuation lines joined."""
+    import re
+    import shlex
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part.split("  #")[0])
+                if words and words[0] == "rotelab":
+                    commands.append(words[1:])
+    return commands
+
+
+def test_every_readme_command_parses_and_its_config_is_valid():
+    """The README's commands name real flags with valid values (a flag renamed in the code fails here)."""
+    from rotelab.cli import config_from_args, make_parser
+    from rotelab.registry import get_protocol, load_protocols
+    commands = readme_commands()
+    assert len(commands) >= 10
+    for words in commands:
+        args = make_parser().parse_args(words)
+        if words[0] in load_protocols() and not getattr(args, "resume", None):
+            config_from_args(args, get_protocol(words[0]).config).validate()
