@@ -72,8 +72,8 @@ def test_a_folder_gives_long_tables_with_float_columns(grid):
     assert row["test_acc"] == pytest.approx(run.metrics["test_acc"].iloc[-1])
 
 
-def test_summary_gives_each_group_its_mean_and_bootstrap_interval(grid):
-    from rotelab.measures.stats import bootstrap_mean_ci
+def test_summary_gives_each_group_its_mean_and_interval(grid):
+    from rotelab.measures.stats import mean_interval
     runs = rotelab.load(grid)
     table = runs.summary("variant", "test_acc", "train_acc_corrupted")
     final = runs.final
@@ -81,7 +81,9 @@ def test_summary_gives_each_group_its_mean_and_bootstrap_interval(grid):
         accs = final[final.variant == variant].test_acc.to_numpy()
         row = table.loc[variant]
         assert row["runs"] == 3 and row["test_acc"] == pytest.approx(accs.mean())
-        assert (row["test_acc_lo"], row["test_acc_hi"]) == pytest.approx(bootstrap_mean_ci(accs))
+        ci = mean_interval(accs)
+        assert (row["test_acc_lo"], row["test_acc_hi"]) == pytest.approx((ci.lo, ci.hi))
+        assert row["test_acc_n"] == 3 and row["test_acc_interval"] == "t 95%"
         assert row["train_acc_corrupted"] == pytest.approx(final[final.variant == variant].train_acc_corrupted.mean())
     two = runs.summary(["variant", "label_corruption"], "test_acc")
     assert len(two) == 4 and two["runs"].sum() == 6   # (narrow, wide) x (p = 0, 0.5; shuffled pixels at p = 0)

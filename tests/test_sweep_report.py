@@ -149,11 +149,11 @@ def test_report_renders_every_figure_it_lists(tmp_path):
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (tmp_path / "rep" / "report.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("run,protocol,state,corrupt,seed")
-    assert "By configuration" in page and "bootstrap 95%" in page
+    assert "By configuration" in page and "Student's t" in page
 
 
 def test_by_config_rows_give_each_configuration_its_seeds_mean_and_interval():
-    from rotelab.measures.stats import bootstrap_mean_ci
+    from rotelab.measures.stats import mean_interval
     from rotelab.report import by_config_rows
     rows = [{"run": f"r{i}", "protocol": "fit", "state": "done", "corrupt": c, "seed": s, "epochs": 5,
              "fit_epoch": f, "test_acc": a}
@@ -164,5 +164,9 @@ def test_by_config_rows_give_each_configuration_its_seeds_mean_and_interval():
     assert out["labels=0.0"]["runs"] == 2 and out["labels=1.0"]["runs"] == 3
     assert out["labels=0.0"]["test_acc"] == pytest.approx(0.85)
     assert out["labels=1.0"]["fit_epoch"] == 32   # the run that did not fit has no fit epoch
-    assert out["labels=1.0"]["test_acc_ci95"] == pytest.approx(list(bootstrap_mean_ci([0.1, 0.12, 0.08])))
+    ci = mean_interval([0.1, 0.12, 0.08])
+    assert out["labels=1.0"]["test_acc_ci95"] == pytest.approx([ci.lo, ci.hi])
+    assert out["labels=1.0"]["test_acc_interval"] == "t 95%, n = 3"
+    assert out["labels=0.0"]["test_acc_ci95"] == pytest.approx([0.8, 0.9])   # two seeds: their range
+    assert out["labels=0.0"]["test_acc_interval"] == "range of 2, n = 2"
     assert "seed" not in out["labels=0.0"] and "train_acc" not in out["labels=0.0"]

@@ -6,7 +6,7 @@
     runs.metrics                              # one long DataFrame: every run's epochs, with each run's
                                               # label_corruption, pixel corruption, seed and sweep axes
     runs.final                                # one row per run: its last epoch, fit_epoch and state
-    runs.summary("label_corruption", "test_acc")   # per p: runs, mean, bootstrap 95% interval
+    runs.summary("label_corruption", "test_acc")   # per p: runs, mean, 95% interval (t), n
 """
 
 from .version import __version__  # noqa: F401

@@ -219,13 +219,13 @@ def group_titles(paths) -> dict[str, str]:
 def plot_infoplane(paths, folder=None) -> list[Path]:
     """Per estimator: the information plane of each run or seed group (mean over seeds; one line per
     captured epoch joining the layers, colored by epoch on a log scale), and I(X;T) of each layer
-    against epoch (mean over seeds, with the bootstrap 95% interval of that mean as a band), with the
+    against epoch (mean over seeds, with the 95% interval of that mean as a band: Student's t, the range of 2 seeds), with the
     estimator's ceiling log2 N drawn. Groups side
     by side, titled in words; legends outside the data; figures go to `folder` (default the first
     path's figures/)."""
     import numpy as np
     from matplotlib.colors import LogNorm
-    from .measures.stats import bootstrap_band
+    from .measures.stats import mean_band
     rows = [r for r in read_info(paths) if r.get("split") != "test"]   # the training set's (or all of a task's)
     groups = list(dict.fromkeys(r["group"] for r in rows))
     titles = group_titles(paths)
@@ -277,13 +277,13 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
                 stack = np.full((max(len(v) for v in vals), len(vals)), np.nan)   # seeds x captures
                 for j, v in enumerate(vals):
                     stack[:len(v), j] = v
-                ax_x.fill_between(x1, *bootstrap_band(stack), color=f"C{k}", alpha=0.15, lw=0)
+                ax_x.fill_between(x1, *mean_band(stack), color=f"C{k}", alpha=0.15, lw=0)
             ax_x.axhline(ceiling, color="grey", ls=":", lw=1)
             ax_x.set(xscale="log", xlabel="epoch + 1", ylabel="I(X;T) bits", title=title, ylim=(0, ceiling * 1.06))
             ax_x.grid(alpha=0.3)
         handles, labels = axes_x[0, 0].get_legend_handles_labels()
         handles += [plt.Line2D([], [], color="grey", lw=6, alpha=0.2), plt.Line2D([], [], color="grey", ls=":")]
-        labels += ["bootstrap 95% interval\nof the mean over seeds", "ceiling log2 N"]
+        labels += ["95% interval of the mean\nover seeds (t; range of 2)", "ceiling log2 N"]
         fig_x.tight_layout(rect=(0, 0, 1 - 1.5 / fig_x.get_figwidth(), 1))
         fig_x.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
         fig_p.text(0.01, -0.03, "each line: one captured epoch, its layers joined (mean over seeds); "

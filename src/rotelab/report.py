@@ -56,9 +56,10 @@ SUMMARIZED = ("fit_epoch", "train_acc", "test_acc", "val_acc")
 
 def by_config_rows(rows: list[dict]) -> list[dict]:
     """final_rows grouped by everything but the seed and the outcome: per configuration the number of
-    runs and, per final number, the mean over its seeds with a bootstrap 95% interval of that mean."""
+    runs and, per final number, the mean over its seeds with the 95% interval of that mean (Student's t from
+    3 seeds, the range of 2) and the interval's kind."""
     import numpy as np
-    from .measures.stats import bootstrap_mean_ci
+    from .measures.stats import mean_interval
     outcome = {"run", "state", "epochs", "seed", "train_loss", "test_loss", *SUMMARIZED}
     groups = {}
     for r in rows:
@@ -70,9 +71,10 @@ def by_config_rows(rows: list[dict]) -> list[dict]:
         for k in SUMMARIZED:
             vals = [m[k] for m in members if isinstance(m.get(k), (int, float))]
             if vals:
-                lo, hi = bootstrap_mean_ci(vals)
-                row[k] = float(np.mean(vals))
-                row[f"{k}_ci95"] = [lo, hi]
+                ci = mean_interval(vals)
+                row[k] = ci.mean
+                row[f"{k}_ci95"] = [ci.lo, ci.hi]
+                row[f"{k}_interval"] = f"{ci.kind}, n = {ci.n}"
         out.append(row)
     return out
 
@@ -121,8 +123,9 @@ def report(paths, out) -> dict:
     config_csv = write_csv(grouped, out.with_name(out.stem + "_by_config.csv"))
     parts = [f"<h1>rotelab report</h1><p>{len(runs)} runs. Final metrics: <code>{html.escape(csv_path.name)}</code>; "
              f"by configuration: <code>{html.escape(config_csv.name)}</code></p>",
-             "<h2>By configuration</h2><p>Mean over the seeds of each configuration, with the bootstrap 95% "
-             "interval of that mean (<code>_ci95</code>).</p>", _table(grouped), "<h2>Every run</h2>", _table(rows)]
+             "<h2>By configuration</h2><p>Mean over the seeds of each configuration, with the 95% "
+             "interval of that mean (<code>_ci95</code>: Student's t from 3 seeds, the range of 2; its kind and n "
+             "in <code>_interval</code>).</p>", _table(grouped), "<h2>Every run</h2>", _table(rows)]
     listed = []
     if figures:
         parts.append("<h2>Figures</h2>")

@@ -563,7 +563,7 @@ class Runs(list):
     runs.final     DataFrame: one row per run, its last epoch's metrics, with fit_epoch and state
     runs.info      DataFrame: every run's information-plane records
     runs.summary("label_corruption", "test_acc")   per group: runs, the mean over them and the
-                   bootstrap 95% interval of that mean (columns test_acc, test_acc_lo, test_acc_hi)
+                   95% interval of that mean (columns test_acc, test_acc_lo, test_acc_hi, test_acc_n, test_acc_interval)
     """
 
     def _long(self, frames):
@@ -583,10 +583,11 @@ class Runs(list):
 
     def summary(self, by, *columns, table: str = "final"):
         """One row per value of `by` (a column name or a list of them) of `table` (final, metrics or
-        info): the number of rows (runs, for `final`) and, per column, their mean and the percentile
-        bootstrap 95% interval of that mean (`COLUMN_lo`, `COLUMN_hi`)."""
+        info): the number of rows (runs, for `final`) and, per column, their mean, the 95% interval of
+        that mean (`COLUMN_lo`, `COLUMN_hi`: Student's t from 3 values, the range of 2), the values it
+        rests on (`COLUMN_n`) and the interval's kind (`COLUMN_interval`)."""
         import pandas as pd
-        from .measures.stats import bootstrap_mean_ci
+        from .measures.stats import mean_interval
         frame = getattr(self, table)
         out = []
         for key, group in frame.groupby(by, dropna=False):
@@ -594,8 +595,8 @@ class Runs(list):
             row["runs"] = len(group)
             for c in columns:
                 values = group[c].dropna().to_numpy(dtype=float)
-                lo, hi = bootstrap_mean_ci(values)
-                row.update({c: values.mean() if len(values) else float("nan"), f"{c}_lo": lo, f"{c}_hi": hi})
+                ci = mean_interval(values)
+                row.update({c: ci.mean, f"{c}_lo": ci.lo, f"{c}_hi": ci.hi, f"{c}_n": ci.n, f"{c}_interval": ci.kind})
             out.append(row)
         return pd.DataFrame(out).set_index(by)
 

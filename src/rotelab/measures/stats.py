@@ -1,39 +1,56 @@
-"""Statistics over runs: bootstrap intervals of a mean, rank trends, intervals that overlap."""
+"""Statistics over runs: intervals of a mean that say their kind and n, rank trends, intervals that overlap.
+
+Over a few seeds a percentile bootstrap undercovers (simulated in the tests: a normal sample's mean is
+covered 75% of the time at n = 3); Student's t is exact for normal samples at any n, so an interval of
+a mean over runs is a t interval from 3 runs on, the range of the two at 2, and the value itself at 1,
+and every interval carries its n and its kind.
+"""
 
 from __future__ import annotations
 
-import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 
-def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (resampled with replacement, n_boot times,
-    from a fixed seed so a report is reproducible). One value gives (v, v)."""
+@dataclass(frozen=True)
+class Interval:
+    """An interval of a mean over n runs; `kind` says what it is ("t 95%", "range of 2", "one run")."""
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    kind: str
+
+    def __str__(self):
+        if self.n == 1:
+            return f"{self.mean:.3g} (one run)"
+        return f"{self.mean:.3g} [{self.lo:.3g}, {self.hi:.3g}] ({self.kind}, n = {self.n})"
+
+
+def mean_interval(values, level: float = 0.95) -> Interval:
+    """The mean of `values` (NaN left out) with Student's t interval at `level` from 3 values on, the
+    range of 2 values (not a confidence interval: said so by its kind), or the value itself."""
     v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
-    means = v[idx].mean(axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, "no runs")
+    mean = float(v.mean())
+    if n == 1:
+        return Interval(mean, mean, mean, 1, "one run")
+    if n == 2:
+        return Interval(mean, float(v.min()), float(v.max()), 2, "range of 2")
+    from scipy.stats import t
+    half = float(t.ppf((1 + level) / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n, f"t {level:.0%}")
 
 
-def bootstrap_band(stack: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
-    """Per column of `stack` (runs x points, NaN where a run has no value), the percentile bootstrap
-    interval of the mean over the runs that have a value there: resampled runs, the same draws for
-    every column. Returns (lo, hi); a column with one run gives its value."""
-    stack = np.asarray(stack, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, stack.shape[0], size=(n_boot, stack.shape[0]))
-    draws = stack[idx]                                       # n_boot x runs x points
-    have = ~np.isnan(draws)
-    counts = have.sum(axis=1)
-    sums = np.where(have, draws, 0.0).sum(axis=1)
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)   # a draw of only missing runs: none
-    a = (1 - level) / 2
-    with warnings.catch_warnings():   # a column without any run is NaN, as it should be
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanquantile(means, a, axis=0), np.nanquantile(means, 1 - a, axis=0)
+def mean_band(stack: np.ndarray, level: float = 0.95):
+    """Per column of `stack` (runs x points, NaN where a run has no value), the lo and hi of
+    mean_interval over the runs that have a value there."""
+    cols = [mean_interval(c, level) for c in np.asarray(stack, dtype=float).T]
+    return np.array([c.lo for c in cols]), np.array([c.hi for c in cols])
 
 
 def rank_trend(x, y) -> tuple[float, float]:

@@ -91,8 +91,8 @@ def _steps_per_epoch(run: RunDir, cfg: dict) -> int | None:
 
 def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
     """Zhang et al. Fig. 1 (a), (b), (c) from the fit runs, grouped by corruption and level; seeds as
-    bootstrap 95% intervals of the mean (bands), runs as points."""
-    from ..measures.stats import bootstrap_band, bootstrap_mean_ci
+    95% intervals of the mean (bands: Student's t, the range of 2 seeds), runs as points."""
+    from ..measures.stats import mean_band, mean_interval
     from ..plots import plt, save_figure
     fits = runs
     if not fits:
@@ -116,7 +116,7 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
         kind, p = parse_corruption(spec)
         color, style, marker = pixel_styles.get(kind, (plt.cm.viridis(0.9 * p), "-", None))
         # every seed to its own end (runs stop when they fit): the mean over the seeds still running at
-        # each step, and its bootstrap 95% interval as a band; a dot where each seed ends
+        # each step, and its 95% interval as a band; a dot where each seed ends
         n = max(len(s[0]) for s in series)
         stack = np.full((len(series), n), np.nan)
         for i, s in enumerate(series):
@@ -129,11 +129,11 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                 marker=marker, markevery=max(1, n // 8), ms=5,
                 label=f"{'true labels' if kind == 'none' or (kind == 'labels' and p == 0) else spec} ({len(series)} runs)")
         if len(series) > 1:
-            ax.fill_between(x, *bootstrap_band(stack), color=color, alpha=0.15, lw=0)
+            ax.fill_between(x, *mean_band(stack), color=color, alpha=0.15, lw=0)
         for s in series:
             ax.plot(s[0][-1], s[1][-1], "o", color=color, ms=3.5)
     ax.plot([], [], "o", color="grey", ms=3.5, label="a run's last epoch (a run stops once it fits)")
-    ax.fill_between([], [], [], color="grey", alpha=0.15, label="bootstrap 95% interval of the mean over seeds")
+    ax.fill_between([], [], [], color="grey", alpha=0.15, label="95% interval of the mean over seeds (t; range of 2)")
     ax.set(xlabel="step" if all(k[1] for k in curves) else "epoch", ylabel="training loss (mean over seeds)",
            title="(a) learning curves per corruption")
     ax.grid(alpha=0.3)
@@ -168,14 +168,14 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
                 if vals:
                     xs.append(p)
                     means.append(np.mean(vals))
-                    ci = bootstrap_mean_ci(vals)
-                    lo.append(ci[0])
-                    hi.append(ci[1])
+                    ci = mean_interval(vals)
+                    lo.append(ci.lo)
+                    hi.append(ci.hi)
                     ax.plot([p] * len(vals), vals, "o", color="C0", ms=3, alpha=0.35, mfc="none",
                             label="a run" if len(xs) == 1 else None)
             if xs:
                 ax.plot(xs, means, "o-", color="C0", label="mean over seeds")
-                ax.fill_between(xs, lo, hi, color="C0", alpha=0.18, lw=0, label="bootstrap 95% interval of the mean")
+                ax.fill_between(xs, lo, hi, color="C0", alpha=0.18, lw=0, label="95% interval of the mean (t; range of 2)")
             if key == "c" and classes:
                 ax.axhline(1 - 1 / classes, color="grey", ls="--", lw=1, label=f"chance (1 - 1/{classes})")
             ax.set(xlabel="label corruption p", ylabel=ylabel, title=title)
@@ -240,19 +240,19 @@ METRICS = {"fit_epoch": _fit_epoch, "test_error": _test_error}
 
 def check_rises_with_p(ctx, step: str, metric: str, alpha: float = 0.01, source: str = "rotelab threshold"):
     """The trend over the runs, not over their means: Spearman's rank correlation of every run's value
-    with its p, one-sided. Reported beside it: each p's mean with its bootstrap 95% interval, and the
+    with its p, one-sided. Reported beside it: each p's mean with its 95% interval (t; its n), and the
     neighbouring p whose intervals overlap (where the seeds cannot tell two levels apart)."""
-    from ..measures.stats import bootstrap_mean_ci, overlapping_neighbours, rank_trend
+    from ..measures.stats import mean_interval, overlapping_neighbours, rank_trend
     levels = _by_level(ctx, step, METRICS[metric])
     xs = [p for p, v in levels.items() for _ in v]
     ys = [y for v in levels.values() for y in v]
     rho, pval = rank_trend(xs, ys) if len(levels) > 2 else (float("nan"), float("nan"))
-    cis = {p: bootstrap_mean_ci(v) for p, v in levels.items()}
-    shown = ", ".join(f"p={p:g}: {np.mean(v):.4g} [{cis[p][0]:.4g}, {cis[p][1]:.4g}]" for p, v in levels.items())
-    overlaps = overlapping_neighbours(cis)
+    intervals = {p: mean_interval(v) for p, v in levels.items()}
+    shown = ", ".join(f"p={p:g}: {ci}" for p, ci in intervals.items())
+    overlaps = overlapping_neighbours({p: (ci.lo, ci.hi) for p, ci in intervals.items()})
     said = ("; intervals overlap at p = " + ", ".join(f"{a:g}-{b:g}" for a, b in overlaps)) if overlaps \
         else "; no two neighbouring intervals overlap"
-    return (f"Spearman {rho:.3f} over {len(ys)} runs (one-sided p = {pval:.2g}); mean [bootstrap 95% interval]: "
+    return (f"Spearman {rho:.3f} over {len(ys)} runs (one-sided p = {pval:.2g}); mean [95% interval] per p: "
             f"{shown}{said}"), f"rising over the runs: Spearman > 0 at one-sided p < {alpha} ({source})", \
         bool(rho > 0 and pval < alpha)
 
@@ -340,14 +340,13 @@ def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int
 
 
 def report_final_train_acc(ctx, step: str):
-    """Each group's train accuracy at its last epoch (mean, its bootstrap 95% interval and the range
-    over its runs), reported."""
-    from ..measures.stats import bootstrap_mean_ci
+    """Each group's train accuracy at its last epoch (mean, its 95% interval with its kind and n, and
+    the range over its runs), reported."""
+    from ..measures.stats import mean_interval
     parts = []
     for g in ctx.groups(step):
         accs = [RunDir(d).read_metrics()[-1]["train_acc"] for d in runs_in(g)]
-        lo, hi = bootstrap_mean_ci(accs)
-        parts.append(f"{g.name}: {np.mean(accs):.3f} (95% interval {lo:.3f} to {hi:.3f}; runs {min(accs):.3f}-{max(accs):.3f})")
+        parts.append(f"{g.name}: {mean_interval(accs)}; runs {min(accs):.3f}-{max(accs):.3f}")
     return "; ".join(parts), "reported", None
 
 

@@ -386,9 +386,9 @@ def _final_layers(rows: list[dict], estimator: str, split: str = "train") -> dic
 
 def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimator: str = "binning",
                      source: str = "rotelab threshold"):
-    """The output layer's I(T;Y) at the last capture, mean over the group's seeds (with its bootstrap
-    95% interval), at least `at_least` bits."""
-    from ..measures.stats import bootstrap_mean_ci
+    """The output layer's I(T;Y) at the last capture, mean over the group's seeds (with its 95%
+    interval, its kind and n), at least `at_least` bits."""
+    from ..measures.stats import mean_interval
     vals = []
     for g in ctx.groups(step):
         if g.name != group:
@@ -398,9 +398,7 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
             vals.append(sorted(layers[max(layers)])[-1][2])
     if not vals:
         return f"no runs in {group}", "", False
-    lo, hi = bootstrap_mean_ci(vals)
-    return f"{np.mean(vals):.3f} bits (mean of {len(vals)} seeds, bootstrap 95% interval {lo:.3f} to {hi:.3f}; " \
-           f"min {min(vals):.3f})", f">= {at_least} bits, mean over seeds ({source})", bool(np.mean(vals) >= at_least)
+    return f"{mean_interval(vals)} bits (mean over seeds; min {min(vals):.3f})", f">= {at_least} bits, mean over seeds ({source})", bool(np.mean(vals) >= at_least)
 
 
 def report_ixt_fall(ctx, step: str, estimator: str | None = None):
