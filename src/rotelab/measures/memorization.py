@@ -122,14 +122,15 @@ def cscore(trained, correct) -> Estimate:
     return Estimate(p_out, np.sqrt(_binomial_var(p_out, n_out)), *wilson(p_out, n_out), n_in, n_out)
 
 
-def influence(trained, correct_test, top: int | None = None, block: int = 2048):
+def influence(trained, correct_test, top: int | None = None, block: int = 256):
     """infl(i, j) for every train example i and test example j, as two matrix products:
     (T^T C) / n_in - ((1-T)^T C) / n_out, with T (K, N) and C (K, M).
 
     With `top=None`, the dense (N, M) matrix in float16 (2 bytes an entry: 10,000 x 10,000 is 191 MiB).
     With `top=k`, per test example the k train examples of highest influence: (indices (M, k) int32,
     values (M, k) float16), computed over blocks of `block` test examples so that memory stays at
-    N x block floats (60,000 x 10,000 with k = 100: 5.7 MiB kept, 0.5 GiB per block of 2,048)."""
+    a few N x block arrays (60,000 x 10,000 with k = 100 and 64 models: 5.7 MiB kept, 0.48 GiB at the peak, 17 s,
+    measured by bench/memorization_estimates.py)."""
     t = np.asarray(trained, dtype=bool)
     c = np.asarray(correct_test, dtype=bool)
     if t.ndim != 2 or c.ndim != 2 or t.shape[0] != c.shape[0]:
