@@ -103,9 +103,9 @@ def test_checks_on_hand_made_runs(tmp_path):
     value, _, passed = fitp.check_all_fit(ctx, "fits")
     assert value.startswith("3 of 4") and passed is False
     value, _, passed = fitp.check_rises_with_p(ctx, "fits", "fit_epoch")
-    assert "Spearman 1.000 over 3 runs" in value and "p=1: 30 [30, 30]" in value and passed
+    assert "Spearman 1.000 over 3 runs" in value and "p=1: 30 (one run)" in value and passed
     value, _, passed = fitp.check_rises_with_p(ctx, "fits", "test_error", alpha=0.05)   # 4 runs
-    assert passed and "p=1: 0.89 [0.88, 0.9]" in value   # mean of the two p = 1 runs' errors, 0.9 and 0.88
+    assert passed and "p=1: 0.89 [0.88, 0.9] (range of 2, n = 2)" in value   # the two p = 1 runs' errors, 0.9 and 0.88
     value, expected, passed = fitp.check_chance(ctx, "fits", p=1.0, tolerance=0.02)
     assert "0.1100" in value and expected == "0.100 +- 0.02" and passed
     assert fitp.check_chance(ctx, "fits", p=1.0, tolerance=0.005)[2] is False
@@ -114,13 +114,14 @@ def test_checks_on_hand_made_runs(tmp_path):
 def test_a_trend_is_judged_over_runs_and_overlapping_intervals_are_said(tmp_path):
     study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "fits", "protocol": "fit"}]})
     ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
-    # p = 0 fits first; the seeds of p >= 0.5 cannot be told apart (means 21.3, 20.3, 21.3)
+    # p = 0 fits first; the seeds of p >= 0.5 cannot be told apart (means 21.3, 20.3, 21.3), and with
+    # three seeds a level's 95% interval (t, 2 degrees of freedom) is wide enough to reach p = 0's too
     for p, epochs in ((0.0, (9, 10, 11)), (0.5, (12, 22, 30)), (0.75, (28, 13, 20)), (1.0, (21, 14, 29))):
         for seed, e in enumerate(epochs):
             fake_fit(tmp_path / "fits" / f"p{p}-{seed}", f"labels={p}", e, 0.5)
     value, expected, passed = fitp.check_rises_with_p(ctx, "fits", "fit_epoch", alpha=0.01)
-    assert "over 12 runs" in value and "intervals overlap at p = 0.5-0.75, 0.75-1" in value
-    assert "Spearman 0.583" in value and "p=0: 10 [9, 11]" in value and "one-sided p < 0.01" in expected
+    assert "over 12 runs" in value and "intervals overlap at p = 0-0.5, 0.5-0.75, 0.75-1" in value
+    assert "Spearman 0.583" in value and "p=0: 10 [7.52, 12.5] (t 95%, n = 3)" in value and "one-sided p < 0.01" in expected
     assert passed is False   # one-sided p = 0.023 over the runs: not significant at 0.01
     assert fitp.check_rises_with_p(ctx, "fits", "fit_epoch", alpha=0.1)[2] is True
 
