@@ -58,7 +58,6 @@ def by_config_rows(rows: list[dict]) -> list[dict]:
     """final_rows grouped by everything but the seed and the outcome: per configuration the number of
     runs and, per final number, the mean over its seeds with the 95% interval of that mean (Student's t from
     3 seeds, the range of 2) and the interval's kind."""
-    import numpy as np
     from .measures.stats import mean_interval
     outcome = {"run", "state", "epochs", "seed", "train_loss", "test_loss", *SUMMARIZED}
     groups = {}

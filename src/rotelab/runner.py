@@ -179,13 +179,12 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
     run = RunDir.check_new(out, overwrite or keep_existing)
     loop = proto.build_loop(cfg, run, None)
     # Look again under the lock: another process (a second sweep on the same folder) may have made
-    # this run while the loop was built; it then holds the lock (RunLocked) or has left the run behind.
+    # this run while the loop was built; it then holds the lock (RunLocked) or has left the run behind
+    # (resumed here; anything else in the folder makes create() refuse it as not empty).
     run.lock()
     try:
         if keep_existing and run.config_file.is_file():
             return [resume(out)]
-        if not overwrite:
-            RunDir.check_new(out)
         run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol=proto.name)
     except BaseException:
         run.unlock()

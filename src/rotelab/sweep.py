@@ -183,13 +183,14 @@ def run_point(protocol: str, config: dict, path: str, threads: int | None = None
 
 def run_group(protocol: str, configs: list[dict], paths: list[str], threads: int | None = None) -> list[dict]:
     """New fit points that differ only in seed or corruption, trained as one batched model
-    (`--vectorize-seeds`); a failure marks every point of the group failed."""
+    (`--vectorize-seeds`); a failure marks every point of the group failed, except a point another
+    process took meanwhile: then each point goes its own way (run_point)."""
     import torch
     if threads:
         torch.set_num_threads(threads)
     from .runner import start_stack
-    cls = get_protocol(protocol).config
     from .store import StoreError
+    cls = get_protocol(protocol).config
     try:
         start_stack([cls.from_dict(quiet(cls, c)) for c in configs], paths, protocol=protocol)
         return [{"path": p, "state": "done"} for p in paths]
