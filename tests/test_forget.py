@@ -55,6 +55,30 @@ def test_stages_epochs_and_what_each_stage_trains_on(tmp_path):
     assert not ex["val_corrupted"].any() and ex["train_corrupted"].mean() > 0.8
 
 
+def test_stage2_on_train_and_val_keeps_training_on_both(tmp_path):
+    cfg = cfg_of(epochs=3, epochs2=2, stage2_on="train+val")
+    run = RunDir.check_new(tmp_path / "r")
+    loop, switch = build(cfg, run)
+    spy = Spy()
+    loop.hooks.insert(0, spy)
+    run.create(cfg.to_dict(), {}, protocol="forget")
+    loop.run()
+    n = len(loop.splits["train"]) + len(loop.splits["val"])
+    assert spy.sizes == [n] * 5
+    assert [r["stage"] for r in run.read_metrics()] == [1, 1, 1, 2, 2]
+
+
+def test_norms_of_the_scale_invariant_weights(tmp_path):
+    run = forget(cfg_of(model="mlp", widths=[16], batch_norm=True, epochs=2, epochs2=1, norms=True), tmp_path / "r")
+    m = run.read_metrics()[-1]
+    si = (m["weight_norm/layers.0.0.weight"] ** 2) ** 0.5
+    assert m["si_weight_norm"] == pytest.approx(si)
+    assert m["si_eff_lr"] == pytest.approx(m["lr"] / si ** 2)
+    assert m["weight_norm"] > m["si_weight_norm"]   # the classifier counts in the one, not the other
+    plain = forget(cfg_of(model="mlp", widths=[16], epochs=1, epochs2=1, norms=True), tmp_path / "p")
+    assert "si_weight_norm" not in plain.read_metrics()[-1]
+
+
 def test_stage1_ends_when_both_parts_are_fit(tmp_path):
     run = forget(cfg_of(epochs=300, epochs2=3, until_train_acc=1.0), tmp_path / "r")
     m = run.read_metrics()

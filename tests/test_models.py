@@ -53,3 +53,42 @@ def test_wrn_depth_must_be_6n_plus_4():
 def test_unknown_model():
     with pytest.raises(ConfigError, match="--model.*mlp"):
         build_model(FitConfig(model="resnet9000"), (3, 32, 32), 10)
+
+
+@pytest.mark.parametrize("kw", [dict(model="wrn", depth=10, widen=1), dict(model="mlp", widths=[16, 16], batch_norm=True)])
+def test_scale_invariant_weights_leave_the_output_unchanged(kw):
+    # known answer: batch norm (in training mode) normalizes what those weights produce, so scaling
+    # them all by 3 changes nothing; scaling the classifier does change the output
+    net = build_model(FitConfig(**kw), (1, 8, 8), 5).train()
+    x = torch.randn(16, 1, 8, 8)
+    names = net.scale_invariant()
+    assert names and "head.weight" not in names
+    before = net(x).detach()
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            params[n].mul_(3.0)
+    torch.testing.assert_close(net(x).detach(), before, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        params["head.weight"].mul_(3.0)
+    assert not torch.allclose(net(x).detach(), before, atol=1e-3)
+
+
+def test_wrn_without_batch_norm_is_the_same_net_less_its_norms():
+    with_bn = build_model(FitConfig(model="wrn", depth=10, widen=1), (1, 8, 8), 5)
+    plain = build_model(FitConfig(model="wrn", depth=10, widen=1, wrn_batch_norm=False), (1, 8, 8), 5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert plain.scale_invariant() == []
+    convs = lambda net: [m.weight.shape for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs(plain) == convs(with_bn)
+    assert all(m.bias is not None for m in plain.modules() if isinstance(m, torch.nn.Conv2d))
+    plain(torch.randn(2, 1, 8, 8)).sum().backward()
+
+
+def test_channels_last_changes_the_layout_not_the_function():
+    a = build_model(FitConfig(model="wrn", depth=10, widen=1, seed=3), (1, 8, 8), 5).eval()
+    b = build_model(FitConfig(model="wrn", depth=10, widen=1, seed=3, channels_last=True), (1, 8, 8), 5).eval()
+    assert b.features[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not a.features[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)

@@ -135,6 +135,7 @@ class FitConfig(Config):
     batch_norm: bool = opt(False, "mlp, tishby: batch norm after each hidden linear layer, before the activation")
     depth: int = opt(16, "wrn depth (6n+4)", ge=10)
     widen: int = opt(4, "wrn widen factor", ge=1)
+    wrn_batch_norm: bool = opt(True, "wrn: batch norm in every block (off: identity, with conv biases; a control)")
     # optimisation
     epochs: int = opt(100, "maximum number of epochs", ge=1)
     until_train_acc: float | None = opt(None, "stop once train accuracy (clean pass) reaches this value, e.g. 1.0", gt=0, le=1)
@@ -148,6 +149,7 @@ class FitConfig(Config):
     schedule: str = opt("constant", "lr schedule, stepped once per epoch", SCHEDULES)
     lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step", gt=0)
     lr_step: int = opt(30, "epochs between lr drops for --schedule step", ge=1)
+    channels_last: bool = opt(False, "convolution weights in channels-last memory order (the WRN trains about 1.5x faster on CPU; results differ from the default order in rounding)")
     augment: bool = opt(False, "random crop (pad 4) and horizontal flip, on batched tensors")
     # weight noise and the information in the weights
     weight_noise: str = opt("none", "lognormal: multiplicative log-normal noise on every Linear and Conv weight", ("none", "lognormal"))

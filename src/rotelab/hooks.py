@@ -296,7 +296,9 @@ class NormStats(Hook):
     """Per epoch: each weight matrix's norm (`weight_norm/NAME`, Linear and Conv weights), their joint
     norm (`weight_norm`), the effective learning rate lr / ||w||^2 (`eff_lr`: the step size of weights
     that batch norm makes scale-invariant, Li & Arora 2020; Lobacheva et al. 2021) and the mean over
-    the epoch's batches of the gradient norm of those weights before each step (`grad_norm`)."""
+    the epoch's batches of the gradient norm of those weights before each step (`grad_norm`). Where
+    the model names its scale-invariant weights (batch norm after them; the classifier never), also
+    their joint norm (`si_weight_norm`) and the effective lr over them alone (`si_eff_lr`)."""
     phase = MEASURE
 
     def __init__(self):
@@ -322,6 +324,11 @@ class NormStats(Hook):
         m["weight_norm"] = total
         m["eff_lr"] = m["lr"] / total ** 2 if total > 0 else None
         m["grad_norm"] = float(self.grad_sq) / self.batches if self.batches else None
+        invariant = getattr(loop.model, "scale_invariant", lambda: [])()
+        if invariant:
+            si = math.sqrt(sum(norms[n] ** 2 for n in invariant))
+            m["si_weight_norm"] = si
+            m["si_eff_lr"] = m["lr"] / si ** 2 if si > 0 else None
         for n, v in norms.items():
             m[f"weight_norm/{n}"] = v
         self.grad_sq, self.batches = None, 0

@@ -83,7 +83,8 @@ def describe_network(cfg: dict) -> str:
     """A run's network and regularization in words, e.g. 'WRN-10-1 (batch norm), weight decay 0.005'."""
     model = cfg.get("model", "mlp")
     if model == "wrn":
-        net = f"WRN-{cfg.get('depth')}-{cfg.get('widen')} (batch norm)"
+        net = f"WRN-{cfg.get('depth')}-{cfg.get('widen')} " + \
+            ("(batch norm)" if cfg.get("wrn_batch_norm", True) else "(no batch norm)")
     elif model in ("mlp", "tishby"):
         net = "MLP " + "-".join(map(str, hidden_widths(cfg) or [])) + (" with batch norm" if cfg.get("batch_norm") else "")
     else:
@@ -118,13 +119,17 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
     cfg = run.read_config()
     lr2 = cfg.get("lr2")
     stage2 = f"stage 2 at lr {lr2:g}" if lr2 is not None else "stage 2 at stage 1's last lr"
-    ax.set(ylabel="accuracy", ylim=(0, 1.02),
-           title=f"{describe_network(cfg)}\nstage 1: train (random labels) + val (true labels); {stage2}, train only")
+    parts = f"train ({describe_corruption(cfg.get('corrupt'))}) + val ({describe_corruption(cfg.get('val_corrupt'))})"
+    on = "train + val" if cfg.get("stage2_on") == "train+val" else "train only"
+    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=f"{describe_network(cfg)}\nstage 1: {parts}; {stage2}, {on}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_lr.plot(*_series(m, "lr"), color="k", lw=1, label="learning rate")
     x, eff = _series(m, "eff_lr")
     if x:
         ax_lr.plot(x, eff, color="C3", lw=1.2, label="effective lr: lr / ||w||^2")
+        x_si, eff_si = _series(m, "si_eff_lr")
+        if x_si:
+            ax_lr.plot(x_si, eff_si, color="C1", lw=1.2, label="over the scale-invariant weights")
         twin = ax_lr.twinx()
         twin.plot(*_series(m, "weight_norm"), color="C4", lw=1.2, ls="--", label="||w|| (right axis)")
         twin.set_ylabel("weight norm")
@@ -193,14 +198,19 @@ ESTIMATOR_WORDS = {"binning": "binning", "binning-size": "bins of fixed width", 
 LAYER_STYLES = ["-", "--", "-.", ":"]   # with the colour, keeps layers that lie on one another apart
 
 
+def describe_corruption(corrupt: str) -> str:
+    """A corruption in words: 'true labels', 'random labels', 'labels 0.2 random', 'random pixels 1'."""
+    from .config import parse_corruption
+    kind, p = parse_corruption(corrupt or "none")
+    return "true labels" if kind == "none" or (kind == "labels" and p == 0) else \
+        "random labels" if kind == "labels" and p == 1 else \
+        f"labels {p:g} random" if kind == "labels" else f"{kind.replace('-', ' ')} {p:g}"
+
+
 def describe_run(cfg: dict) -> str:
     """A run's labels, activation and hidden widths in words, e.g. 'true labels, tanh, hidden 10-7-5-4-3'
     (figure titles)."""
-    from .config import parse_corruption
-    kind, p = parse_corruption(cfg.get("corrupt", "none"))
-    labels = "true labels" if kind == "none" or (kind == "labels" and p == 0) else \
-        "random labels" if kind == "labels" and p == 1 else \
-        f"labels {p:g} random" if kind == "labels" else f"{kind.replace('-', ' ')} {p:g}"
+    labels = describe_corruption(cfg.get("corrupt", "none"))
     activation = cfg.get("activation") or ("tanh" if cfg.get("model") == "tishby" else "relu")
     widths = hidden_widths(cfg)
     return f"{labels}, {activation}" + (f", hidden {'-'.join(map(str, widths))}" if widths else "")

@@ -57,7 +57,7 @@ def _wrn(cfg, shape, k):
         raise ConfigError("--depth", f"a Wide ResNet has depth 6n+4 (10, 16, 22, 28, ...), got {cfg.depth}")
     if cfg.widen < 1:
         raise ConfigError("--widen", f"must be >= 1, got {cfg.widen}")
-    return WideResNet(_image_shape("wrn", shape)[0], k, cfg.depth, cfg.widen)
+    return WideResNet(_image_shape("wrn", shape)[0], k, cfg.depth, cfg.widen, cfg.wrn_batch_norm)
 
 
 
@@ -70,4 +70,6 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn
         model = builder(cfg, tuple(input_shape), num_classes)
     if getattr(cfg, "weight_noise", "none") == "lognormal":
         add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling)
+    if getattr(cfg, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)   # 4-d weights only; inputs may stay as they are
     return model

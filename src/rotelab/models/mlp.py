@@ -22,6 +22,12 @@ class MLP(nn.Module):
             nn.Sequential(nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batch_norm else []), activation())
             for a, b in zip(dims[:-1], dims[1:]))
         self.head = nn.Linear(dims[-1], num_classes)
+        self.batch_norm = batch_norm
+
+    def scale_invariant(self) -> list[str]:
+        """Names of the weights whose scale the output ignores: with batch norm each hidden
+        layer's (its output is normalized); the classifier's never."""
+        return [f"layers.{i}.0.weight" for i in range(len(self.layers))] if self.batch_norm else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

@@ -36,6 +36,7 @@ class ForgetConfig(FitConfig):
     val_size: int | None = opt(None, "examples split off the training set as the val part (default: a sixth of it)", ge=1)
     val_corrupt: str = opt("none", "corruption of the val part, KIND=P")
     epochs2: int = opt(100, "epochs of stage 2 (train part only)", ge=0)
+    stage2_on: str = opt("train", "what stage 2 trains on: the train part alone (the protocol), or train + val (a control: nothing is left out, so forgetting cannot be the cause of a drop)", ("train", "train+val"))
     optimizer2: str | None = opt(None, "stage-2 optimizer (default: stage 1's)", ("sgd", "adam"))
     lr2: float | None = opt(None, "stage-2 learning rate (default: stage 1's last, with its schedule going on)", gt=0)
     schedule2: str | None = opt(None, "stage-2 lr schedule (default: stage 1's)", SCHEDULES)
@@ -44,7 +45,7 @@ class ForgetConfig(FitConfig):
     collapse_window: int = opt(5, "epochs looked back by the collapse detector", ge=1)
     stage2_from: str | None = opt(None, "(set by --stage2-from) the stage-1 checkpoint stage 2 started from")
 
-    STAGE2_FIELDS = ("epochs2", "optimizer2", "lr2", "schedule2", "reset_lr", "collapse_drop", "collapse_window")
+    STAGE2_FIELDS = ("epochs2", "stage2_on", "optimizer2", "lr2", "schedule2", "reset_lr", "collapse_drop", "collapse_window")
 
     @property
     def resets_stage2(self) -> bool:
@@ -90,7 +91,7 @@ class StageSwitch(Hook):
 
     def apply(self, loop, stage1_end: int):
         """Turn `loop` into its stage-2 form after epoch `stage1_end` (also when resuming)."""
-        change_stage(loop, ("train",), stage1_end + self.cfg.epochs2, None,
+        change_stage(loop, tuple(self.cfg.stage2_on.split("+")), stage1_end + self.cfg.epochs2, None,
                      self.cfg.stage2() if self.cfg.resets_stage2 else None)
         self.stage, self.stage1_end = 2, stage1_end
 
