@@ -4,7 +4,9 @@ value and against TensorBoard's own implementation, read back by TensorBoard's l
 import numpy as np
 import torch
 
-from rotelab.eventfile import EventFile, histogram_summary, masked_crc32c, record
+import pytest
+
+from rotelab.eventfile import EventFile, histogram_summary, masked_crc32c, record, scalars_event
 
 
 def test_crc32c_is_the_castagnoli_crc():
@@ -45,3 +47,16 @@ def test_records_read_back_by_tensorboard(tmp_path):
         count += 1
     assert count == 7   # the file-version event, 5 scalar events, 1 histogram event
     assert len(record(b"abc")) == 8 + 4 + 3 + 4
+
+
+@pytest.mark.parametrize("step,wall", [(0, 0.0), (1, 1.7e9), (300, 1234.5), (2 ** 40, 1e9)])
+def test_scalars_event_is_what_protobuf_writes(step, wall):
+    # an independent implementation: TensorBoard's own messages, serialized by protobuf
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    pairs = [("acc/train", 0.5), ("loss/test", 2.302585), ("lr", 1e-4), ("zero", 0.0), ("stage", 2),
+             ("big", 1e39), ("négatif", -3.25), ("x" * 200, 7.0)]
+    reference = Event(wall_time=wall, step=step, summary=Summary(
+        value=[Summary.Value(tag=t, simple_value=v) for t, v in pairs])).SerializeToString()
+    assert scalars_event(pairs, step, wall) == reference
+    assert scalars_event([], step, wall) == Event(wall_time=wall, step=step).SerializeToString()

@@ -67,10 +67,12 @@ def test_stacked_forward_equals_each_runs_model(tmp_path, activation):
         l.set_fit(l.fit_on)
     stack = Stack(loops)
     for name in ("train", "test"):
-        got = stack.forward(stack.x[name], stack.shared[name])   # (K, classes, N)
+        got = stack.forward(stack.x[name], stack.shared[name])   # (K, classes, N); tanh: sigmoids folded
+        kept = stack.forward(stack.x[name], stack.shared[name], keep=[])   # the training pass's form
         for j, l in enumerate(loops):
             want = l.model(l.splits[name].x).T
             assert torch.allclose(got[j], want, rtol=1e-12, atol=1e-12)
+            assert torch.allclose(kept[j], want, rtol=1e-12, atol=1e-12)
     z = torch.linspace(-12, 12, 200_001)   # and the float32 formula against torch.tanh
     assert (2 * torch.sigmoid(2 * z) - 1 - torch.tanh(z)).abs().max() <= 2.5e-7
 
