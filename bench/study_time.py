@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_figures  # noqa: E402
 
 from rotelab.reproduce import load_study  # noqa: E402
-from rotelab.sweep import plan, run_local, sweep_points, usable_cores  # noqa: E402
+from rotelab.plan import execute, usable_cores  # noqa: E402
+from rotelab.sweep import point_plans, sweep_points  # noqa: E402
 
 
 def grid(scale: str, epochs: int, out: Path) -> dict:
@@ -35,7 +36,7 @@ def grid(scale: str, epochs: int, out: Path) -> dict:
 def timed(spec: dict, jobs: int, vectorize: bool) -> float:
     protocol, points = sweep_points(spec)
     t = time.perf_counter()
-    results = run_local(protocol, plan(protocol, points, vectorize, jobs), jobs)
+    results = execute(point_plans(protocol, points), "local", jobs, vectorize=vectorize)
     assert all(r["state"] == "done" for r in results), [r for r in results if r["state"] != "done"][:1]
     return time.perf_counter() - t
 

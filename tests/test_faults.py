@@ -114,14 +114,14 @@ def test_a_damaged_kept_checkpoint_is_noticed(tmp_path, capsys):
 
 
 def test_ctrl_c_on_a_sweep_names_the_sweeps_own_command(tmp_path, capsys, monkeypatch):
-    import rotelab.sweep as sweep_module
+    import rotelab.plan as plan_module
     grid = tmp_path / "g.toml"
     grid.write_text(f'protocol = "fit"\nout = "{tmp_path / "g"}"\n[base]\ndataset = "digits"\nepochs = 1\n'
                     '[axes]\nseed = [0, 1]\n')
 
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(sweep_module, "run_local", interrupted)
+    monkeypatch.setattr(plan_module, "run_local", interrupted)
     assert main(["sweep", str(grid), "--jobs", "2"]) == 130
     assert capsys.readouterr().err.strip() == (f"rotelab: interrupted (SIGINT); continue with "
                                                f"`rotelab sweep {grid} --jobs 2`")

@@ -4,48 +4,50 @@ a report section with no edit anywhere else; plotting finished runs needs no tor
 import ast
 import subprocess
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from rotelab.cli import main
-from rotelab.config import ConfigError, config_from_dict, opt
-from rotelab.registry import PROTOCOLS, Protocol, load_protocols, register
+from rotelab.config import ConfigError, FitConfig, opt
+from rotelab.hook import Hook
+from rotelab.plan import one_run
+from rotelab.protocols.fit import build_loop
+from rotelab.registry import PROTOCOLS, Protocol, StudyParts, load_protocols, register
 from rotelab.store import RunDir
 
 
 @dataclass
-class CountConfig:
-    steps: int = opt(3, "how many lines to write")
+class CountConfig(FitConfig):
+    """A toy protocol, defined in this file alone: a small fit whose epochs also count."""
+    steps: int = opt(3, "how many epochs to count")
     start: float = opt(0.0, "first value")
-    seed: int = opt(0, "seed")
 
     def validate(self):
+        super().validate()
         if self.steps < 1:
             raise ConfigError("--steps", f"must be >= 1, got {self.steps}")
         return self
 
-    def to_dict(self):
-        return dict(vars(self))
 
-    @classmethod
-    def from_dict(cls, d):
-        return config_from_dict(cls, d)
+class Count(Hook):
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def on_epoch_end(self, loop, result):
+        result.metrics["value"] = self.cfg.start + result.epoch + self.cfg.seed
 
 
-def count_start(cfg, out, overwrite=False, keep_existing=False):
-    cfg.validate()
-    run = RunDir(out)
-    if keep_existing and run.config_file.is_file():
-        return [run]
-    RunDir.check_new(out, overwrite)
-    run.create(cfg.to_dict(), {"rotelab": "test"}, overwrite, protocol="count")
-    for e in range(1, cfg.steps + 1):
-        run.append_metrics({"epoch": e, "value": cfg.start + e + cfg.seed})
-    run.write_status("done", epochs_completed=cfg.steps)
-    run.unlock()
-    return [run]
+def count_loop(cfg, run, state=None):
+    small = dataclasses.replace(cfg, epochs=cfg.steps, dataset="digits", widths=[8], subset=200,
+                                hist_every=0, checkpoint_every=0, progress=False)
+    return build_loop(small, run, state, extra_hooks=lambda data: [Count(cfg)])
+
+
+def count_example(tmp):
+    return dict(steps=2), []
 
 
 def count_section(runs, folder):
@@ -60,8 +62,9 @@ def count_section(runs, folder):
 @pytest.fixture
 def count_protocol():
     load_protocols()
-    proto = register(Protocol(name="count", config=CountConfig, start=count_start, help="write a count",
-                              trains=False, report_section=count_section))
+    proto = register(Protocol(name="count", config=CountConfig, help="count epochs",
+                              plan=lambda cfg, out: one_run("count", cfg, out), build_loop=count_loop,
+                              example=count_example, study=StudyParts(report_section=count_section)))
     yield proto
     PROTOCOLS.pop("count")
 
@@ -71,7 +74,7 @@ def test_registry_lists_the_shipped_protocols():
     for proto in load_protocols().values():   # every protocol is complete enough for every entry point
         cfg = proto.config.from_dict({})
         assert proto.config.from_dict(cfg.validate().to_dict()) == cfg   # its defaults validate and round-trip
-        assert callable(proto.start) and proto.help
+        assert callable(proto.plan) and callable(proto.build_loop) and callable(proto.example) and proto.help
 
 
 def test_a_protocol_in_a_test_file_gets_cli_sweep_and_report(count_protocol, tmp_path, capsys):

@@ -34,8 +34,8 @@ def test_a_run_stopped_early_replays_the_epochs_it_has(tmp_path, small_cfg):
 
 
 def test_a_noise_ramp_is_not_replayed(tmp_path, small_cfg):
-    from rotelab.protocols.noise import NoiseConfig, start
+    from rotelab.protocols.noise import NoiseConfig, ramp
     src = fit(small_cfg(epochs=2), tmp_path / "src")
-    ramp = start(NoiseConfig(steps=1, every=1, noise_samples=1, progress=False), tmp_path / "ramp", sources=[src.path])
+    ramps = ramp([src.path], NoiseConfig(steps=1, every=1, noise_samples=1, progress=False), tmp_path / "ramp")
     with pytest.raises(ConfigError, match="replay trains runs again"):
-        replay(ramp[0].path)
+        replay(ramps[0].path)

@@ -210,15 +210,15 @@ seed = [0, 1]
 def test_sweep_splits_a_stack_among_its_workers(tmp_path):
     """One stack per worker: a grid that is one group is split evenly for --jobs 2; groups are not
     split when there are enough of them; every point lands in exactly one task."""
-    from rotelab.sweep import plan, sweep_points
+    from rotelab.plan import units
+    from rotelab.sweep import point_plans, sweep_points
 
     def tasks(axes, workers):
         protocol, points = sweep_points({"protocol": "fit", "out": str(tmp_path / "g"), "axes": axes,
                                          "base": {"dataset": "digits", "epochs": 1}})
-        out = plan(protocol, points, True, workers)
-        paths = [p.path for kind, what in out for p in (what if kind == "group" else [what])]
-        assert sorted(paths) == sorted(p.path for p in points)
-        return [(kind, len(what) if kind == "group" else 1) for kind, what in out]
+        out = units(point_plans(protocol, points), vectorize=True, workers=workers)
+        assert sorted(r.path for u in out for r in u) == sorted(p.path for p in points)
+        return [("group", len(u)) if len(u) > 1 else ("point", 1) for u in out]
 
     seeds = {"corrupt": ["labels=0.0", "labels=1.0"], "seed": [0, 1, 2]}
     assert tasks(seeds, 1) == [("group", 6)]

@@ -108,37 +108,6 @@ def _resume_or_out(args, cls, inputs=()) -> bool:
     return False
 
 
-def runs_to_resume(path, protocol: str) -> tuple:
-    """The protocol and run directories that --resume PATH of `rotelab PROTOCOL` continues: a run
-    directory, or a folder of runs (infoplane seeds, noise ramps), of that protocol only."""
-    from .registry import protocol_of
-    from .store import StoreError, runs_in
-    if not Path(path).is_dir():
-        raise StoreError(path, f"{path} does not exist")
-    dirs = runs_in(path)
-    if not dirs:
-        raise StoreError(path, f"{path} holds no rotelab runs")
-    proto = protocol_of(dirs[0])
-    if proto.name != protocol:
-        raise ConfigError("--resume", f"{path} is a {proto.name} run; continue it with "
-                                      f"`rotelab {proto.name} --resume {path}`")
-    return proto, dirs
-
-
-def resume_path(path, proto, dirs, display: dict | None = None) -> list:
-    """Continue the runs of --resume PATH; None if every one of them is finished (nothing to do).
-    `display`: flags that only change what is shown (--no-progress)."""
-    from .runner import resume
-    from .store import RunDir, is_run
-    done = all(RunDir(d).read_status().get("state") == "done" for d in dirs)
-    if is_run(path):
-        return None if done else [resume(path, display)]
-    if proto.resume_folder:   # the folder knows all its runs, those a kill left unstarted too
-        return proto.resume_folder(path)
-    expected = proto.expected_runs(proto.config.from_dict(RunDir(dirs[0]).read_config()))
-    return None if done and len(dirs) >= expected else [resume(d, display) for d in dirs]
-
-
 def default_threads() -> int | None:
     """Torch threads for a run started from the command line: torch's default (one per core) on an
     idle machine, fewer when other work already keeps cores busy (the 1-minute load average), so that
@@ -146,7 +115,7 @@ def default_threads() -> int | None:
     work: a memorization run took 124 s with two threads, 12.7 s with one). OMP_NUM_THREADS, when set,
     wins."""
     import os
-    from .sweep import usable_cores
+    from .plan import usable_cores
     if os.environ.get("OMP_NUM_THREADS"):
         return None
     try:
@@ -157,28 +126,36 @@ def default_threads() -> int | None:
 
 
 def cmd_protocol(args) -> int:
-    """Every protocol's command: a new run in --out, or --resume, or the protocol's own way to start."""
+    """Every protocol's command: plan a new output in --out, or plan --resume PATH again from what it
+    recorded; then execute the plan in this process."""
+    from .plan import execute, plan, plan_state, replace_config, replan
     from .registry import get_protocol
     from .runner import DISPLAY_FIELDS
+    from .store import RunDir
     threads = default_threads()
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
     proto = get_protocol(args.protocol)
-    inputs = proto.inputs(args) if proto.inputs else {}
+    inputs = proto.derived.inputs(args) if proto.derived else {}
     given_inputs = ["runs"] if any(inputs.values()) else []   # positional inputs: the runs a protocol reads
-    runs = proto.cli_start(args) if proto.cli_start else None
-    if runs is None:
-        if _resume_or_out(args, proto.config, given_inputs):
-            display = {k: v for k, v in vars(args).items() if k in DISPLAY_FIELDS}
-            runs = resume_path(args.resume, *runs_to_resume(args.resume, proto.name), display)
-            if runs is None:
-                print(f"{args.resume}: already finished; nothing to do")
-                return 0
-        else:
-            runs = proto.start(config_from_args(args, proto.config), args.out, overwrite=args.overwrite, **inputs)
-    for run in runs:
-        _report(run)
+    if _resume_or_out(args, proto.config, given_inputs):
+        p = replan(args.resume)
+        if p.protocol != proto.name:
+            raise ConfigError("--resume", f"{args.resume} is a {p.protocol} run; continue it with "
+                                          f"`rotelab {p.protocol} --resume {args.resume}`")
+        if plan_state(p) == "done":
+            print(f"{args.resume}: already finished; nothing to do")
+            return 0
+        display = {k: v for k, v in vars(args).items() if k in DISPLAY_FIELDS}
+        p.runs = [replace_config(r, **display) for r in p.runs]
+        execute([p])
+    else:
+        cfg = proto.config_from_args(args) if proto.config_from_args else None
+        p = plan(proto.name, cfg or config_from_args(args, proto.config), args.out, **inputs)
+        execute([p], overwrite=args.overwrite, keep_existing=False)
+    for r in p.runs:
+        _report(RunDir(r.path))
     return 0
 
 
@@ -187,7 +164,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         protocol, points = load_sweep(args.file, args.out)
         for p in points:
-            print(f"{point_state(protocol, p.path):8s} {p.path}")
+            print(f"{point_state(protocol, p):8s} {p.path}")
         print(f"{len(points)} points ({protocol})")
         return 0
     results = sweep(args.file, args.out, args.executor, args.jobs, args.address, args.cpus_per_point,
@@ -296,14 +273,14 @@ def make_parser() -> argparse.ArgumentParser:
     from .registry import load_protocols
     for proto in load_protocols().values():
         f = sub.add_parser(proto.name, help=proto.help, description=proto.description or proto.help)
-        if proto.add_arguments:
-            proto.add_arguments(f)
+        if proto.derived:
+            proto.derived.add_arguments(f)
         f.add_argument("--out", help="where the run (or its folder of runs) goes")
         f.add_argument("--resume", metavar="RUN", help="continue RUN (or a folder of runs) from its last checkpoint, "
                                                        "with its saved config")
         f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
         f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
-        add_config_flags(f, proto.config, skip=proto.cli_skip)
+        add_config_flags(f, proto.config, skip=proto.derived.cli_skip if proto.derived else ())
         f.set_defaults(func=cmd_protocol, protocol=proto.name)
 
     sw = sub.add_parser("sweep", help="run a grid of points from a sweep file (TOML), skipping finished ones",

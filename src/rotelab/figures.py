@@ -19,7 +19,7 @@ def plot_paths(paths) -> list[Path]:
         if not dirs and not (p.is_dir() and any(p.rglob("config.json"))):
             raise StoreError(p, f"{p} is not a rotelab run directory and holds none")
         protos = {d: protocol_of(d) for d in dirs}
-        grouped = [d for d in dirs if protos[d].group_figures]
+        grouped = [d for d in dirs if protos[d].folder and protos[d].folder.figures]
         if p not in dirs and not grouped:   # a folder of independent runs
             out.append(report([p], p / "report.html")["html"])
             continue
@@ -28,5 +28,5 @@ def plot_paths(paths) -> list[Path]:
         if grouped:
             groups.setdefault(protos[grouped[0]].name, (protos[grouped[0]], []))[1].append(p)
     for proto, folders in groups.values():
-        out += proto.group_figures(folders)
+        out += proto.folder.figures(folders)
     return out

@@ -8,51 +8,75 @@ the registry, plots and reports of finished runs work without importing it.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from .errors import ConfigError
 from .registries import Registry
 
 
+# Signatures (types from modules that import this one are named in words: no import circle)
+PlanFn = Callable[..., Any]                          # plan(cfg, out: Path, **inputs) -> plan.Plan
+BuildLoopFn = Callable[[Any, Any, Optional[dict]], Any]   # build_loop(cfg, RunDir, state) -> engine.Loop
+ExampleFn = Callable[[Path], tuple[dict, list]]      # example(tmp) -> (config fields, extra CLI args)
+SummarizeFn = Callable[..., Optional[dict]]          # summarize(run, cfg=None) -> dict for status.json
+FigureFn = Callable[..., list[Path]]                 # figure(ctx, step, **args) -> [Path]
+CheckFn = Callable[..., tuple]                       # check(ctx, step, **args) -> (value, expected, pass or None)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A protocol whose output is a folder of runs (seeds of an information plane, noise ramps)."""
+    figures: Callable[[list[Path]], list[Path]] | None = None   # figures of whole output folders
+    legacy_plan: Callable[[Path], Any] | None = None         # the plan.Plan of a folder made before plan.json
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A protocol whose runs are made from other runs (a noise ramp over trained runs): the command
+    takes those runs as arguments, and sweeps do not run it (a study step names its sources)."""
+    add_arguments: Callable[[argparse.ArgumentParser], None]    # its own CLI arguments beyond the config
+    inputs: Callable[[argparse.Namespace], dict]                # inputs(args) -> keyword arguments of plan
+    cli_skip: tuple[str, ...] = ()                              # config fields set from the inputs (no flag)
+
+
+@dataclass(frozen=True)
+class StudyParts:
+    """What a study file's [[figures]] and [[checks]] may name, and a report's section of its runs."""
+    figures: dict[str, FigureFn] = field(default_factory=dict)
+    checks: dict[str, CheckFn] = field(default_factory=dict)
+    report_section: Callable[[list, Path], list[tuple[str, Path]]] | None = None   # ([RunDir], folder)
+
+
 @dataclass(frozen=True)
 class Protocol:
+    """A protocol: the parts every one has, then optional parts, each typed."""
     name: str
     config: type                       # the config dataclass (every field a CLI flag and a sweep axis)
     help: str                          # one line, for `rotelab --help`
-    start: Callable                    # start(cfg, out, overwrite=False, keep_existing=False, **inputs) -> list[RunDir]
-                                       #   new run(s) in out; keep_existing resumes or skips runs already there
-    build_loop: Callable | None = None  # build_loop(cfg, run, state) -> Loop: resumes one run directory
-    resume_folder: Callable | None = None  # resume_folder(out) -> list[RunDir], where out holds several runs
-                                           #   (default: resume each run directory in out)
+    plan: PlanFn                       # the runs a config makes in `out` (rotelab.plan)
+    build_loop: BuildLoopFn            # one run's training loop, from scratch or from a checkpoint's state
+    example: ExampleFn                 # a run of a few seconds: the conformance tests run every protocol's
     description: str = ""
-    summarize: Callable | None = None  # summarize(run, cfg=None) -> dict, stored in status.json at the end
+    summarize: SummarizeFn | None = None     # stored in status.json when a run ends
+    report_lines: Callable[[Any], list[str]] | None = None   # what the command prints for a finished run
+    figures: Callable[[Any], list[Path]] | None = None       # a run's own figures beyond the curves
+    config_from_args: Callable[[argparse.Namespace], Any] | None = None   # a config the flags alone do not
+                                       #   give (forget --stage2-from: the source run's, with stage-2 flags)
     trains: bool = True                # its runs hold trained networks (a noise ramp may start from them)
-    sweepable: bool = True             # a sweep file may name it
-    stackable: bool = False            # sweep --vectorize-seeds may train its points as one stack (one run per point)
-    runs_per_point: Callable | None = None   # runs_per_point(cfg) -> how many run dirs `start` makes (default 1)
-    add_arguments: Callable | None = None    # add_arguments(parser): its own CLI arguments beyond the config
-    inputs: Callable | None = None           # inputs(args) -> extra keyword arguments of start (e.g. source runs)
-    cli_start: Callable | None = None        # cli_start(args) -> list[RunDir] or None: a special way to start
-    figures: Callable | None = None          # figures(run) -> [Path]: a run's own figures beyond the curves
-    group_figures: Callable | None = None    # group_figures([folder]) -> [Path]: figures of output folders
-    report_section: Callable | None = None   # report_section([RunDir], folder) -> [(title, Path)]
-    report_lines: Callable | None = None     # report_lines(run) -> [str]: what the command prints for a finished
-                                             #   run beyond its state and accuracies
-    cli_skip: tuple = ()                     # config fields that get no flag (set from other arguments)
-    ramp_data: Callable | None = None        # ramp_data(cfg) -> Data: what a noise ramp of its runs
-                                             #   evaluates (default: rotelab.data.load_data(cfg))
-    study_figures: dict = field(default_factory=dict)   # kind -> figure(ctx, step, **args) -> [Path]: what a
-                                             #   study file's [[figures]] may name (ctx: reproduce.Context)
-    study_checks: dict = field(default_factory=dict)    # kind -> check(ctx, step, **args) -> (value, expected,
-                                             #   pass or None for reported): what [[checks]] may name
-    example: Callable | None = None          # example(tmp) -> (config fields, extra CLI args): a run of a few
-                                             #   seconds, for the conformance tests every protocol gets
+    stackable: bool = False            # sweep --vectorize-seeds may train its points as one stack
+    ramp_data: Callable[[Any], Any] | None = None   # what a noise ramp of its runs evaluates (default: load_data)
+    folder: Folder | None = None
+    derived: Derived | None = None
+    study: StudyParts = field(default_factory=StudyParts)
 
-    def expected_runs(self, cfg) -> int:
-        return self.runs_per_point(cfg) if self.runs_per_point else 1
+    @property
+    def sweepable(self) -> bool:
+        return self.derived is None
 
 
 PROTOCOLS = Registry("protocol", "protocol")
@@ -86,8 +110,3 @@ def protocol_of(run) -> Protocol:
     if name not in load_protocols():
         raise StoreError(run.path, f"{run.path} was made by protocol {name!r}, which this rotelab does not know")
     return PROTOCOLS[name]
-
-
-def read_run_config(run):
-    """A run's saved config as its protocol's config object."""
-    return protocol_of(run).config.from_dict(run.read_config())

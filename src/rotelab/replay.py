@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, StoreError
+from .plan import make
 from .registry import protocol_of
 from .store import RunDir, source_version
 
@@ -44,7 +45,7 @@ def replay(path, epochs: int = 3) -> dict:
         cfg["seeds"] = str(cfg.get("seed", 0))
     config = proto.config.from_dict(cfg).validate()
     with tempfile.TemporaryDirectory() as tmp:
-        made = proto.start(config, Path(tmp) / "replay")
+        made = make(proto.name, config, Path(tmp) / "replay")
         again = {m["epoch"]: m for m in made[0].read_metrics()}
     compared, differences = 0, []
     for e in range(1, n + 1):

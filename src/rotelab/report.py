@@ -114,8 +114,8 @@ def report(paths, out) -> dict:
     figures = []   # each protocol's section, from its runs
     for proto in load_protocols().values():
         mine = [r for r in runs if r.read_protocol() == proto.name]
-        if mine and proto.report_section:
-            figures += [(f"{proto.name}: {title}", png) for title, png in proto.report_section(mine, folder)]
+        if mine and proto.study.report_section:
+            figures += [(f"{proto.name}: {title}", png) for title, png in proto.study.report_section(mine, folder)]
     per_run = [(r, pngs) for r in runs if (pngs := run_figures(r.path))]   # others: in their protocol's section
 
     grouped = by_config_rows(rows)

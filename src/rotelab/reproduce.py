@@ -20,11 +20,11 @@ resumed, as `rotelab sweep` does, so a study killed at any moment continues wher
     axes = {...}                          # as a sweep file's
     smoke = {base = {...}, axes = {...}}  # per-scale overrides, merged into base and axes
     [[figures]]
-    kind = "zhang_fig1"                   # a figure a protocol registers (Protocol.study_figures)
+    kind = "zhang_fig1"                   # a figure a protocol registers (Protocol.study.figures)
     step = "fits"
     [[checks]]
     name = "every point fits its training set"
-    kind = "all_fit"                      # a check a protocol registers (Protocol.study_checks)
+    kind = "all_fit"                      # a check a protocol registers (Protocol.study.checks)
     step = "fits"
 
 Output: DIR/<step>/... (the runs), DIR/figures/*.png, DIR/results.json and DIR/report.html.
@@ -163,7 +163,7 @@ def study_tables() -> tuple[dict, dict]:
     from .registry import load_protocols
     figures, checks = {}, {}
     for proto in load_protocols().values():
-        for table, own in ((figures, proto.study_figures), (checks, proto.study_checks)):
+        for table, own in ((figures, proto.study.figures), (checks, proto.study.checks)):
             for kind, fn in own.items():
                 if kind in table:
                     raise ValueError(f"two protocols register the study kind {kind!r}")
@@ -174,9 +174,9 @@ def study_tables() -> tuple[dict, dict]:
 def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs: int | None = None,
               address=None, cpus_per_point: float = 1, gpus_per_point: float = 0, data_root: str | None = None,
               dry_run: bool = False, notes: list | None = None) -> list[dict]:
-    """Run (or skip, or resume) every step in order; returns the steps as run."""
-    from .registry import get_protocol
-    from .sweep import plan, point_state, record_points, run_local, run_ray, sweep_points
+    """Run (or skip, or resume) every step in order (plan.execute); returns the steps as run."""
+    from .plan import execute, plan, plan_state
+    from .sweep import point_plans, record_points, sweep_points
     notes = notes if notes is not None else []
     steps = study.steps(scale)
     for step in steps:
@@ -185,25 +185,25 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
         _resolve_data_file(step["base"], notes)
         where = out / step["name"]
         if step.get("sources"):   # a protocol run over an earlier step's runs (a noise ramp): one folder
-            proto = get_protocol(step["protocol"])
+            from .registry import get_protocol
             sources = [str(r.path) for r in Context(study, scale, out, steps).runs(step["sources"])] \
                 if (out / step["sources"]).is_dir() else []
             print(f"{'step':8s} {where} ({len(sources)} source runs)")
             if dry_run:
                 continue
-            cfg = proto.config.from_dict({**step["base"], "progress": False})
-            proto.start(cfg, where, keep_existing=True, sources=sources)
-            continue
-        protocol, points = sweep_points({"protocol": step["protocol"], "out": str(where), "base": step["base"],
-                                         "axes": step["axes"]})
-        for p in points:
-            print(f"{point_state(protocol, p.path):8s} {p.path}")
-        if dry_run:
-            continue
-        record_points(protocol, points)
-        tasks = plan(protocol, points, vectorize=False)
-        results = (run_ray(protocol, tasks, address, cpus_per_point, gpus_per_point) if executor == "ray"
-                   else run_local(protocol, tasks, jobs or 1))
+            cfg = get_protocol(step["protocol"]).config.from_dict({**step["base"], "progress": False})
+            plans = [plan(step["protocol"], cfg, where, sources=sources)]
+        else:
+            protocol, points = sweep_points({"protocol": step["protocol"], "out": str(where), "base": step["base"],
+                                             "axes": step["axes"]})
+            plans = point_plans(protocol, points)
+            for p in plans:
+                print(f"{plan_state(p):8s} {p.out}")
+            if dry_run:
+                continue
+            record_points(protocol, points)
+        results = execute(plans, executor if executor == "ray" else "local", jobs or 1, address=address,
+                          cpus=cpus_per_point, gpus=gpus_per_point)
         busy = sorted({r["pid"] for r in results if r["state"] == "running"})
         if busy:
             raise ConfigError("--out", f"points of step {step['name']} are being run by another process (PID "

@@ -1,8 +1,9 @@
-"""One run lifecycle for every protocol: start, resume, runs trained as one stack, status.json and
-what ends a run early (SIGINT and SIGTERM, I/O errors, bugs).
+"""One run's lifecycle, for every protocol: start, resume, runs trained as one stack, status.json and
+what ends a run early (SIGINT and SIGTERM, I/O errors, bugs). plan.execute decides which of these a
+planned run needs.
 
-    start_one(proto, cfg, out)          a protocol whose output is one run directory
-    start_group(proto, cfgs, paths, out) several run directories in one output folder (seeds, ramps)
+    start_one(proto, cfg, out)          a new run in one directory
+    start_stack(cfgs, paths)            new runs trained together as one stack
     resume(path)                        continue one run from its newest intact checkpoint
     train([runs], [loops], summaries)   the part every path shares: lock, run, keep status.json honest
 
@@ -169,10 +170,9 @@ def resume(path, display: dict | None = None) -> RunDir:
     return train([run], [loop], [proto.summarize and (lambda r: proto.summarize(r, cfg))])[0]
 
 
-def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = False, summary=None) -> list[RunDir]:
+def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
     """A protocol's run in one directory: check, build (raising on bad input before anything is
-    written), lock, create, train. keep_existing resumes (or leaves alone) a run already in `out`;
-    `summary(run)` defaults to the protocol's summarize."""
+    written), lock, create, train. keep_existing resumes (or leaves alone) a run already in `out`."""
     cfg.validate()
     if keep_existing and RunDir(out).config_file.is_file():
         return [resume(out)]
@@ -189,45 +189,8 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
     except BaseException:
         run.unlock()
         raise
-    summarize = summary or (proto.summarize and (lambda r: proto.summarize(r, cfg)))
+    summarize = proto.summarize and (lambda r: proto.summarize(r, cfg))
     return train([run], [loop], [summarize])
-
-
-def start_group(proto, cfgs: list, paths: list, out, overwrite: bool = False, keep_existing: bool = False,
-                stacked: bool = False, summaries=None, prepare=None) -> list[RunDir]:
-    """Several runs in one output folder (infoplane seeds, noise ramps): every config is built once
-    before anything is written (bad input writes nothing); `prepare()` then writes what the folder
-    needs to be resumed as a whole; each run starts, or with keep_existing resumes (finished ones are
-    left alone); new runs are trained as one stack with `stacked`."""
-    if not keep_existing:
-        RunDir.check_new(out, overwrite)
-    probed = set()
-    for c in cfgs:
-        c.validate()
-        # bad data, model or source raise here; configs that differ only in their seed are built once
-        # (their data and model shapes are the same; building each loaded the data again)
-        key = repr(sorted((k, repr(v)) for k, v in c.to_dict().items() if k != "seed"))
-        if key not in probed:
-            proto.build_loop(c, RunDir(Path(out) / "probe"))
-            probed.add(key)
-    if overwrite and Path(out).is_dir():
-        RunDir(out).clear()
-    if prepare is not None:
-        RunDir(out).lock()
-        prepare()
-    summaries = summaries or [None] * len(cfgs)
-    runs, new = [], []
-    for c, path, summary in zip(cfgs, paths, summaries):
-        if keep_existing and RunDir(path).config_file.is_file():
-            runs.append(resume(path))
-        elif stacked:
-            new.append((c, path))
-        else:
-            runs += start_one(proto, c, path, summary=summary)
-    if new:
-        runs += start_stack([c for c, _ in new], [p for _, p in new], protocol=proto)
-    RunDir(out).unlock()
-    return runs
 
 
 def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack: str | None = None) -> list[RunDir]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import FitConfig, parse_corruption
-from ..registry import Protocol, register
+from ..plan import make, one_run
+from ..registry import Protocol, StudyParts, register
 from ..store import RunDir, runs_in
-from ..runner import start_one
 
 
 def measurement_hooks(cfg: FitConfig, data, run: RunDir | None = None) -> list:
@@ -72,13 +72,13 @@ def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hoo
     return loop
 
 
-def start(cfg: FitConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
-    return start_one(PROTOCOL, cfg, out, overwrite, keep_existing)
+def plan(cfg: FitConfig, out: Path):
+    return one_run("fit", cfg, out)
 
 
 def fit(cfg: FitConfig, out, overwrite: bool = False) -> RunDir:
     """Train from scratch into the run directory `out`."""
-    return start(cfg, out, overwrite)[0]
+    return make("fit", cfg, out, overwrite)[0]
 
 
 def _steps_per_epoch(run: RunDir, cfg: dict) -> int | None:
@@ -398,13 +398,13 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="fit", config=FitConfig, start=start, build_loop=build_loop, stackable=True, example=example,
+    name="fit", config=FitConfig, plan=plan, build_loop=build_loop, example=example, stackable=True,
     help="train on data with corrupted labels or pixels",
     description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
-    report_section=report_section,
-    study_figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
-    study_checks={"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p, "chance": check_chance,
-                  "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
-                  "train_acc_at_least": check_final_train_acc, "table": check_table,
-                  "parameters": check_parameters,
-                  "gap_falls_at_lr_step": check_gap_falls_at_lr_step}))
+    study=StudyParts(
+        figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
+        checks={"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p,
+                "chance": check_chance, "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
+                "train_acc_at_least": check_final_train_acc, "table": check_table, "parameters": check_parameters,
+                "gap_falls_at_lr_step": check_gap_falls_at_lr_step},
+        report_section=report_section)))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..config import SCHEDULES, ConfigError, FitConfig, opt, parse_corruption
 from ..hook import EpochResult, Hook
-from ..registry import Protocol, register
-from ..store import RunDir, StoreError, environment, examples_upto
-from ..runner import start_one, train
+from ..plan import make, one_run
+from ..registry import Protocol, StudyParts, register
+from ..store import RunDir, StoreError, examples_upto
 from .fit import information_penalty, standard_hooks
 
 SPLITS = ("train", "val", "test")
@@ -134,22 +134,67 @@ def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
     return build(cfg, run, state)[0]
 
 
-def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None, backfill_tb: bool = False):
-    """Data, model, hooks and the loop (in the stage the state says), before anything is written."""
+def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
+    """Data, model, hooks and the loop (in the stage the state says), before anything is written. A
+    run with --stage2-from and no state of its own starts from the source's stage-1 checkpoint."""
     from ..engine import Loop, resolve_device
     from ..models import build_model
+    inherit = None
+    if state is None and cfg.stage2_from:
+        state, source = stage1_state(cfg.stage2_from)
+        inherit = Inherit(run, source, state["epoch"], cfg.example_record != "none")
     device = resolve_device(cfg.device)
     data = load_parts(cfg).to(device)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     switch = StageSwitch(run, cfg)
-    hooks = standard_hooks(cfg, run, data, [switch], total_epochs=cfg.epochs + cfg.epochs2, backfill_tb=backfill_tb)
-    loop = Loop(model, data.splits, cfg, hooks, device, fit_on=("train", "val"),
+    hooks = standard_hooks(cfg, run, data, [switch], total_epochs=cfg.epochs + cfg.epochs2,
+                           backfill_tb=inherit is not None)
+    loop = Loop(model, data.splits, cfg, hooks + ([inherit] if inherit else []), device, fit_on=("train", "val"),
                 penalty=information_penalty(cfg, model, len(data.train) + len(data.val)))
     if state is not None:
         if "hooks" not in state and state.get("stage") == 2:   # a checkpoint of an earlier version
             switch.apply(loop, state["stage1_end"])
         loop.load_state_dict(state)
+    if inherit is not None:
+        switch.apply(loop, loop.epoch)   # the same turn an uninterrupted run takes at the boundary
     return loop, switch
+
+
+class Inherit(Hook):
+    """A run whose stage 2 starts from another run's stage-1 checkpoint begins with that run's
+    metrics and per-example records up to the checkpoint's epoch (before the writers start)."""
+    phase = 0
+
+    def __init__(self, run: RunDir, source: RunDir, epoch: int, examples: bool):
+        self.run, self.source, self.epoch, self.examples = run, source, epoch, examples
+
+    def on_start(self, loop):
+        if not self.run.metrics_file.is_file() or not self.run.read_metrics():
+            for record in self.source.read_metrics():
+                if record["epoch"] <= self.epoch:
+                    self.run.append_metrics(record)
+        if self.examples and self.source.examples_file.is_file() and not self.run.examples_file.is_file():
+            self.run.write_examples(examples_upto(self.source.read_examples(), self.epoch))
+
+
+def stage1_state(checkpoint) -> tuple[dict, RunDir]:
+    """The state of a forget run's stage-1 checkpoint, and that run; ConfigError for anything else."""
+    ckpt = Path(checkpoint)
+    source = RunDir(ckpt.parent.parent)
+    if not ckpt.is_file() or not source.config_file.is_file():
+        raise ConfigError("--stage2-from", f"{ckpt} is not a checkpoint inside a forget run's checkpoints/ "
+                                           "folder; give e.g. runs/forget/checkpoints/stage1.pt")
+    try:
+        protocol = source.read_protocol()
+    except StoreError:
+        protocol = None
+    if protocol != "forget":
+        raise ConfigError("--stage2-from", f"{source.path} is not a forget run")
+    state = source.load_checkpoint(ckpt)
+    if checkpoint_stage(state) != 1:
+        raise ConfigError("--stage2-from", f"{ckpt} is a stage-2 checkpoint; give a stage-1 one such as "
+                                           f"{source.checkpoints / 'stage1.pt'} or an epoch_NNNN.pt saved in stage 1")
+    return state, source
 
 
 def summarize(run: RunDir, cfg: ForgetConfig | None = None) -> dict:
@@ -167,58 +212,38 @@ def summarize(run: RunDir, cfg: ForgetConfig | None = None) -> dict:
     return out
 
 
-def start(cfg: ForgetConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
-    return start_one(PROTOCOL, cfg, out, overwrite, keep_existing)
+def plan(cfg: ForgetConfig, out: Path):
+    return one_run("forget", cfg, out)
 
 
 def forget(cfg: ForgetConfig, out, overwrite: bool = False) -> RunDir:
-    return start(cfg, out, overwrite)[0]
+    return make("forget", cfg, out, overwrite)[0]
+
+
+def stage2_config(checkpoint, overrides: dict) -> ForgetConfig:
+    """The config of a new run whose stage 2 starts from a stage-1 checkpoint of another forget run:
+    the source's, with the stage-2 options in `overrides`."""
+    bad = sorted(set(overrides) - set(ForgetConfig.STAGE2_FIELDS) - {"progress", "device", "hist_every"})
+    if bad:
+        raise ConfigError("--" + bad[0].replace("_", "-"), "stage 1 options come from the source run; "
+                          f"with --stage2-from only {', '.join('--' + f.replace('_', '-') for f in ForgetConfig.STAGE2_FIELDS)} may be given")
+    _, source = stage1_state(checkpoint)
+    return dataclasses.replace(ForgetConfig.from_dict(source.read_config()), **overrides,
+                               stage2_from=str(Path(checkpoint).resolve())).validate()
 
 
 def stage2_from(checkpoint, out, overrides: dict, overwrite: bool = False) -> RunDir:
     """A new run whose stage 2 starts from a stage-1 checkpoint of another forget run, with the
     stage-2 options in `overrides`. The source run's stage-1 metrics and examples come along."""
-    ckpt = Path(checkpoint)
-    source = RunDir(ckpt.parent.parent)
-    if not ckpt.is_file() or not source.config_file.is_file():
-        raise ConfigError("--stage2-from", f"{ckpt} is not a checkpoint inside a forget run's checkpoints/ "
-                                           "folder; give e.g. runs/forget/checkpoints/stage1.pt")
-    try:
-        src_cfg = source.read_config()
-    except StoreError:
-        src_cfg = None
-    if src_cfg is None or source.read_protocol() != "forget":
-        raise ConfigError("--stage2-from", f"{source.path} is not a forget run")
-    bad = sorted(set(overrides) - set(ForgetConfig.STAGE2_FIELDS) - {"progress", "device", "hist_every"})
-    if bad:
-        raise ConfigError("--" + bad[0].replace("_", "-"), "stage 1 options come from the source run; "
-                          f"with --stage2-from only {', '.join('--' + f.replace('_', '-') for f in ForgetConfig.STAGE2_FIELDS)} may be given")
-    cfg = dataclasses.replace(ForgetConfig.from_dict(src_cfg), **overrides, stage2_from=str(ckpt)).validate()
-    state = source.load_checkpoint(ckpt)
-    if checkpoint_stage(state) != 1:
-        raise ConfigError("--stage2-from", f"{ckpt} is a stage-2 checkpoint; give a stage-1 one such as "
-                                           f"{source.checkpoints / 'stage1.pt'} or an epoch_NNNN.pt saved in stage 1")
-    run = RunDir.check_new(out, overwrite)
-    loop, switch = build(cfg, run, state, backfill_tb=True)
-    switch.apply(loop, loop.epoch)   # the same turn an uninterrupted run takes at the boundary
-    run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol="forget")   # takes the lock
-    for record in source.read_metrics():
-        if record["epoch"] <= loop.epoch:
-            run.append_metrics(record)
-    if source.examples_file.is_file() and cfg.example_record != "none":
-        run.write_examples(examples_upto(source.read_examples(), loop.epoch))
-    return train([run], [loop], [summarize])[0]
+    return make("forget", stage2_config(checkpoint, overrides), out, overwrite)[0]
 
 
-def cli_start(args):
-    """--stage2-from CHECKPOINT: a new run whose stage 2 starts from another run's stage 1."""
+def config_from_args(args):
+    """--stage2-from CHECKPOINT: the source run's config with the stage-2 flags given; else None."""
     if not getattr(args, "stage2_from", None):
         return None
-    if not args.out:
-        raise ConfigError("--out", "--stage2-from starts a new run; say where with --out")
     names = {f.name for f in dataclasses.fields(ForgetConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and k != "stage2_from"}
-    return [stage2_from(args.stage2_from, args.out, overrides, overwrite=args.overwrite)]
+    return stage2_config(args.stage2_from, {k: v for k, v in vars(args).items() if k in names and k != "stage2_from"})
 
 
 def report_lines(run: RunDir) -> list[str]:
@@ -332,12 +357,12 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="forget", config=ForgetConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
+    name="forget", config=ForgetConfig, plan=plan, build_loop=build_loop, example=example, summarize=summarize,
     help="memorize train + val parts, then train on the train part alone",
     description="Stage 1 trains on a train part and a val part, each with its own corruption; stage 2 continues "
                 "on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run from a stage-1 "
                 "checkpoint of another (only stage-2 options may be given then).",
-    cli_start=cli_start, figures=figures, ramp_data=ramp_data, report_lines=report_lines,
-    study_figures={"forget": fig_forget},
-    study_checks={"collapses": report_collapses, "stage2_collapse": check_stage2_collapse,
-                  "collapse_period": check_collapse_period}))
+    config_from_args=config_from_args, figures=figures, ramp_data=ramp_data, report_lines=report_lines,
+    study=StudyParts(figures={"forget": fig_forget},
+                     checks={"collapses": report_collapses, "stage2_collapse": check_stage2_collapse,
+                             "collapse_period": check_collapse_period})))

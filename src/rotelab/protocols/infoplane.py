@@ -21,9 +21,9 @@ import numpy as np
 from ..config import ConfigError, FitConfig, opt, parse_seeds
 from ..hook import EpochResult, Hook
 from ..registries import Registry
-from ..registry import Protocol, register
+from ..plan import Plan, PlannedRun, folder_record, make
+from ..registry import Folder, Protocol, StudyParts, register
 from ..store import RunDir, runs_in, truncate_jsonl
-from ..runner import start_group
 from . import fit as fit_protocol
 
 # name -> estimate(t, x_flat, x_ids, y, cfg) -> [{"estimator", "ixt", "ity"}] in bits, for one layer's activations
@@ -265,25 +265,25 @@ def seed_dirs(path) -> list[Path]:
     return [d for d in runs_in(path) if d.name.startswith("seed-")]
 
 
-def start(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
-    """One run per seed in out/seed-N; everything is checked before the first is written. With
-    keep_existing, seeds already in `out` are resumed (or left alone when done) instead of refused."""
-    cfg = whole_task_labels(cfg.validate())
-    seeds = parse_seeds(cfg.seeds)
-    return start_group(PROTOCOL, [dataclasses.replace(cfg, seed=s) for s in seeds],
-                       [Path(out) / f"seed-{s}" for s in seeds], out, overwrite, keep_existing, stacked=cfg.vectorize)
+def plan(cfg: InfoPlaneConfig, out: Path) -> Plan:
+    """One run per seed in out/seed-N (one stack with --vectorize)."""
+    cfg = whole_task_labels(cfg)
+    out = Path(out)
+    return Plan("infoplane", out, [PlannedRun("infoplane", out / f"seed-{s}", dataclasses.replace(cfg, seed=s),
+                                              stack="seeds" if cfg.vectorize else None)
+                                   for s in parse_seeds(cfg.seeds)], record=folder_record("infoplane", cfg))
 
 
-def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:
-    return start(cfg, out, overwrite, keep_existing)
+def infoplane(cfg: InfoPlaneConfig, out, overwrite: bool = False) -> list[RunDir]:
+    return make("infoplane", cfg, out, overwrite)
 
 
-def resume_folder(out) -> list[RunDir]:
-    """Every seed of the saved --seeds: finished ones stay, broken ones resume, missing ones start."""
+def legacy_plan(out) -> Plan:
+    """A folder made before plan.json: every seed of the --seeds its runs saved."""
     dirs = seed_dirs(out)
     if not dirs:
         raise ConfigError("--resume", f"{out} has no seed-N runs; is it an infoplane output folder?")
-    return start(InfoPlaneConfig.from_dict(RunDir(dirs[0]).read_config()), out, keep_existing=True)
+    return plan(InfoPlaneConfig.from_dict(RunDir(dirs[0]).read_config()), out)
 
 
 def group_figures(paths):
@@ -463,12 +463,12 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="infoplane", config=InfoPlaneConfig, example=example, start=start, build_loop=build_loop,
+    name="infoplane", config=InfoPlaneConfig, plan=plan, build_loop=build_loop, example=example,
     help="information planes of every layer, for several seeds",
     description="Train as fit does, for each of --seeds (OUT/seed-N), capturing every layer at log-spaced epochs "
                 "and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).",
-    runs_per_point=lambda cfg: len(parse_seeds(cfg.seeds)), group_figures=group_figures,
-    report_section=report_section, resume_folder=resume_folder,
-    study_figures={"infoplane": fig_infoplane, "memorizing_ib": fig_memorizing_ib},
-    study_checks={"info_bounds": check_info_bounds, "output_ity": check_output_ity, "ixt_fall": report_ixt_fall,
-                  "compression": check_compression}))
+    folder=Folder(figures=group_figures, legacy_plan=legacy_plan),
+    study=StudyParts(figures={"infoplane": fig_infoplane, "memorizing_ib": fig_memorizing_ib},
+                     checks={"info_bounds": check_info_bounds, "output_ity": check_output_ity,
+                             "ixt_fall": report_ixt_fall, "compression": check_compression},
+                     report_section=report_section)))

@@ -19,9 +19,9 @@ import numpy as np
 
 from ..config import Config, ConfigError, opt
 from ..hook import EpochResult, Hook
-from ..registry import Protocol, protocol_of, register
+from ..plan import Plan, PlannedRun, folder_record, make
+from ..registry import Derived, Folder, Protocol, StudyParts, protocol_of, register
 from ..store import RunDir, StoreError, atomic_write_json, read_json, runs_in
-from ..runner import resume, start_group
 
 @dataclass
 class NoiseConfig(Config):
@@ -245,26 +245,19 @@ def run_names(sources) -> list[str]:
     return [f"{Path(s).parent.name}-{n}" if names.count(n) > 1 else n for s, n in zip(sources, names)]
 
 
-def start(cfg: NoiseConfig, out, overwrite: bool = False, keep_existing: bool = False, sources=()) -> list[RunDir]:
-    """One noise-ramp run per source run in OUT/<name>, and OUT/summary.json. Every source is checked
-    (and its data loaded) before anything is written; with keep_existing, ramps already in OUT are
-    resumed or left alone."""
+def plan(cfg: NoiseConfig, out: Path, sources=()) -> Plan:
+    """One noise-ramp run per source run in OUT/<name>; OUT/summary.json once they have run."""
     sources = [str(Path(s).resolve()) for s in sources]   # the ramp must find them from anywhere
     if not sources:
         raise ConfigError("runs", "give at least one trained run directory")
-    cfg.validate()
-    cfgs = [dataclasses.replace(cfg, source=s) for s in sources]
-
-    def record():   # every source, so that --resume OUT also starts the ramps a kill left unstarted
-        atomic_write_json(Path(out) / RAMP_FILE, {"sources": sources, "config": cfg.to_dict()})
-    runs = start_group(PROTOCOL, cfgs, [Path(out) / name for name in run_names(sources)], out, overwrite,
-                       keep_existing, summaries=[lambda r, c=c: summarize(r, c) for c in cfgs], prepare=record)
-    write_summary(out)
-    return runs
+    out = Path(out)
+    return Plan("noise", out, [PlannedRun("noise", out / name, dataclasses.replace(cfg, source=s))
+                               for s, name in zip(sources, run_names(sources))],
+                record=folder_record("noise", cfg, sources=sources), finish=write_summary)
 
 
 def ramp(sources, cfg: NoiseConfig, out, overwrite: bool = False) -> list[RunDir]:
-    return start(cfg, out, overwrite, sources=sources)
+    return make("noise", cfg, out, overwrite, sources=sources)
 
 
 def ramp_dirs(path) -> list[Path]:
@@ -278,21 +271,20 @@ def write_summary(out) -> Path:
     return path
 
 
-RAMP_FILE = "ramp.json"
+RAMP_FILE = "ramp.json"   # what folders of earlier versions recorded, before plan.json
 
 
-def resume_folder(out) -> list[RunDir]:
-    """Every ramp of the folder: finished ones stay, broken ones resume, unstarted ones start."""
+def legacy_plan(out) -> Plan:
+    """A folder made before plan.json: the sources of its ramp.json, else its ramps as they are."""
     record = Path(out) / RAMP_FILE
     if record.is_file():
         saved = read_json(record)
-        return start(NoiseConfig.from_dict(saved["config"]), out, keep_existing=True, sources=saved["sources"])
-    dirs = ramp_dirs(out)   # a folder from before ramp.json: its ramps as they are
+        return plan(NoiseConfig.from_dict(saved["config"]), out, sources=saved["sources"])
+    dirs = ramp_dirs(out)
     if not dirs:
         raise ConfigError("--resume", f"{out} holds no noise-ramp runs")
-    runs = [resume(d) for d in dirs]
-    write_summary(out)
-    return runs
+    return Plan("noise", Path(out), [PlannedRun("noise", d, NoiseConfig.from_dict(RunDir(d).read_config()))
+                                     for d in dirs], record=None, finish=write_summary)
 
 
 def add_arguments(parser):
@@ -417,14 +409,16 @@ def example(tmp) -> tuple[dict, list]:
 
 
 PROTOCOL = register(Protocol(
-    name="noise", config=NoiseConfig, example=example, start=start, build_loop=build_loop, summarize=summarize,
+    name="noise", config=NoiseConfig, plan=plan, build_loop=build_loop, example=example, summarize=summarize,
     help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
     description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and raise alpha every "
                 "--every epochs; each run's results go to OUT/<name>.",
-    trains=False, sweepable=False, add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs},
-    group_figures=group_figures, report_section=report_section, resume_folder=resume_folder,
-    report_lines=report_lines, cli_skip=("source",),
-    study_figures={"noise_ramp": fig_noise_ramp},
-    study_checks={"random_breaks_first": check_random_breaks_first, "information_terms": check_information_terms,
-                  "random_test_chance": check_random_test_chance,
-                  "corrupted_break_first": check_corrupted_break_first}))
+    trains=False, report_lines=report_lines,
+    folder=Folder(figures=group_figures, legacy_plan=legacy_plan),
+    derived=Derived(add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs}, cli_skip=("source",)),
+    study=StudyParts(figures={"noise_ramp": fig_noise_ramp},
+                     checks={"random_breaks_first": check_random_breaks_first,
+                             "information_terms": check_information_terms,
+                             "random_test_chance": check_random_test_chance,
+                             "corrupted_break_first": check_corrupted_break_first},
+                     report_section=report_section)))

@@ -1,0 +1,367 @@
+"""Plan, then execute: the one way every command, sweep and study makes runs.
+
+A protocol's `plan(cfg, out, **inputs)` says which runs to make: a Plan of PlannedRuns (each a path
+and a config; runs that may train as one stack share a key; a run may start from a checkpoint of
+another). `execute(plans, ...)` makes them: new runs start, broken ones resume, finished ones are
+left alone, in this process, in a pool of processes, or as Ray tasks. `replan(path)` plans a run
+directory or a folder of runs again from what it recorded (OUT/plan.json), which is what --resume
+does. Worker processes and their signals are handled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, RunLocked, StoreError
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    protocol: str
+    path: Path
+    config: Any                    # the protocol's config object
+    stack: str | None = None       # new runs of one plan with the same key train as one stack
+
+
+@dataclass
+class Plan:
+    protocol: str
+    out: Path                      # the run directory, or the folder that holds the plan's runs
+    runs: list[PlannedRun]
+    record: dict | None = None     # a folder's: written to OUT/plan.json, from which `replan` plans it again
+    finish: Callable[[Path], Any] | None = field(default=None, compare=False)   # after its runs (a summary)
+
+    @property
+    def is_folder(self) -> bool:
+        return self.record is not None
+
+
+def one_run(protocol: str, cfg, out) -> Plan:
+    """The plan of a protocol whose output is one run directory."""
+    out = Path(out)
+    return Plan(protocol, out, [PlannedRun(protocol, out, cfg)])
+
+
+def plan(protocol: str, cfg, out, **inputs) -> Plan:
+    """What `rotelab PROTOCOL --out OUT` would make, checked (bad config: ConfigError), nothing written."""
+    from .registry import get_protocol
+    proto = get_protocol(protocol)
+    return proto.plan(cfg.validate(), Path(out), **inputs)
+
+
+def make(protocol: str, cfg, out, overwrite: bool = False, **inputs) -> list:
+    """Plan and execute a new output in this process (what `rotelab PROTOCOL --out OUT` does):
+    a non-empty `out` is refused unless `overwrite`; returns the plan's RunDirs."""
+    from .store import RunDir
+    p = plan(protocol, cfg, out, **inputs)
+    execute([p], overwrite=overwrite, keep_existing=False)
+    return [RunDir(r.path) for r in p.runs]
+
+
+def replan(path) -> Plan:
+    """The plan of a run directory or a folder of runs, from what it recorded: its config, its
+    plan.json, or (folders of earlier versions) what its protocol reads from it."""
+    from .registry import get_protocol, protocol_of
+    from .store import RunDir, StoreError, is_run, read_json, runs_in
+    path = Path(path)
+    if not path.is_dir():
+        raise StoreError(path, f"{path} does not exist")
+    if is_run(path):
+        proto = protocol_of(path)
+        return one_run(proto.name, proto.config.from_dict(RunDir(path).read_config()), path)
+    if (path / PLAN_FILE).is_file():
+        saved = read_json(path / PLAN_FILE)
+        proto = get_protocol(saved["protocol"])
+        return proto.plan(proto.config.from_dict(saved["config"]), path, **saved.get("inputs", {}))
+    dirs = runs_in(path)
+    if not dirs:
+        raise StoreError(path, f"{path} holds no rotelab runs")
+    proto = protocol_of(dirs[0])
+    if proto.folder is not None and proto.folder.legacy_plan is not None:
+        return proto.folder.legacy_plan(path)
+    return Plan(proto.name, path, [PlannedRun(proto.name, Path(d), proto.config.from_dict(RunDir(d).read_config()))
+                                   for d in dirs])
+
+
+def folder_record(protocol: str, cfg, **inputs) -> dict:
+    """What a folder's plan.json holds: enough to plan it again."""
+    return {"protocol": protocol, "config": cfg.to_dict(), "inputs": inputs}
+
+
+# -- the state of a planned run, and running one -------------------------------------------------
+
+def run_state(path: Path) -> str:
+    """done, running (another process holds its lock), partial (has files: resume it) or new."""
+    from .store import RunDir
+    run = RunDir(path)
+    if not run.config_file.is_file():
+        return "running" if run.locked_by_other() else ("partial" if run.has_files() else "new")
+    if run.locked_by_other():
+        return "running"
+    return "done" if run.read_status().get("state") == "done" else "partial"
+
+
+def plan_state(p: Plan) -> str:
+    """done, running, partial or new for a whole plan (a sweep point)."""
+    states = [run_state(r.path) for r in p.runs]
+    if "running" in states:
+        return "running"
+    if all(s == "done" for s in states):
+        return "done"
+    return "new" if all(s == "new" for s in states) else "partial"
+
+
+def start_or_resume(pr: PlannedRun) -> str:
+    """Make one planned run: resume it if it has begun, leave it if it is done, else start it.
+    Returns "skipped" or "done"; raises what the run raises."""
+    from .registry import get_protocol
+    from .runner import DISPLAY_FIELDS, resume, start_one
+    from .store import RunDir
+    if RunDir(pr.path).config_file.is_file():
+        if RunDir(pr.path).read_status().get("state") == "done":
+            return "skipped"
+        resume(pr.path, {k: getattr(pr.config, k) for k in DISPLAY_FIELDS if hasattr(pr.config, k)})
+        return "done"
+    start_one(get_protocol(pr.protocol), pr.config, pr.path, keep_existing=True)
+    return "done"
+
+
+def _failed(path, e: BaseException) -> dict:
+    return {"path": str(path), "state": "failed", "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc()}
+
+
+def run_unit(runs: list[PlannedRun], threads: int | None = None) -> list[dict]:
+    """Make one unit of a plan: a run, or new runs trained as one stack. Never raises: each run's
+    result is a dict (path, state: done, skipped, running elsewhere or failed with its error)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    if len(runs) > 1:
+        from .runner import start_stack
+        try:
+            start_stack([r.config for r in runs], [r.path for r in runs], protocol=runs[0].protocol)
+            return [{"path": str(r.path), "state": "done"} for r in runs]
+        except StoreError:   # another process took some of these runs after they were planned: nothing of
+            pass             # the stack was written; each run goes its own way
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                interrupted(e)
+            return [_failed(r.path, e) for r in runs]
+    out = []
+    for r in runs:
+        try:
+            out.append({"path": str(r.path), "state": start_or_resume(r)})
+        except RunLocked as e:   # another sweep (or command) runs it: never both
+            out.append({"path": str(r.path), "state": "running", "pid": e.holder})
+        except BaseException as e:   # a failing run must not stop the others
+            if isinstance(e, KeyboardInterrupt):
+                interrupted(e)
+            out.append(_failed(r.path, e))
+    return out
+
+
+# -- from plans to units ---------------------------------------------------------------------------
+
+def units(plans: list[Plan], vectorize: bool = False, workers: int = 1) -> list[list[PlannedRun]]:
+    """The units of work: new runs of a plan that share a stack key train together; with `vectorize`,
+    so do new single runs of different plans (sweep points) that may be stacked (they differ only
+    in the fields a stack lets differ), split so that every worker gets a stack."""
+    from .registry import get_protocol
+    out, across = [], {}
+    for p in plans:
+        keyed: dict[str, list[PlannedRun]] = {}
+        for r in p.runs:
+            if r.stack is not None and run_state(r.path) == "new":
+                keyed.setdefault(r.stack, []).append(r)
+            elif vectorize and len(p.runs) == 1 and get_protocol(r.protocol).stackable and run_state(r.path) == "new":
+                from .vectorized import PER_RUN_FIELDS, stackable
+                config = r.config.to_dict()
+                if stackable(config):
+                    key = repr((r.protocol, sorted((k, repr(v)) for k, v in config.items() if k not in PER_RUN_FIELDS)))
+                    across.setdefault(key, []).append(r)
+                else:
+                    out.append([r])
+            else:
+                out.append([r])
+        out += list(keyed.values())
+    parts = -(-workers // len(across)) if across else 1   # per group, so that units >= workers
+    for group in across.values():
+        k = min(parts, len(group))
+        out += [group[i::k] for i in range(k)]
+    return out
+
+
+def prepare(plans: list[Plan], overwrite: bool = False, keep_existing: bool = True):
+    """Before any run starts: a new output must be empty (or is cleared with `overwrite`); every
+    distinct config of a folder's new runs is built once, so bad input writes nothing; each folder's
+    plan.json is written."""
+    from .registry import get_protocol
+    from .store import RunDir, atomic_write_json
+    for p in plans:
+        if overwrite and p.out.is_dir():
+            RunDir.check_new(p.out, overwrite=True)
+        elif not keep_existing:
+            RunDir.check_new(p.out)
+        if not p.is_folder:
+            continue
+        proto = get_protocol(p.protocol)
+        built = set()
+        for r in p.runs:
+            key = repr(sorted((k, repr(v)) for k, v in r.config.to_dict().items() if k != "seed"))
+            if key not in built and run_state(r.path) == "new":
+                proto.build_loop(r.config, RunDir(p.out / "probe"))   # bad data, model or source raise here
+                built.add(key)
+    for p in plans:
+        if overwrite and p.out.is_dir():
+            RunDir(p.out).clear()
+        if p.is_folder:
+            p.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(p.out / PLAN_FILE, p.record)
+
+
+def execute(plans: list[Plan], executor: str = "inline", jobs: int = 1, overwrite: bool = False,
+            keep_existing: bool = True, vectorize: bool = False, address: str | None = None,
+            cpus: float = 1, gpus: float = 0) -> list[dict]:
+    """Make every planned run. `inline` runs in this process and raises what a run raises (a
+    command); `local` runs units in up to `jobs` processes and `ray` as Ray tasks, where a failed
+    run is reported in its result and the others go on (sweeps, studies). Returns one result per
+    run: path and state (done, skipped, running elsewhere, failed with its error)."""
+    prepare(plans, overwrite, keep_existing)
+    work = units(plans, vectorize, jobs if executor == "local" else 1)
+    if executor == "inline":
+        results = []
+        for unit in work:
+            if len(unit) > 1:
+                results += run_unit(unit)
+                if any(r["state"] == "failed" for r in results):
+                    raise RuntimeError(next(r["error"] for r in results if r["state"] == "failed"))
+            else:
+                results.append({"path": str(unit[0].path), "state": start_or_resume(unit[0])})
+    elif executor == "local":
+        results = run_local(work, jobs)
+    elif executor == "ray":
+        results = run_ray(work, address, cpus, gpus)
+    else:
+        raise ConfigError("--executor", f"unknown executor {executor!r}; use local or ray")
+    for p in plans:
+        if p.finish is not None and all(run_state(r.path) == "done" for r in p.runs):
+            p.finish(p.out)
+    return results
+
+
+# -- executors ---------------------------------------------------------------------------------------
+
+def _flatten(results) -> list[dict]:
+    return [r for rs in results for r in rs]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """Parallel units that fit this machine: one per core, at most one per 2 GiB of free memory."""
+    cores = usable_cores()
+    try:
+        free_gib = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError):
+        free_gib = 2.0 * cores
+    return max(1, min(cores, int(free_gib // 2)))
+
+
+def _start_method(threads: int) -> str:
+    """fork where it is safe: Linux, this process has not touched CUDA, and each worker runs torch on
+    one thread (libgomp's pool does not survive a fork; torch runs one-thread work inline). Workers
+    then start with torch and rotelab already imported: seconds each, a real share of a grid of
+    small runs. spawn otherwise."""
+    import sys
+    import torch
+    if sys.platform == "linux" and threads == 1 and not torch.cuda.is_initialized():
+        from . import data, engine, hooks, models  # noqa: F401  (imported once, inherited)
+        return "fork"
+    return "spawn"
+
+
+_WORKER = False   # this process is a pool's worker
+
+
+def interrupted(e: KeyboardInterrupt):
+    """A run was interrupted (its status says so): a worker process ends here (a pool would otherwise
+    wait for its next unit, possibly of a sweep that is gone); elsewhere it propagates."""
+    if _WORKER:
+        os._exit(128 + getattr(e, "signum", 2))
+    raise e
+
+
+def die_with_parent(parent: int):
+    """Workers end with their parent: SIGTERM ends a worker's run as interrupted (as it ends a
+    command's), and on Linux the kernel sends it SIGTERM when its parent dies (however it dies), so
+    no worker keeps writing runs after its sweep was killed."""
+    import ctypes
+    import signal
+    import sys
+    from .runner import handle_termination
+    global _WORKER
+    _WORKER = True
+    handle_termination()
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:   # the parent died before the request took effect
+        os._exit(1)
+
+
+def run_local(work: list[list[PlannedRun]], jobs: int) -> list[dict]:
+    """Units in up to `jobs` processes, the cores' threads split among them; one job: this process."""
+    if jobs <= 1:
+        return _flatten(run_unit(u) for u in work)
+    import concurrent.futures
+    import multiprocessing
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context(_start_method(threads))
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=die_with_parent,
+                                                initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(run_unit, u, threads) for u in work]
+        try:
+            return _flatten(f.result() for f in futures)
+        except KeyboardInterrupt:   # SIGINT or SIGTERM: the workers end their runs as interrupted, then we go
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def run_ray(work: list[list[PlannedRun]], address: str | None, cpus: float, gpus: float) -> list[dict]:
+    """One Ray task per unit with the given resources; `address` joins a cluster, None starts a local one."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise ConfigError("--executor", "ray is not installed; install it with: pip install 'rotelab[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_unit)
+        return _flatten(ray.get([remote.remote(u, max(1, int(cpus))) for u in work]))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def replace_config(pr: PlannedRun, **changes) -> PlannedRun:
+    """The planned run with config fields changed (e.g. no progress bar in workers)."""
+    return dataclasses.replace(pr, config=dataclasses.replace(pr.config, **changes))
