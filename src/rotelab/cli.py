@@ -19,6 +19,15 @@ def parse_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,512, got {text!r}") from None
 
 
+def parse_floats(text: str) -> list[float]:
+    if text.strip() == "":
+        return []
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.3,0.5, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -33,6 +42,8 @@ def _field_type(f: dataclasses.Field):
     t = str(f.type)
     if f.metadata.get("type") == "ints":
         return parse_ints
+    if f.metadata.get("type") == "floats":
+        return parse_floats
     if t.startswith("bool"):
         return bool
     kind = float if "float" in t else int if "int" in t else str
@@ -154,8 +165,11 @@ def cmd_protocol(args) -> int:
         cfg = proto.config_from_args(args) if proto.config_from_args else None
         p = plan(proto.name, cfg or config_from_args(args, proto.config), args.out, **inputs)
         execute([p], overwrite=args.overwrite, keep_existing=False)
-    for r in p.runs:
-        _report(RunDir(r.path))
+    if proto.folder and proto.folder.summary_lines:
+        print("\n  ".join(proto.folder.summary_lines(p.out)))
+    else:
+        for r in p.runs:
+            _report(RunDir(r.path))
     return 0
 
 

@@ -149,6 +149,8 @@ class FitConfig(Config):
     schedule: str = opt("constant", "lr schedule, stepped once per epoch", SCHEDULES)
     lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step", gt=0)
     lr_step: int = opt(30, "epochs between lr drops for --schedule step", ge=1)
+    train_fraction: float | None = opt(None, "train on a random class-balanced fraction of the training set, drawn from --seed; every example is still evaluated (the rest are held out: Feldman & Zhang's subsets)", gt=0, lt=1)
+    data_seed: int | None = opt(None, "seed of the data's draws (corruption, val split, pixel permutation; default: --seed), so runs of different seeds can share one corrupted data set")
     channels_last: bool = opt(False, "convolution weights in channels-last memory order (the WRN trains about 1.5x faster on CPU; results differ from the default order in rounding)")
     augment: bool = opt(False, "random crop (pad 4) and horizontal flip, on batched tensors")
     # weight noise and the information in the weights
@@ -200,6 +202,9 @@ class FitConfig(Config):
         self.check_names()
         if self.info_weight > 0 and self.weight_noise == "none":
             raise ConfigError("--info-weight", "penalizes the information in noisy weights; add --weight-noise lognormal")
+        if self.train_fraction is not None and self.example_record == "presentation":
+            raise ConfigError("--example-record", "with --train-fraction the held-out examples are never presented; "
+                                                  "use --example-record evaluation")
         return self
 
     def check_names(self):

@@ -268,7 +268,8 @@ class Loop:
     or until every trained-on split reaches accuracy `until` (default cfg.until_train_acc)."""
 
     def __init__(self, model, splits: dict, cfg, hooks=(), device="cpu", fit_on=("train",),
-                 end_epoch: int | None = None, until: float | None = None, penalty=None, strategy=None):
+                 end_epoch: int | None = None, until: float | None = None, penalty=None, strategy=None,
+                 fit_subset: torch.Tensor | None = None):
         x = splits[fit_on[0]].x
         if cfg.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
@@ -279,6 +280,7 @@ class Loop:
         # how an epoch is trained and evaluated: Eager, or vectorized.Stacked (several runs as one),
         # or noise.NoisyEvaluation (a frozen network evaluated under weight noise)
         self.strategy = strategy or Eager()
+        self.fit_subset = fit_subset   # indices of the examples trained on (the rest held out), or None
         self.set_fit(fit_on)
         self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
         self.until = cfg.until_train_acc if until is None else until
@@ -358,7 +360,11 @@ class Loop:
         return evals, metrics
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The permutation of the training examples in `epoch` (a stream of its own per epoch)."""
+        """The permutation of the training examples in `epoch` (a stream of its own per epoch); of
+        the subset trained on, where there is one."""
+        if self.fit_subset is not None:
+            gen = generator(self.cfg.seed, "order", epoch)
+            return self.fit_subset.cpu()[torch.randperm(len(self.fit_subset), generator=gen)]
         return torch.randperm(len(self.fit_y), generator=generator(self.cfg.seed, "order", epoch))
 
     def run_epoch(self) -> EpochResult:
@@ -373,8 +379,15 @@ class Loop:
         metrics = {"epoch": e, "lr": lr, **share.metrics}
         if share.loss is not None:
             metrics.update(train_loss_presented=share.loss, train_acc_presented=share.acc)
+        if self.fit_subset is not None:   # accuracy on the examples trained on, and on those held out
+            correct = share.evals[self.fit_on[0]].correct
+            seen = torch.zeros(len(correct), dtype=torch.bool, device=correct.device)
+            seen[self.fit_subset] = True
+            metrics.update(train_acc_seen=float(correct[seen].float().mean()),
+                           train_acc_heldout=float(correct[~seen].float().mean()))
+        fit_key = (lambda n: "train_acc_seen") if self.fit_subset is not None else (lambda n: f"{n}_acc")
         if self.until is not None and self.fit_epoch is None and \
-                all(metrics[f"{n}_acc"] >= self.until for n in self.fit_on):
+                all(metrics[fit_key(n)] >= self.until for n in self.fit_on):
             self.fit_epoch = e
         metrics["seconds_train"] = share.seconds_train
         metrics["seconds"] = time.perf_counter() - t0

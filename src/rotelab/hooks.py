@@ -28,10 +28,15 @@ class ExampleRecorder(Hook):
     passes; the other splits (test, or a split no longer trained on) always from the clean pass."""
     phase = RECORD
 
-    def __init__(self, run: RunDir, splits: dict, source: str = "evaluation", margins: bool = False):
+    def __init__(self, run: RunDir, splits: dict, source: str = "evaluation", margins: bool = False,
+                 seen=None):
         self.run, self.source, self.with_margins = run, source, margins
         self.names = list(splits)
         self.static = {"source": np.array(source)}
+        if seen is not None:   # --train-fraction: which training examples the run trains on
+            mask = np.zeros(len(splits["train"]), dtype=bool)
+            mask[seen.cpu().numpy()] = True
+            self.static["train_seen"] = mask
         self.rows = {"epochs": []}
         for name, s in splits.items():
             self.static.update({f"n_{name}": np.int64(len(s)), f"{name}_labels_used": s.y.cpu().numpy(),

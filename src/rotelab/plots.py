@@ -420,3 +420,18 @@ def plot_grad_snr(paths) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
     return save_figure(fig, Path(paths[0]) / "figures" / "grad_snr.png")
+
+
+def plot_memorization(out: Path, table) -> Path:
+    """Feldman & Zhang's histogram of memorization estimates, corrupted and clean examples apart (a
+    memorize folder's per-example table: mem, corrupted)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = [i / 20 - 1 for i in range(41)]
+    for flag, color, name in ((False, "C0", "clean"), (True, "C3", "corrupted")):
+        part = table[table["corrupted"] == flag]["mem"].dropna()
+        if len(part):
+            ax.hist(part, bins=bins, color=color, alpha=0.6, label=f"{name} ({len(part)} examples)")
+    ax.set(xlabel="memorization estimate mem(i)", ylabel="examples", yscale="log",
+           title="memorization: P[right | trained on it] - P[right | held out]")
+    ax.legend(frameon=False)
+    return save_figure(fig, Path(out) / "figures" / "memorization.png")

@@ -33,6 +33,8 @@ class Folder:
     """A protocol whose output is a folder of runs (seeds of an information plane, noise ramps)."""
     figures: Callable[[list[Path]], list[Path]] | None = None   # figures of whole output folders
     legacy_plan: Callable[[Path], Any] | None = None         # the plan.Plan of a folder made before plan.json
+    summary_lines: Callable[[Path], list[str]] | None = None  # what the command prints for the folder
+                                                              #   (instead of a line per run)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class Data:
     test: Split
     num_classes: int
     val: Split | None = None  # a held-out part of the training set (the forget protocol's)
+    train_subset: torch.Tensor | None = None   # indices of the training examples trained on (--train-fraction)
 
     @property
     def splits(self) -> dict[str, Split]:
@@ -50,7 +51,8 @@ class Data:
 
     def to(self, device) -> "Data":
         val = self.val.to(device) if self.val is not None else None
-        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes, val)
+        subset = self.train_subset.to(device) if self.train_subset is not None else None
+        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes, val, subset)
 
 
 def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -104,10 +106,13 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none") -> Data:
-    """The data set of a config: normalized, subset, corrupted; deterministic from cfg.seed.
+    """The data set of a config: normalized, subset, corrupted; deterministic from cfg.data_seed
+    (default cfg.seed).
 
     With val_size (a count, or a fraction below 1), a class-balanced part of the training set drawn
-    from the seed is split off as `val`, corrupted by `val_corrupt` with its own random stream."""
+    from the seed is split off as `val`, corrupted by `val_corrupt` with its own random stream. With
+    cfg.train_fraction, `train_subset` holds a class-balanced draw (by the labels used) of that
+    fraction of the training set, from cfg.seed: what the run trains on (the rest is held out)."""
     src = load_source(cfg)
     x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
     if cfg.center_crop is not None:
@@ -129,12 +134,13 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
         x_test, y_test = x_test[idx], y_test[idx]
 
     k = src.num_classes
-    perm = corruption.pixel_permutation(x_train, generator(cfg.seed, "pixel-permutation"))
+    seed = cfg.seed if getattr(cfg, "data_seed", None) is None else cfg.data_seed
+    perm = corruption.pixel_permutation(x_train, generator(seed, "pixel-permutation"))
     stats = corruption.channel_stats(x_train)
 
     def split(x, y, spec, stream):
         kind, p = parse_corruption(spec)
-        xc, yc, mask = corrupt_split(x, y, k, kind, p, generator(cfg.seed, "corrupt", stream),
+        xc, yc, mask = corrupt_split(x, y, k, kind, p, generator(seed, "corrupt", stream),
                                      cfg.label_noise_mode, perm, stats)
         return Split(xc, yc, y, mask)
 
@@ -144,7 +150,7 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
             val_size = max(1, int(len(y_train) * val_size))
         if val_size >= len(y_train):
             raise ConfigError("--val-size", f"must be below the training set's {len(y_train)} examples, got {val_size}")
-        val_idx = balanced_subset(y_train, val_size, k, seed=derive_seed(cfg.seed, "val-split"))
+        val_idx = balanced_subset(y_train, val_size, k, seed=derive_seed(seed, "val-split"))
         keep = torch.ones(len(y_train), dtype=torch.bool)
         keep[val_idx] = False
         val = split(x_train[val_idx], y_train[val_idx], val_corrupt, "val")
@@ -159,4 +165,12 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
         test = split(x_test, y_test, cfg.corrupt, "test")
     else:
         test = Split(x_test, y_test, y_test, torch.zeros(len(y_test), dtype=torch.bool))
-    return Data(cfg.dataset, train, test, k, val)
+    subset = None
+    if getattr(cfg, "train_fraction", None) is not None:
+        n = round(cfg.train_fraction * len(train))
+        if n < k or n >= len(train):
+            raise ConfigError("--train-fraction", f"{cfg.train_fraction} of {len(train)} training examples is {n}; "
+                                                  f"it must leave at least one example out and give each of the {k} "
+                                                  "classes one; raise --subset or change the fraction")
+        subset = balanced_subset(train.y, n, k, seed=derive_seed(cfg.seed, "train-subset", cfg.train_fraction))
+    return Data(cfg.dataset, train, test, k, val, subset)

@@ -48,7 +48,8 @@ def standard_hooks(cfg: FitConfig, run: RunDir, data, own=(), checkpointer=None,
     from ..hooks import Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter
     hooks = []
     if cfg.example_record != "none":
-        hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins))
+        hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins,
+                                     seen=data.train_subset))
     hooks += [*measurement_hooks(cfg, data, run), *own, MetricsWriter(run),
               TensorBoardWriter(run, cfg.hist_every, backfill=backfill_tb),
               checkpointer or Checkpointer(run, cfg.save_epochs), StatusWriter(run),
@@ -66,7 +67,8 @@ def build_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, extra_hoo
     data = load_data(cfg).to(device)
     model = build_model(cfg, data.input_shape, data.num_classes).to(device)
     hooks = standard_hooks(cfg, run, data, extra_hooks(data) if extra_hooks else ())
-    loop = Loop(model, data.splits, cfg, hooks, device, penalty=information_penalty(cfg, model, len(data.train)))
+    loop = Loop(model, data.splits, cfg, hooks, device, penalty=information_penalty(cfg, model, len(data.train)),
+                fit_subset=data.train_subset)
     if state is not None:
         loop.load_state_dict(state)
     return loop

@@ -60,6 +60,8 @@ class ForgetConfig(FitConfig):
     def validate(self) -> "ForgetConfig":
         super().validate()
         parse_corruption(self.val_corrupt, "--val-corrupt")
+        if self.train_fraction is not None:
+            raise ConfigError("--train-fraction", "forget trains on its train and val parts whole; drop --train-fraction")
         return self
 
 

@@ -1,0 +1,227 @@
+"""`rotelab memorize`: which examples a network memorizes (Feldman & Zhang, NeurIPS 2020).
+
+K models train on one training set (corrupted once, from --seed), each on its own random
+class-balanced fraction r of it (model k: seed k, so its own subset, initialization and order), and
+every model is evaluated on every training and test example. Each model is an ordinary run,
+OUT/r-R_model-KKKK, trained in stacks of --stack models where the model allows; a killed folder
+resumes at the next unfinished model or stack, and a sweep's Ray executor spreads the stacks. Once
+all models are done:
+
+    OUT/matrices.npz        the raw matrices, so that any estimate can be recomputed elsewhere:
+                              fractions; per fraction r (keys prefixed r-R/): seen (K, N) which
+                              training examples each model trained on, train_correct (K, N) and
+                              test_correct (K, M) which it got right at the end (bits, np.packbits
+                              along the last axis), seeds (K); and train_labels_used,
+                              train_labels_true, train_corrupted (N), test_labels (M)
+    OUT/memorization.npz    the estimates: mem, mem_se, mem_lo, mem_hi, n_in, n_out (N) at the first
+                              fraction; cscore_R, cscore_R_se per fraction; infl_index, infl_value
+                              (M, top_k): the train examples of largest influence on each test example
+    OUT/memorization.json   what they say: the fit, the errors, mem of corrupted and clean examples,
+                              and how well mem ranks the corrupted first (AUROC, AP with intervals)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ConfigError, FitConfig, opt
+from ..measures.examples import unpack
+from ..plan import Plan, PlannedRun, folder_record, make
+from ..registry import Folder, Protocol, register
+from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from .fit import build_loop as fit_loop
+
+
+@dataclass
+class MemorizeConfig(FitConfig):
+    """A fit config, plus how many models train on which fraction of the training set."""
+    models: int = opt(16, "models per fraction (K); model k has seed k (its subset, initialization and order)", ge=2)
+    train_fraction: float | None = opt(0.7, "fraction r of the training set each model trains on (mem and influence)", gt=0, lt=1)
+    cscore_fractions: list[float] = opt([], "further fractions for the C-score, K models each, comma-separated (e.g. 0.3,0.5)", flag_type="floats")
+    stack: int = opt(16, "models trained together as one stack (1: one by one, for models that cannot be stacked)", ge=1)
+    top_k: int = opt(100, "influence: the train examples of largest influence kept per test example", ge=1)
+
+    def validate(self) -> "MemorizeConfig":
+        super().validate()
+        if self.train_fraction is None:
+            raise ConfigError("--train-fraction", "memorize needs the fraction each model trains on, e.g. 0.7")
+        bad = [r for r in self.cscore_fractions if not 0 < r < 1]
+        if bad:
+            raise ConfigError("--cscore-fractions", f"fractions lie strictly between 0 and 1, got {bad[0]}")
+        if self.stack > 1:
+            from ..vectorized import check_vectorizable
+            try:
+                check_vectorizable([self])
+            except ConfigError as e:
+                reason = str(e).split(": ", 1)[-1]
+                raise ConfigError("--stack", f"these models cannot be trained as a stack ({reason}); "
+                                             "use --stack 1") from None
+        return self
+
+    @property
+    def fractions(self) -> list[float]:
+        return list(dict.fromkeys([self.train_fraction, *self.cscore_fractions]))
+
+
+def model_config(cfg: MemorizeConfig, fraction: float, k: int) -> MemorizeConfig:
+    """Model k of a fraction: the folder's data (data_seed), its own seed."""
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    return dataclasses.replace(cfg, seed=k, data_seed=data_seed, train_fraction=fraction)
+
+
+def model_dir(fraction: float, k: int) -> str:
+    return f"r-{fraction:g}_model-{k:04d}"
+
+
+def plan(cfg: MemorizeConfig, out: Path) -> Plan:
+    out = Path(out)
+    runs = [PlannedRun("memorize", out / model_dir(r, k), model_config(cfg, r, k),
+                       stack=f"r-{r:g}/{k // cfg.stack}" if cfg.stack > 1 else None)
+            for r in cfg.fractions for k in range(cfg.models)]
+    return Plan("memorize", out, runs, record=folder_record("memorize", cfg), finish=estimate)
+
+
+def build_loop(cfg: MemorizeConfig, run: RunDir, state: dict | None = None):
+    return fit_loop(cfg, run, state)
+
+
+def memorize(cfg: MemorizeConfig, out, overwrite: bool = False) -> list[RunDir]:
+    return make("memorize", cfg, out, overwrite)
+
+
+# -- from the runs to the matrices and the estimates ----------------------------------------------
+
+def _last_bits(ex: dict, split: str) -> np.ndarray:
+    return unpack(ex[f"{split}_correct"][-1], int(ex[f"n_{split}"]))
+
+
+def collect(out) -> dict:
+    """The raw matrices of a finished folder, from its runs' examples.npz (bits unpacked)."""
+    out = Path(out)
+    cfg = MemorizeConfig.from_dict(read_json(out / "plan.json")["config"])
+    mats: dict = {"fractions": np.array(cfg.fractions)}
+    for r in cfg.fractions:
+        seen, train, test, seeds = [], [], [], []
+        for d in [out / model_dir(r, k) for k in range(cfg.models)]:
+            ex = RunDir(d).read_examples()
+            seen.append(ex["train_seen"])
+            train.append(_last_bits(ex, "train"))
+            test.append(_last_bits(ex, "test"))
+            seeds.append(RunDir(d).read_config()["seed"])
+        mats.update({f"r-{r:g}/seen": np.array(seen), f"r-{r:g}/train_correct": np.array(train),
+                     f"r-{r:g}/test_correct": np.array(test), f"r-{r:g}/seeds": np.array(seeds)})
+    mats.update(train_labels_used=ex["train_labels_used"], train_labels_true=ex["train_labels_true"],
+                train_corrupted=ex["train_corrupted"], test_labels=ex["test_labels_used"])
+    return mats
+
+
+def _npz(path: Path, arrays: dict):
+    import io
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+BIT_MATRICES = ("seen", "train_correct", "test_correct")
+
+
+def read_matrices(out) -> dict:
+    """OUT/matrices.npz with its bit matrices unpacked to booleans."""
+    with np.load(Path(out) / "matrices.npz") as z:
+        mats = {k: z[k] for k in z.files}
+    n, m = len(mats["train_labels_used"]), len(mats["test_labels"])
+    for key in list(mats):
+        name = key.rsplit("/", 1)[-1]
+        if name in BIT_MATRICES:
+            mats[key] = unpack(mats[key], m if name == "test_correct" else n)
+    return mats
+
+
+def estimate(out) -> dict:
+    """Write matrices.npz, memorization.npz and memorization.json for a folder whose models are done."""
+    from ..measures.memorization import cscore, detection, influence, memorization
+    out = Path(out)
+    cfg = MemorizeConfig.from_dict(read_json(out / "plan.json")["config"])
+    mats = collect(out)
+    _npz(out / "matrices.npz", {k: (np.packbits(v, axis=-1) if k.rsplit("/", 1)[-1] in BIT_MATRICES else v)
+                                for k, v in mats.items()})
+    r0 = f"r-{cfg.fractions[0]:g}"
+    seen, train = mats[f"{r0}/seen"], mats[f"{r0}/train_correct"]
+    mem = memorization(seen, train)
+    est = {"mem": mem.value, "mem_se": mem.se, "mem_lo": mem.lo, "mem_hi": mem.hi,
+           "n_in": mem.n_in, "n_out": mem.n_out}
+    for r in cfg.fractions:
+        c = cscore(mats[f"r-{r:g}/seen"], mats[f"r-{r:g}/train_correct"])
+        est[f"cscore_{r:g}"], est[f"cscore_{r:g}_se"] = c.value, c.se
+    idx, val = influence(seen, mats[f"{r0}/test_correct"], top=min(cfg.top_k, seen.shape[1]))
+    est.update(infl_index=idx.astype(np.int32), infl_value=val.astype(np.float32))
+    _npz(out / "memorization.npz", est)
+    corrupted = mats["train_corrupted"].astype(bool)
+    fit = [RunDir(out / model_dir(cfg.fractions[0], k)).read_status().get("final", {}).get("train_acc_seen")
+           for k in range(cfg.models)]
+    summary = {
+        "models": int(seen.shape[0]), "fraction": cfg.fractions[0], "n_train": int(seen.shape[1]),
+        "n_test": int(mats[f"{r0}/test_correct"].shape[1]), "corrupted": int(corrupted.sum()),
+        "fit_seen_mean": float(np.mean([f for f in fit if f is not None])) if any(f is not None for f in fit) else None,
+        "mem_se_p95": float(np.nanquantile(mem.se, 0.95)),
+        "mem_undefined": int(np.isnan(mem.value).sum()),
+        "mem_corrupted_mean": float(np.nanmean(mem.value[corrupted])) if corrupted.any() else None,
+        "mem_clean_median": float(np.nanmedian(mem.value[~corrupted])) if (~corrupted).any() else None,
+        "mem_clean_mean": float(np.nanmean(mem.value[~corrupted])) if (~corrupted).any() else None,
+    }
+    if corrupted.any() and (~corrupted).any():
+        summary["detection_mem"] = detection(mem.value, corrupted)
+    atomic_write_json(out / "memorization.json", summary)
+    return summary
+
+
+def read_estimates(out):
+    """Per training example: the estimates with its labels and whether it was corrupted (a DataFrame)."""
+    import pandas as pd
+    out = Path(out)
+    with np.load(out / "memorization.npz") as z:
+        est = {k: z[k] for k in z.files if z[k].ndim == 1}
+    mats = read_matrices(out)
+    return pd.DataFrame({"example": np.arange(len(mats["train_labels_used"])),
+                         "label_used": mats["train_labels_used"], "label_true": mats["train_labels_true"],
+                         "corrupted": mats["train_corrupted"].astype(bool), **est})
+
+
+def summary_lines(out) -> list[str]:
+    path = Path(out) / "memorization.json"
+    if not path.is_file():
+        return [f"{out}: models not all done yet; run it again with --resume {out}"]
+    s = read_json(path)
+    lines = [f"{out}: {s['models']} models on {s['fraction']:g} of {s['n_train']} examples each"
+             + (f", fitting {s['fit_seen_mean']:.3f} of what they saw" if s.get("fit_seen_mean") is not None else "")
+             + f"; mem's standard error at most {s['mem_se_p95']:.3f} for 95% of the examples"]
+    if s.get("mem_corrupted_mean") is not None:
+        d = s["detection_mem"]
+        lines.append(f"mem: corrupted mean {s['mem_corrupted_mean']:.3f}, clean median {s['mem_clean_median']:.3f}; "
+                     f"ranks the {s['corrupted']} corrupted first with AUROC {d['auroc']:.3f} "
+                     f"({d['auroc_ci'][0]:.3f}-{d['auroc_ci'][1]:.3f}, {d['interval']})")
+    return lines
+
+
+def group_figures(paths) -> list[Path]:
+    from ..plots import plot_memorization
+    return [plot_memorization(Path(p), read_estimates(p)) for p in paths if (Path(p) / "memorization.npz").is_file()]
+
+
+def example(tmp) -> tuple[dict, list]:
+    return dict(dataset="digits", widths=[32], epochs=12, lr=0.05, corrupt="labels=0.2", label_noise_mode="other",
+                models=4, stack=1, train_fraction=0.5, hist_every=0, checkpoint_every=0, progress=False), []
+
+
+PROTOCOL = register(Protocol(
+    name="memorize", config=MemorizeConfig, plan=plan, build_loop=build_loop, example=example,
+    help="many models on random subsets: which examples each memorizes (Feldman & Zhang)",
+    description="Train --models models, each on a random --train-fraction of one training set (corrupted once), "
+                "evaluate each on every example, and estimate memorization, influence and the C-score "
+                "(Feldman & Zhang 2020; Jiang et al. 2021); OUT/memorization.json says how well memorization "
+                "finds the corrupted labels.",
+    folder=Folder(figures=group_figures, summary_lines=summary_lines)))

@@ -1,0 +1,110 @@
+"""rotelab memorize: K subset models, their raw matrices, the estimates, stacking, resume, bad input."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from rotelab.cli import main
+from rotelab.measures.examples import unpack
+from rotelab.plan import execute, plan
+from rotelab.protocols.memorize import MemorizeConfig, memorize, read_estimates, read_matrices
+from rotelab.store import RunDir
+
+
+def cfg_of(**kw):
+    base = dict(dataset="digits", widths=[64], epochs=50, lr=0.1, corrupt="labels=0.2", label_noise_mode="other",
+                models=6, stack=3, train_fraction=0.5, cscore_fractions=[0.3], hist_every=0, checkpoint_every=0,
+                progress=False)
+    return MemorizeConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mem") / "m"
+    memorize(cfg_of(), out)
+    return out
+
+
+def test_matrices_are_the_runs_own_records(folder):
+    mats = read_matrices(folder)
+    for r in (0.5, 0.3):
+        seen = mats[f"r-{r:g}/seen"]
+        assert seen.shape == (6, 1438) and mats[f"r-{r:g}/test_correct"].shape == (6, 359)
+        assert np.all(seen.sum(1) == round(r * 1438))   # each model trained on exactly its fraction
+        for k in range(6):
+            ex = RunDir(folder / f"r-{r:g}_model-{k:04d}").read_examples()
+            assert np.array_equal(seen[k], ex["train_seen"])
+            assert np.array_equal(mats[f"r-{r:g}/train_correct"][k], unpack(ex["train_correct"][-1], 1438))
+    assert not np.array_equal(mats["r-0.5/seen"][0], mats["r-0.5/seen"][1])   # each model its own subset
+    # one corruption for all models: the labels every run used are the same
+    used = [RunDir(folder / f"r-0.5_model-{k:04d}").read_examples()["train_labels_used"] for k in range(6)]
+    assert all(np.array_equal(u, used[0]) for u in used)
+
+
+def test_estimates_recomputed_by_hand(folder):
+    mats, table = read_matrices(folder), read_estimates(folder)
+    seen, right = mats["r-0.5/seen"], mats["r-0.5/train_correct"]
+    for i in (0, 17, 400, 1437):   # the definition, model by model
+        inside = [right[k, i] for k in range(6) if seen[k, i]]
+        outside = [right[k, i] for k in range(6) if not seen[k, i]]
+        want = np.mean(inside) - np.mean(outside) if inside and outside else np.nan
+        assert table["mem"][i] == pytest.approx(want, nan_ok=True)
+        held = [mats["r-0.3/train_correct"][k, i] for k in range(6) if not mats["r-0.3/seen"][k, i]]
+        assert table["cscore_0.3"][i] == pytest.approx(np.mean(held) if held else np.nan, nan_ok=True)
+    assert list(table["corrupted"]) == list(mats["train_corrupted"].astype(bool))
+
+
+def test_corrupted_labels_are_the_memorized_ones(folder):
+    # our threshold: with every picked label changed, models that fit what they saw get corrupted
+    # examples right only when trained on them (mem near 1); clean ones mostly either way
+    summary = json.loads((folder / "memorization.json").read_text())
+    assert summary["fit_seen_mean"] > 0.95
+    assert summary["mem_corrupted_mean"] > 0.7 and summary["mem_clean_median"] < 0.1
+    assert summary["detection_mem"]["auroc"] > 0.85
+
+
+def test_stacked_one_by_one_and_in_a_pool_agree(folder, tmp_path):
+    small = dict(models=4, cscore_fractions=[], epochs=8)
+    execute([plan("memorize", cfg_of(**small, stack=2), tmp_path / "pool")], "local", 2)
+    memorize(cfg_of(**small, stack=2), tmp_path / "inline")
+    memorize(cfg_of(**small, stack=1), tmp_path / "alone")
+    a, b, c = (read_matrices(tmp_path / n) for n in ("pool", "inline", "alone"))
+    for key in ("r-0.5/seen", "r-0.5/train_correct", "r-0.5/test_correct"):
+        assert np.array_equal(a[key], b[key])   # the same stacks wherever they ran
+    assert np.array_equal(b["r-0.5/seen"], c["r-0.5/seen"])
+    # a stack and single runs differ only in the rounding of their sums: a few borderline examples
+    assert (b["r-0.5/train_correct"] != c["r-0.5/train_correct"]).mean() < 0.01
+
+
+def test_a_killed_folder_resumes_at_the_next_unfinished_model(tmp_path, capsys):
+    cfg = cfg_of(models=4, stack=1, cscore_fractions=[], epochs=6)
+    out = tmp_path / "m"
+    p = plan("memorize", cfg, out)
+    p.runs = p.runs[:2]   # as if killed after two of the four models
+    p.finish = None
+    execute([p], keep_existing=False)
+    assert not (out / "memorization.json").exists()
+    assert main(["memorize", "--resume", str(out)]) == 0
+    assert "4 models" in capsys.readouterr().out
+    memorize(cfg, tmp_path / "whole")
+    for name in ("memorization.json",):
+        got, want = (json.loads((d / name).read_text()) for d in (out, tmp_path / "whole"))
+        assert got == want
+
+
+@pytest.mark.parametrize("flags,field", [
+    (["--train-fraction", "1.0"], "--train-fraction"),
+    (["--train-fraction", "0"], "--train-fraction"),
+    (["--models", "1"], "--models"),
+    (["--train-fraction", "0.003"], "--train-fraction"),          # 4 examples: fewer than the 10 classes
+    (["--batch-norm", "--stack", "4"], "--stack"),                # batch norm needs each model's own batches
+    (["--cscore-fractions", "0.5,1.5"], "--cscore-fractions"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, field):
+    out = tmp_path / "m"
+    assert main(["memorize", "--dataset", "digits", "--widths", "8", "--epochs", "1", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert field in err and len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
