@@ -66,7 +66,7 @@ def test_corrupted_labels_are_the_memorized_ones(folder):
 
 
 def test_stacked_one_by_one_and_in_a_pool_agree(folder, tmp_path):
-    small = dict(models=4, cscore_fractions=[], epochs=8)
+    small = dict(models=4, cscore_fractions=[], epochs=8, signals=False)
     execute([plan("memorize", cfg_of(**small, stack=2), tmp_path / "pool")], "local", 2)
     memorize(cfg_of(**small, stack=2), tmp_path / "inline")
     memorize(cfg_of(**small, stack=1), tmp_path / "alone")
@@ -79,7 +79,7 @@ def test_stacked_one_by_one_and_in_a_pool_agree(folder, tmp_path):
 
 
 def test_a_killed_folder_resumes_at_the_next_unfinished_model(tmp_path, capsys):
-    cfg = cfg_of(models=4, stack=1, cscore_fractions=[], epochs=6)
+    cfg = cfg_of(models=4, stack=1, cscore_fractions=[], epochs=6, signals=False)
     out = tmp_path / "m"
     p = plan("memorize", cfg, out)
     p.runs = p.runs[:2]   # as if killed after two of the four models
@@ -108,3 +108,41 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, field
     err = capsys.readouterr().err.strip()
     assert field in err and len(err.splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_every_signal_is_scored_against_the_corruption(folder):
+    from sklearn.metrics import roc_auc_score
+    import pandas as pd
+    summary = json.loads((folder / "memorization.json").read_text())
+    table = pd.read_csv(folder / "per_example.csv")
+    rows = {r["signal"]: r for r in summary["signals"]}
+    assert {"mem", "aum (low)", "confidence (low)", "forgetting events", "cleanlab (low quality)"} <= set(rows)
+    y = table["corrupted"].to_numpy()
+    # recomputed from the published table with scikit-learn directly
+    assert rows["aum (low)"]["auroc"] == pytest.approx(roc_auc_score(y, -table["aum"]))
+    assert rows["forgetting events"]["auroc"] == pytest.approx(roc_auc_score(y, table["forgetting_events"]))
+    assert rows["mem"]["auroc"] == pytest.approx(summary["detection_mem"]["auroc"])
+    assert all(r["seconds"] > 0 for r in rows.values())
+    assert all(r["n"] == len(table) for name, r in rows.items() if not name.startswith(("mem", "cscore")))
+    assert rows["mem"]["n"] == int(table["mem"].notna().sum())   # mem: NaN where no model held it out (or all did)
+    # cleanlab's probabilities are out of fold: every example was held out by exactly one fold run
+    held = sum(~RunDir(folder / f"fold-{f}").read_examples()["train_seen"].astype(bool) for f in range(5))
+    assert np.all(held == 1)
+    assert np.array_equal(table["label_used"], read_matrices(folder)["train_labels_used"])
+
+
+def test_aum_equals_the_aum_package():
+    # an independent implementation (Pleiss et al.'s package) on the same logits, epoch by epoch
+    import torch
+    from aum import AUMCalculator
+    from rotelab.engine import margins
+    from rotelab.measures.memorization import aum
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 50, 10, generator=gen) * 3
+    y = torch.randint(0, 10, (50,), generator=gen)
+    calc = AUMCalculator("unused", compressed=True)
+    for epoch in logits:
+        calc.update(epoch, y, list(range(50)))
+    want = np.array([calc.sums[i] / calc.counts[i] for i in range(50)])
+    ours = aum(np.stack([margins(epoch, y).numpy() for epoch in logits]))
+    np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)

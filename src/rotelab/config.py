@@ -13,6 +13,17 @@ from .errors import ConfigError  # noqa: F401  (re-exported: `from rotelab.confi
 from .spec import CORRUPTIONS, flag, parse_corruption, parse_seeds  # noqa: F401  (re-exported)
 
 
+def parse_fold(text: str) -> tuple[int, int]:
+    """'F/K' -> (F, K): fold F (0-based) of K folds."""
+    try:
+        f, k = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ConfigError("--heldout-fold", f"expected F/K such as 0/5, got {text!r}") from None
+    if k < 2 or not 0 <= f < k:
+        raise ConfigError("--heldout-fold", f"needs K >= 2 folds and 0 <= F < K, got {text!r}")
+    return f, k
+
+
 def opt(default, help: str, choices=None, flag_type=None, aliases=(), **bounds):
     """A config field: its default, CLI help text, optional choices and extra flag names, and its
     bounds (gt, ge, lt, le: pydantic's constraints), declared once and enforced by check_fields
@@ -150,6 +161,7 @@ class FitConfig(Config):
     lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step", gt=0)
     lr_step: int = opt(30, "epochs between lr drops for --schedule step", ge=1)
     train_fraction: float | None = opt(None, "train on a random class-balanced fraction of the training set, drawn from --seed; every example is still evaluated (the rest are held out: Feldman & Zhang's subsets)", gt=0, lt=1)
+    heldout_fold: str | None = opt(None, "K-fold cross-validation: F/K trains on every example outside fold F of K (class-balanced folds drawn from the data seed), e.g. 0/5; the fold is held out")
     data_seed: int | None = opt(None, "seed of the data's draws (corruption, val split, pixel permutation; default: --seed), so runs of different seeds can share one corrupted data set")
     channels_last: bool = opt(False, "convolution weights in channels-last memory order (the WRN trains about 1.5x faster on CPU; results differ from the default order in rounding)")
     augment: bool = opt(False, "random crop (pad 4) and horizontal flip, on batched tensors")
@@ -169,7 +181,7 @@ class FitConfig(Config):
     seed: int = opt(0, "one seed for corruption, init, batch order and augmentation", ge=0)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     example_record: str = opt("evaluation", "source of per-example correctness: a clean evaluation pass, the training forward passes (presentation), or none", ("evaluation", "presentation", "none"))
-    example_margins: bool = opt(False, "also store each example's margin (true logit minus largest other) per epoch, float16")
+    example_margins: bool = opt(False, "also store each example's margin (true logit minus largest other) and the probability of its label per epoch, float16 (AUM, data maps)")
     hist_every: int = opt(10, "TensorBoard weight histograms every N epochs (and at the first and last); 0 disables", ge=0)
     save_epochs: list[int] = opt([], "also keep checkpoints of these epochs, comma-separated", flag_type="ints")
     checkpoint_every: float = opt(30.0, "seconds between checkpoints (with examples.npz and status.json); the last epoch is always saved; 0: every epoch", ge=0)
@@ -202,7 +214,11 @@ class FitConfig(Config):
         self.check_names()
         if self.info_weight > 0 and self.weight_noise == "none":
             raise ConfigError("--info-weight", "penalizes the information in noisy weights; add --weight-noise lognormal")
-        if self.train_fraction is not None and self.example_record == "presentation":
+        if self.heldout_fold is not None:
+            parse_fold(self.heldout_fold)
+            if self.train_fraction is not None:
+                raise ConfigError("--heldout-fold", "holds out a fold; --train-fraction a random subset: give one")
+        if (self.train_fraction is not None or self.heldout_fold is not None) and self.example_record == "presentation":
             raise ConfigError("--example-record", "with --train-fraction the held-out examples are never presented; "
                                                   "use --example-record evaluation")
         return self

@@ -21,7 +21,8 @@ from .store import RunDir, examples_upto, metrics_line
 
 
 class ExampleRecorder(Hook):
-    """Per-example correctness bits of every split per epoch (and margins) into examples.npz; adds the
+    """Per-example correctness bits of every split per epoch (and, with margins, the margin and the
+    assigned label's probability, float16) into examples.npz; adds the
     intersection/union of consecutive epochs' correct sets to the epoch's metrics.
 
     With source 'presentation' the bits of the splits being trained on come from the training
@@ -45,6 +46,7 @@ class ExampleRecorder(Hook):
             self.rows[f"{name}_correct"] = []
             if margins:
                 self.rows[f"{name}_margin"] = []
+                self.rows[f"{name}_prob"] = []
         self.prev = {}
 
     def on_start(self, loop: Loop):
@@ -72,6 +74,9 @@ class ExampleRecorder(Hook):
             if self.with_margins:
                 margin = result.presented_margins[name] if presented else result.evals[name].margin
                 self.rows[f"{name}_margin"].append(margin.cpu().numpy().astype(np.float16))
+                # the assigned label's probability in the clean pass, exp(-cross-entropy): data maps
+                prob = torch.exp(-result.evals[name].loss)
+                self.rows[f"{name}_prob"].append(prob.cpu().numpy().astype(np.float16))
         self.rows["epochs"].append(result.epoch)
         if loop.persist:
             self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})

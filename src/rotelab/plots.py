@@ -435,3 +435,37 @@ def plot_memorization(out: Path, table) -> Path:
            title="memorization: P[right | trained on it] - P[right | held out]")
     ax.legend(frameon=False)
     return save_figure(fig, Path(out) / "figures" / "memorization.png")
+
+
+def plot_signal_rocs(out: Path, corrupted, scores: dict) -> Path:
+    """ROC curves of every signal ranking the corrupted examples first, in one plot (scores: name ->
+    (score high for suspect examples, what it needs))."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+    import numpy as np
+    fig, ax = plt.subplots(figsize=(7, 6))
+    y = np.asarray(corrupted, dtype=bool)
+    for i, (name, (score, _)) in enumerate(sorted(scores.items(), key=lambda kv: -roc_auc_score(
+            y[~np.isnan(kv[1][0])], kv[1][0][~np.isnan(kv[1][0])]))):
+        keep = ~np.isnan(score)
+        fpr, tpr, _ = roc_curve(y[keep], score[keep])
+        ax.plot(fpr, tpr, lw=1.4, ls=LAYER_STYLES[i // 10 % len(LAYER_STYLES)],
+                label=f"{name}: AUROC {roc_auc_score(y[keep], score[keep]):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="false positive rate (clean examples flagged)", ylabel="true positive rate (corrupted found)",
+           title=f"finding the {int(y.sum())} corrupted labels among {len(y)} examples")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    return save_figure(fig, Path(out) / "figures" / "signals_roc.png")
+
+
+def plot_data_map(out: Path, table) -> Path:
+    """Swayamdipta et al.'s data map (variability against confidence of the assigned label over
+    epochs) of the whole-set run, corrupted and clean examples coloured apart."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for flag, color, name in ((False, "C0", "clean"), (True, "C3", "corrupted")):
+        part = table[table["corrupted"] == flag]
+        ax.scatter(part["variability"], part["confidence"], s=3, alpha=0.4, color=color,
+                   label=f"{name} ({len(part)})", rasterized=True)
+    ax.set(xlabel="variability (std of p(label) over epochs)", ylabel="confidence (mean p(label) over epochs)",
+           title="data map of one run on every example")
+    ax.legend(frameon=False, markerscale=4)
+    return save_figure(fig, Path(out) / "figures" / "data_map.png")

@@ -528,6 +528,31 @@ class Run:
             raise StoreError(self.dir.examples_file, f"{self.dir.examples_file} has no split {split!r}")
         return correctness(ex, split)
 
+    def per_example(self, split: str = "train"):
+        """One row per example of `split`: its labels, whether it was corrupted (and, with
+        --train-fraction, trained on), the final correctness, Toneva et al.'s forgetting events and
+        first-learned presentation, learned_at (presentations to learn; the number of epochs if it ends
+        wrong), and with --example-margins Pleiss et al.'s AUM (mean margin) and Swayamdipta et al.'s
+        data map (confidence, variability, correctness) with the final margin and probability."""
+        import pandas as pd
+        from .measures.examples import first_correct, forgetting_events, presentations_to_learn
+        from .measures.memorization import aum, data_map
+        ex = self.examples
+        correct = self.correct(split, ex)
+        table = {"example": np.arange(correct.shape[1]), "label_used": ex[f"{split}_labels_used"],
+                 "label_true": ex[f"{split}_labels_true"], "corrupted": ex[f"{split}_corrupted"].astype(bool)}
+        if f"{split}_seen" in ex:
+            table["seen"] = ex[f"{split}_seen"].astype(bool)
+        table.update(correct_final=correct[-1], forgetting_events=forgetting_events(correct),
+                     first_learned=first_correct(correct), learned_at=presentations_to_learn(correct))
+        if f"{split}_margin" in ex:
+            table.update(aum=aum(ex[f"{split}_margin"]), margin_final=ex[f"{split}_margin"][-1].astype(float))
+        if f"{split}_prob" in ex:
+            dm = data_map(ex[f"{split}_prob"], correct)
+            table.update(confidence=dm["confidence"], variability=dm["variability"], correctness=dm["correctness"],
+                         prob_final=ex[f"{split}_prob"][-1].astype(float))
+        return pd.DataFrame(table)
+
     def noise_fate(self, split: str = "train"):
         """For a noise-ramp run: per example of the trained network's `split`, the alpha at which it
         breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at the first

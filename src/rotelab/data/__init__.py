@@ -76,6 +76,17 @@ def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int = 0) ->
     return torch.cat([by_class[c][:k] for c, k in enumerate(counts)]).sort().values
 
 
+def fold_of(y: torch.Tensor, folds: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Each example's fold (0..folds-1): within each class, a random order dealt out in turn, so
+    every fold holds each class's examples as evenly as possible."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    fold = torch.empty(len(y), dtype=torch.long)
+    for c in range(num_classes):
+        members = order[y[order] == c]
+        fold[members] = torch.arange(len(members)) % folds
+    return fold
+
+
 def load_source(cfg) -> Source:
     return SOURCES.get(cfg.dataset)(cfg)
 
@@ -166,6 +177,10 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     else:
         test = Split(x_test, y_test, y_test, torch.zeros(len(y_test), dtype=torch.bool))
     subset = None
+    if getattr(cfg, "heldout_fold", None) is not None:
+        from ..config import parse_fold
+        f, folds = parse_fold(cfg.heldout_fold)
+        subset = torch.nonzero(fold_of(train.y, folds, k, derive_seed(seed, "folds")) != f).flatten()
     if getattr(cfg, "train_fraction", None) is not None:
         n = round(cfg.train_fraction * len(train))
         if n < k or n >= len(train):

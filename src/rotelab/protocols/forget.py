@@ -60,8 +60,10 @@ class ForgetConfig(FitConfig):
     def validate(self) -> "ForgetConfig":
         super().validate()
         parse_corruption(self.val_corrupt, "--val-corrupt")
-        if self.train_fraction is not None:
-            raise ConfigError("--train-fraction", "forget trains on its train and val parts whole; drop --train-fraction")
+        for name in ("train_fraction", "heldout_fold"):
+            if getattr(self, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(flag, f"forget trains on its train and val parts whole; drop {flag}")
         return self
 
 

@@ -44,9 +44,15 @@ class MemorizeConfig(FitConfig):
     cscore_fractions: list[float] = opt([], "further fractions for the C-score, K models each, comma-separated (e.g. 0.3,0.5)", flag_type="floats")
     stack: int = opt(16, "models trained together as one stack (1: one by one, for models that cannot be stacked)", ge=1)
     top_k: int = opt(100, "influence: the train examples of largest influence kept per test example", ge=1)
+    signals: bool = opt(True, "also train one model on the whole training set (AUM, data map, forgetting events) and --folds models for cleanlab's out-of-fold probabilities, and score every signal against the corruption")
+    folds: int = opt(5, "cross-validation folds of the cleanlab baseline", ge=2)
+    role: str = opt("folder", "(set by the plan) what a run is: the folder's config, a subset model, the whole-set run or a fold run",
+                    ("folder", "model", "full", "fold"))
 
     def validate(self) -> "MemorizeConfig":
-        super().validate()
+        FitConfig.validate(self)
+        if self.role in ("full", "fold"):   # the single-run signals' run, a fold of the cleanlab baseline
+            return self
         if self.train_fraction is None:
             raise ConfigError("--train-fraction", "memorize needs the fraction each model trains on, e.g. 0.7")
         bad = [r for r in self.cscore_fractions if not 0 < r < 1]
@@ -70,11 +76,22 @@ class MemorizeConfig(FitConfig):
 def model_config(cfg: MemorizeConfig, fraction: float, k: int) -> MemorizeConfig:
     """Model k of a fraction: the folder's data (data_seed), its own seed."""
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    return dataclasses.replace(cfg, seed=k, data_seed=data_seed, train_fraction=fraction)
+    return dataclasses.replace(cfg, seed=k, data_seed=data_seed, train_fraction=fraction, role="model")
 
 
 def model_dir(fraction: float, k: int) -> str:
     return f"r-{fraction:g}_model-{k:04d}"
+
+
+def signal_configs(cfg: MemorizeConfig) -> dict[str, MemorizeConfig]:
+    """The runs behind the single-run signals and the cleanlab baseline: `full` trains on every
+    example (margins and probabilities recorded), `fold-F` on all but fold F."""
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    base = dataclasses.replace(cfg, data_seed=data_seed, train_fraction=None, seed=0)
+    out = {"full": dataclasses.replace(base, example_margins=True, role="full")}
+    for f in range(cfg.folds):
+        out[f"fold-{f}"] = dataclasses.replace(base, seed=f, heldout_fold=f"{f}/{cfg.folds}", role="fold")
+    return out
 
 
 def plan(cfg: MemorizeConfig, out: Path) -> Plan:
@@ -82,6 +99,8 @@ def plan(cfg: MemorizeConfig, out: Path) -> Plan:
     runs = [PlannedRun("memorize", out / model_dir(r, k), model_config(cfg, r, k),
                        stack=f"r-{r:g}/{k // cfg.stack}" if cfg.stack > 1 else None)
             for r in cfg.fractions for k in range(cfg.models)]
+    if cfg.signals:
+        runs += [PlannedRun("memorize", out / name, c) for name, c in signal_configs(cfg).items()]
     return Plan("memorize", out, runs, record=folder_record("memorize", cfg), finish=estimate)
 
 
@@ -175,8 +194,83 @@ def estimate(out) -> dict:
     }
     if corrupted.any() and (~corrupted).any():
         summary["detection_mem"] = detection(mem.value, corrupted)
+    if cfg.signals:
+        table = per_example(out, cfg, est, mats)
+        buf = table.to_csv(index=False).encode()
+        atomic_write_bytes(out / "per_example.csv", buf)
+        if corrupted.any() and (~corrupted).any():
+            summary["signals"] = score_signals(out, cfg, table)
     atomic_write_json(out / "memorization.json", summary)
     return summary
+
+
+def _seconds(paths) -> float:
+    """Training and evaluation seconds of runs, from their metrics."""
+    return float(sum(m.get("seconds", 0.0) for p in paths for m in RunDir(p).read_metrics()))
+
+
+def oof_probabilities(out: Path, cfg: MemorizeConfig) -> np.ndarray:
+    """Out-of-fold predicted probabilities (N, classes) of the training examples: each from the fold
+    run that held it out (its final weights), as cleanlab expects them."""
+    import torch
+    probs = None
+    for f in range(cfg.folds):
+        run = RunDir(out / f"fold-{f}")
+        loop = build_loop(MemorizeConfig.from_dict(run.read_config()), run, run.load_checkpoint())
+        held = ~run.read_examples()["train_seen"].astype(bool)
+        x = loop.splits["train"].x[torch.as_tensor(held)]
+        model = loop.model.eval()
+        with torch.no_grad():
+            p = torch.cat([torch.softmax(model(x[i:i + 2048]).float(), dim=1) for i in range(0, len(x), 2048)])
+        if probs is None:
+            probs = np.full((len(held), p.shape[1]), np.nan)
+        probs[held] = p.cpu().numpy()
+    return probs
+
+
+def per_example(out: Path, cfg: MemorizeConfig, est: dict, mats: dict):
+    """One row per training example: labels, corruption, the whole-set run's signals (Run.per_example),
+    the subset estimates (mem with its interval, C-scores) and cleanlab's label quality from the
+    folds' out-of-fold probabilities."""
+    from cleanlab.rank import get_label_quality_scores
+    from ..store import Run
+    table = Run(out / "full").per_example("train")
+    for key, value in est.items():
+        if np.ndim(value) == 1 and len(value) == len(table):
+            table[key] = value
+    table["cleanlab_quality"] = get_label_quality_scores(mats["train_labels_used"], oof_probabilities(out, cfg))
+    return table
+
+
+def signal_scores(cfg: MemorizeConfig, table) -> dict[str, tuple[np.ndarray, str]]:
+    """Each signal as a score that is high for the suspect examples, with the runs it needs."""
+    r0 = cfg.fractions[0]
+    scores = {"mem": (table["mem"].to_numpy(), f"{cfg.models} subset models at r = {r0:g}")}
+    for r in cfg.fractions:
+        scores[f"cscore_{r:g} (low)"] = (-table[f"cscore_{r:g}"].to_numpy(), f"{cfg.models} subset models at r = {r:g}")
+    one = "one run on every example"
+    scores.update({"aum (low)": (-table["aum"].to_numpy(), one),
+                   "confidence (low)": (-table["confidence"].to_numpy(), one),
+                   "final probability (low)": (-table["prob_final"].to_numpy(), one),
+                   "forgetting events": (table["forgetting_events"].to_numpy(dtype=float), one),
+                   "learned at": (table["learned_at"].to_numpy(dtype=float), one),
+                   "cleanlab (low quality)": (-table["cleanlab_quality"].to_numpy(), f"{cfg.folds} fold runs")})
+    return scores
+
+
+def score_signals(out: Path, cfg: MemorizeConfig, table) -> list[dict]:
+    """AUROC and average precision of every signal ranking the corrupted examples first (percentile
+    bootstrap intervals over examples), with the training seconds of the runs each needed."""
+    from ..measures.memorization import detection
+    seconds = {f"{cfg.models} subset models at r = {r:g}": _seconds(out / model_dir(r, k) for k in range(cfg.models))
+               for r in cfg.fractions}
+    seconds["one run on every example"] = _seconds([out / "full"])
+    seconds[f"{cfg.folds} fold runs"] = _seconds(out / f"fold-{f}" for f in range(cfg.folds))
+    rows = []
+    for name, (score, runs) in signal_scores(cfg, table).items():
+        d = detection(score, table["corrupted"].to_numpy(), n_boot=500)
+        rows.append({"signal": name, "runs": runs, "seconds": round(seconds[runs], 1), **d})
+    return rows
 
 
 def read_estimates(out):
@@ -208,8 +302,21 @@ def summary_lines(out) -> list[str]:
 
 
 def group_figures(paths) -> list[Path]:
-    from ..plots import plot_memorization
-    return [plot_memorization(Path(p), read_estimates(p)) for p in paths if (Path(p) / "memorization.npz").is_file()]
+    """Per finished folder: the memorization histogram; with the signals, their ROC curves and the data map."""
+    import pandas as pd
+    from ..plots import plot_data_map, plot_memorization, plot_signal_rocs
+    out = []
+    for p in map(Path, paths):
+        if not (p / "memorization.npz").is_file():
+            continue
+        out.append(plot_memorization(p, read_estimates(p)))
+        if (p / "per_example.csv").is_file():
+            table = pd.read_csv(p / "per_example.csv")
+            cfg = MemorizeConfig.from_dict(read_json(p / "plan.json")["config"])
+            if table["corrupted"].any():
+                out.append(plot_signal_rocs(p, table["corrupted"].to_numpy(), signal_scores(cfg, table)))
+            out.append(plot_data_map(p, table))
+    return out
 
 
 # -- what studies of memorize folders draw and check ------------------------------------------------
@@ -219,7 +326,7 @@ def _summaries(ctx, step: str) -> list[tuple[Path, dict]]:
 
 
 def fig_memorization(ctx, step: str) -> list[Path]:
-    return [ctx.copy(png, ctx.figures / f"memorization_{step}_{png.parent.parent.name}.png")
+    return [ctx.copy(png, ctx.figures / f"{png.stem}_{step}_{png.parent.parent.name}.png")
             for png in group_figures(ctx.groups(step))]
 
 
@@ -251,7 +358,8 @@ def report_fit(ctx, step: str):
 
 def example(tmp) -> tuple[dict, list]:
     return dict(dataset="digits", widths=[32], epochs=12, lr=0.05, corrupt="labels=0.2", label_noise_mode="other",
-                models=4, stack=1, train_fraction=0.5, hist_every=0, checkpoint_every=0, progress=False), []
+                models=4, stack=1, train_fraction=0.5, signals=False, hist_every=0, checkpoint_every=0,
+                progress=False), []
 
 
 PROTOCOL = register(Protocol(
