@@ -300,23 +300,65 @@ def stage2_collapses(run: RunDir, recover: float = 0.9, val_gap: float = 0.2) ->
     return out
 
 
-def check_stage2_collapse(ctx, step: str, recover: float = 0.9, val_gap: float = 0.2, source: str = "rotelab threshold"):
-    """At least one run collapses spontaneously in stage 2 (the learning rate unchanged at the boundary),
-    then its train part recovers to `recover` while its val part stays `val_gap` below its accuracy
-    before the collapse. Every run's stage 2 is reported (gradual forgetting of val included)."""
-    parts, ok = [], False
+def first_stage2_collapse(run: RunDir, recover: float = 0.9, val_gap: float = 0.2) -> dict:
+    """The first collapse of stage 2 (train or val part) measured where it happens: the val part's
+    best accuracy in the 5 epochs before it, the first epoch after its lowest point at which the train
+    part is back to `recover`, and the val part's accuracy then. The motivating study's kind: the lr
+    unchanged at the boundary, train back, val then `val_gap` or more below where it was."""
+    r = stage2_collapses(run, recover, val_gap)
+    m = {x["epoch"]: x for x in run.read_metrics()}
+    out = {"lr_kept": r["lr_kept"], "stage1_end": r["stage1_end"], "val_start": r["val_start"],
+           "val_end": r["val_end"], "collapse": None, "motivating_kind": False}
+    if not r["collapses"]:
+        return out
+    c = min(r["collapses"], key=lambda c: c["epoch"])
+    back = next((e for e in sorted(m) if e > c["lowest_epoch"] and m[e]["train_acc"] >= recover), None)
+    val_then = m[back]["val_acc"] if back is not None else None
+    out["collapse"] = {"split": c["split"], "epoch": c["epoch"], "before": c["before"], "lowest": c["lowest"],
+                       "val_before": c["val_before"], "train_back_epoch": back, "val_then": val_then}
+    out["motivating_kind"] = bool(r["lr_kept"] and back is not None and val_then <= c["val_before"] - val_gap)
+    return out
+
+
+def point_group(run: RunDir) -> str:
+    """A run's sweep point without its seed: the setting its seeds repeat."""
+    return run.path.name.split("__seed-")[0] if "__seed-" in run.path.name else run.path.name
+
+
+def check_stage2_collapse(ctx, step: str, group: str | None = None, recover: float = 0.9, val_gap: float = 0.2,
+                          at_least: float = 0.5, min_runs: int = 3, source: str = "rotelab threshold"):
+    """Per setting (`group`: a point name without its seed; every setting of the step if None), the
+    fraction of its runs whose first stage-2 collapse is the motivating kind (first_stage2_collapse),
+    with a Wilson 95% interval; judged (at least `at_least` of the runs) only where a setting has
+    `min_runs` runs or more, reported below that."""
+    from ..measures.memorization import wilson
+    settings: dict[str, list] = {}
     for run in ctx.runs(step):
-        r = stage2_collapses(run, recover, val_gap)
-        found = [c for c in r["collapses"] if r["lr_kept"] and c["motivating_kind"]]
-        ok |= bool(found)
-        events = "; ".join(f"{c['split']} collapses at epoch {c['epoch']} ({c['before']:.2f} -> {c['lowest']:.2f}), "
-                           f"train then up to {c['train_after'] if c['train_after'] is not None else float('nan'):.2f}, "
-                           f"val {c['val_before']:.2f} before, {c['val_end']:.2f} at the end" for c in r["collapses"])
-        parts.append(f"{run.path.parent.name}/{run.path.name}: stage 2 from epoch {r['stage1_end']} "
-                     f"(lr {'unchanged' if r['lr_kept'] else 'changed'}); val {r['val_start']:.2f} -> {r['val_end']:.2f}, "
-                     f"train {r['train_end']:.2f} at the end; " + (events or "no collapse"))
-    return " | ".join(parts), f"a stage-2 collapse with the lr unchanged, train recovering to >= {recover} and val " \
-                              f"staying >= {val_gap} below ({source})", ok
+        if group is None or point_group(run) == group:
+            settings.setdefault(point_group(run), []).append(run)
+    parts, verdicts = [], []
+    for name, runs in sorted(settings.items()):
+        events = [first_stage2_collapse(r, recover, val_gap) for r in runs]
+        k, n = sum(e["motivating_kind"] for e in events), len(events)
+        lo, hi = (float(v) for v in wilson(k / n, n))
+        lines = []
+        for r, e in zip(runs, events):
+            c = e["collapse"]
+            lines.append(f"seed {r.read_config().get('seed')}: " + (
+                f"{c['split']} collapses at epoch {c['epoch']} ({c['before']:.2f} -> {c['lowest']:.2f}), train back to "
+                f">= {recover} at epoch {c['train_back_epoch']}, val {c['val_before']:.2f} before and "
+                f"{c['val_then']:.2f} then" if c and c["train_back_epoch"] is not None else
+                f"{c['split']} collapses at epoch {c['epoch']} ({c['before']:.2f} -> {c['lowest']:.2f}), train not back"
+                if c else f"no collapse (val {e['val_start']:.2f} -> {e['val_end']:.2f} over stage 2)")
+                + ("" if e["lr_kept"] else ", lr changed at the boundary"))
+        parts.append(f"{name}: {k} of {n} runs (Wilson 95% {lo:.2f}-{hi:.2f}): " + "; ".join(lines))
+        verdicts.append(None if n < min_runs else k / n >= at_least)
+    judged = [v for v in verdicts if v is not None]
+    passed = (all(judged) if judged else None) if verdicts else False
+    expected = (f"in at least {at_least:.0%} of a setting's runs (judged at {min_runs} runs or more): a stage-2 "
+                f"collapse with the lr unchanged, train back to >= {recover} and val then >= {val_gap} below its "
+                f"level before ({source})")
+    return " | ".join(parts) or "no runs", expected, passed
 
 
 def collapse_period(run: RunDir) -> dict:
