@@ -130,9 +130,11 @@ def test_balanced_subset_water_fills_small_classes():
 
 @pytest.mark.slow
 def test_mnist1d_shapes_and_disk_cache(tmp_path, monkeypatch):
+    import rotelab.data as data_module
     from rotelab.data import sources
     monkeypatch.setenv("ROTELAB_CACHE", str(tmp_path))
     sources._mnist1d.cache_clear()
+    data_module._prepared.cache_clear()   # nothing kept in memory: as a new process
     d = load_data(FitConfig(dataset="mnist1d"))
     assert d.train.x.shape == (4000, 40) and d.test.x.shape == (1000, 40)
     assert d.num_classes == 10
@@ -146,6 +148,7 @@ def test_mnist1d_shapes_and_disk_cache(tmp_path, monkeypatch):
     arrays["y_test"][:5] = 9
     np.savez(cached, **arrays)
     sources._mnist1d.cache_clear()
+    data_module._prepared.cache_clear()
     assert load_data(FitConfig(dataset="mnist1d")).test.y[:5].tolist() == [9] * 5
     sources._mnist1d.cache_clear()
 
