@@ -288,7 +288,15 @@ def test_publish_writes_the_docs_page_and_small_figures(tmp_path):
     assert "## oscillation" in text and "| examples flip while memorizing" in text
     figs = list((tmp_path / "docs" / "figures").glob("oscillation_*.png"))
     assert figs and all(f.stat().st_size < 300_000 for f in figs) and f"figures/{figs[0].name}" in text
-    json.loads((tmp_path / "docs" / "results" / "oscillation.json").read_text())
+    results = json.loads((tmp_path / "docs" / "results" / "oscillation.json").read_text())
+    # the record: no checkpoints or TensorBoard files; rotelab.load and the study's checks read it as the runs
+    records = tmp_path / "docs" / "records" / "oscillation"
+    assert results["records"]["files"] > 0 and "**Record.** `records/oscillation`" in text
+    assert not list(records.rglob("*.pt")) and not list(records.rglob("events.out.*"))
+    import rotelab
+    assert rotelab.load(records).final["test_acc"].tolist() == rotelab.load(tmp_path / "o").final["test_acc"].tolist()
+    again = rp.reproduce("oscillation", "smoke", records)   # nothing trains: every run is done
+    assert [c["value"] for c in again["checks"]] == [c["value"] for c in results["checks"]]
 
 
 @pytest.mark.slow

@@ -304,6 +304,7 @@ def publish(out, docs) -> Path:
         _small_png(out / "figures" / name, dst)
         figures.append(dst.name)
     results["figures"] = figures
+    results["records"] = publish_records(out, docs / "records" / results["study"])
     atomic_write_json(docs / "results" / f"{results['study']}.json", results)
     page = ["# Reproductions", "",
             "Each study below was run with `rotelab reproduce NAME` at its cpu scale on a 2-core CPU (no GPU).",
@@ -328,8 +329,53 @@ def publish(out, docs) -> Path:
                  for c in r["checks"]]
         page += [""] + [f"![{name}](figures/{name})" for name in r.get("figures", [])] + [""]
         page += ["**Notes.** " + r["notes"].strip(), ""]
+        if r.get("records"):
+            rec = r["records"]
+            page += [f"**Record.** `{rec['path']}`: {rec['files']} files, {rec['bytes'] / 2**20:.1f} MiB (configs, "
+                     "metrics and information rows, per-example bits; no checkpoints): `rotelab.load` reads it, and "
+                     "every number above can be recomputed from it.", ""]
     (docs / "reproductions.md").write_text("\n".join(page) + "\n")
     return docs / "reproductions.md"
+
+
+RECORD_FILES = ("config.json", "status.json", "plan.json", "sweep.json", "ramp.json", "summary.json",
+                "memorization.json", "results.json")
+PACKED_FILES = ("metrics.jsonl", "info.jsonl", "per_example.csv")
+
+
+def publish_records(out: Path, dst: Path) -> dict:
+    """The compact record behind a study's figures and numbers, copied into `dst` with the folder
+    layout kept, so that `rotelab.load(dst)` and every check read it as they read the runs: each run's
+    config, status, metrics and information rows (gzipped JSONL), its per-example bits (examples.npz)
+    where its protocol's figures need them, and the files a folder of runs writes (plan, sweep,
+    summaries, memorize's matrices and per-example table). No checkpoints, no TensorBoard files.
+    Returns the file count and size."""
+    import gzip
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    count = size = 0
+    for src in sorted(out.rglob("*")):
+        rel = src.relative_to(out)
+        if not src.is_file() or rel.parts[0] in ("figures",) or any(
+                part in ("checkpoints", "tb", "figures", ".resumed") or part.startswith(".") for part in rel.parts):
+            continue
+        if src.name in PACKED_FILES:
+            target, data = dst / rel.parent / (src.name + ".gz"), gzip.compress(src.read_bytes(), mtime=0)
+        elif src.name in RECORD_FILES or src.name == "matrices.npz" or (src.name == "examples.npz" and _keeps_examples(src)):
+            target, data = dst / rel, src.read_bytes()
+        else:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        count, size = count + 1, size + len(data)
+    return {"files": count, "bytes": size, "path": str(dst.relative_to(dst.parent.parent))}   # below docs/
+
+
+def _keeps_examples(path: Path) -> bool:
+    """Per-example bits are published except for memorize's subset and fold models (matrices.npz
+    holds what they contribute)."""
+    cfg = json.loads((path.parent / "config.json").read_text()) if (path.parent / "config.json").is_file() else {}
+    return cfg.get("role") not in ("model", "fold")
 
 
 def _small_png(src: Path, dst: Path, limit: int = 300_000):

@@ -93,13 +93,20 @@ def environment(device, model=None) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON line of a file; [] if it is missing. A last line cut by a kill (no newline after
-    it) is left out; a bad line anywhere else means the file is damaged (StoreError)."""
+    """Every JSON line of a file (or of its gzipped copy, FILE.gz, where only that exists); [] if it is
+    missing. A last line cut by a kill (no newline after it) is left out; a bad line anywhere else
+    means the file is damaged (StoreError)."""
     path = Path(path)
-    if not path.is_file():
+    packed = path.with_name(path.name + ".gz")   # a published record (docs/records) is gzipped
+    if not path.is_file() and packed.is_file():
+        import gzip
+        path, raw = packed, gzip.decompress(packed.read_bytes())
+    elif not path.is_file():
         return []
+    else:
+        raw = path.read_bytes()
     try:
-        text = path.read_bytes().decode()
+        text = raw.decode()
     except UnicodeDecodeError:
         raise StoreError(path, f"{path} is damaged (not text)") from None
     lines = text.split("\n")

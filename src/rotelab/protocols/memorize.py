@@ -164,6 +164,8 @@ def estimate(out) -> dict:
     """Write matrices.npz, memorization.npz and memorization.json for a folder whose models are done."""
     from ..measures.memorization import cscore, detection, influence, memorization
     out = Path(out)
+    if (out / "memorization.json").is_file():   # written once every model was done: final (a published
+        return read_json(out / "memorization.json")   # record, which has no checkpoints, is read as it is)
     cfg = MemorizeConfig.from_dict(read_json(out / "plan.json")["config"])
     mats = collect(out)
     _npz(out / "matrices.npz", {k: (np.packbits(v, axis=-1) if k.rsplit("/", 1)[-1] in BIT_MATRICES else v)
