@@ -146,3 +146,22 @@ def test_aum_equals_the_aum_package():
     want = np.array([calc.sums[i] / calc.counts[i] for i in range(50)])
     ours = aum(np.stack([margins(epoch, y).numpy() for epoch in logits]))
     np.testing.assert_allclose(ours, want, rtol=1e-6, atol=1e-6)
+
+
+def test_examples_by_any_signal(folder, tmp_path, capsys):
+    assert main(["examples", str(folder), "--by", "mem", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    table = read_estimates(folder)
+    top = table.sort_values("mem", ascending=False, kind="stable").head(3)
+    assert f"the 3 examples of highest mem" in out and all(f" {i} " in out for i in top["example"])
+    # a signal the run does not record: one line naming the flag that records it, exit 2
+    run = folder / "r-0.5_model-0000"
+    assert main(["examples", str(run), "--by", "aum"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--example-margins" in err and len(err.splitlines()) == 1
+    # the gallery of Feldman & Zhang's figures: per class the most memorized clean examples
+    with np.load(folder / "gallery.npz") as g:
+        mem, clean = table["mem"].to_numpy(), ~table["corrupted"].to_numpy()
+        for row, c in zip(g["class_index"], g["classes"]):
+            best = np.nanmax(np.where(clean & (table["label_used"].to_numpy() == c), mem, np.nan))
+            assert mem[row[0]] == best and clean[row].all()

@@ -51,3 +51,30 @@ def examples_report(paths, figure: str | None = None) -> list[Path]:
     target = Path(figure) if figure else runs[0].figures / "overlap_runs.png"
     out.append(plots.plot_overlap_runs(runs, target))
     return out
+
+
+def examples_by(path, signal: str, k: int = 20, lowest: bool = False):
+    """The k examples of a run (Run.per_example) or a memorize folder (its per_example.csv, else its
+    estimates) with the highest value of `signal` (the lowest with `lowest`): a DataFrame of their
+    rows. A signal the records lack is one clear error naming the flag that records it."""
+    import pandas as pd
+    from .errors import ConfigError
+    from .store import Run, is_run
+    path = Path(path)
+    if is_run(path):
+        table = Run(path).per_example()
+    elif (path / "per_example.csv").is_file():
+        table = pd.read_csv(path / "per_example.csv")
+    elif (path / "memorization.npz").is_file():
+        from .protocols.memorize import read_estimates
+        table = read_estimates(path)
+    else:
+        raise ConfigError("runs", f"{path} is neither a run nor a finished memorize folder")
+    if signal not in table:
+        needs = {"aum": "--example-margins", "margin_final": "--example-margins", "confidence": "--example-margins",
+                 "variability": "--example-margins", "correctness": "--example-margins", "prob_final": "--example-margins",
+                 "cleanlab_quality": "rotelab memorize --signals", "mem": "rotelab memorize"}
+        hint = f"; record it with {needs[signal]}" if signal in needs else ""
+        raise ConfigError("--by", f"{path} has no per-example {signal!r}{hint}; it has "
+                                  f"{', '.join(c for c in table.columns if c not in ('example',))}")
+    return table.sort_values(signal, ascending=lowest, kind="stable", na_position="last").head(k)

@@ -229,7 +229,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_examples(args) -> int:
-    from .analysis import examples_report
+    from .analysis import examples_by, examples_report
+    if args.by:
+        import pandas as pd
+        with pd.option_context("display.width", 160, "display.max_columns", 12):
+            for path in args.runs:
+                rows = examples_by(path, args.by, args.top, args.lowest)
+                print(f"{path}: the {args.top} examples of {'lowest' if args.lowest else 'highest'} {args.by}")
+                print(rows.to_string(index=False))
+        return 0
     for path in examples_report(args.runs, args.figure):
         print(path)
     return 0
@@ -339,7 +347,12 @@ def make_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("examples", help="per-example analysis: forgetting events, first-learned epochs, oscillation")
-    ex.add_argument("runs", nargs="+", help="run directories with examples.npz")
+    ex.add_argument("runs", nargs="+", help="run directories with examples.npz (or memorize folders, with --by)")
+    ex.add_argument("--by", metavar="SIGNAL", default=None,
+                    help="list the examples of highest SIGNAL instead: mem, cscore_R, aum, confidence, "
+                         "forgetting_events, learned_at, cleanlab_quality, ... (any per-example column)")
+    ex.add_argument("--top", type=positive_int, default=20, help="with --by: how many (default: 20)")
+    ex.add_argument("--lowest", action="store_true", help="with --by: the lowest values instead")
     ex.add_argument("--figure", default=None,
                     help="where the figure comparing the runs' intersection/union curves goes (default: "
                          "figures/overlap_runs.png in the first run)")

@@ -469,3 +469,39 @@ def plot_data_map(out: Path, table) -> Path:
            title="data map of one run on every example")
     ax.legend(frameon=False, markerscale=4)
     return save_figure(fig, Path(out) / "figures" / "data_map.png")
+
+
+def _show(ax, img):
+    img = img.astype(float)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_memorized_by_class(out: Path, g: dict) -> Path:
+    """Per class (rows), the clean training examples of highest memorization, with mem(i) (as
+    Feldman & Zhang's figure of memorized examples)."""
+    images, mem = g["class_images"], g["class_mem"]
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            _show(axes[r, c], images[r, c])
+            axes[r, c].set_title(f"{mem[r, c]:.2f}", fontsize=7)
+        axes[r, 0].set_ylabel(f"class {g['classes'][r]}", fontsize=8)
+    fig.suptitle("most memorized clean training examples per class (mem)", fontsize=10)
+    return save_figure(fig, Path(out) / "figures" / "memorized_by_class.png")
+
+
+def plot_influence_pairs(out: Path, g: dict) -> Path:
+    """The train-test pairs of highest influence: each test image beside the training image whose
+    presence most raises the chance it is classified right."""
+    n = len(g["pair_value"])
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    for j in range(n):
+        _show(axes[0, j], g["pair_test"][j])
+        axes[0, j].set_title(f"test {g['pair_test_label'][j]}", fontsize=7)
+        _show(axes[1, j], g["pair_train"][j])
+        axes[1, j].set_title(f"train {g['pair_train_label'][j]}\n{g['pair_value'][j]:.2f}", fontsize=7)
+    fig.suptitle("highest-influence pairs: test image (top), training image (below) and infl", fontsize=10)
+    return save_figure(fig, Path(out) / "figures" / "influence_pairs.png")

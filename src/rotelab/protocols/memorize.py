@@ -196,6 +196,7 @@ def estimate(out) -> dict:
     }
     if corrupted.any() and (~corrupted).any():
         summary["detection_mem"] = detection(mem.value, corrupted)
+    write_gallery(out, cfg, mem.value, mats, idx, val)
     if cfg.signals:
         table = per_example(out, cfg, est, mats)
         buf = table.to_csv(index=False).encode()
@@ -204,6 +205,41 @@ def estimate(out) -> dict:
             summary["signals"] = score_signals(out, cfg, table)
     atomic_write_json(out / "memorization.json", summary)
     return summary
+
+
+def images_of(x) -> np.ndarray | None:
+    """Inputs as (N, H, W) or (N, H, W, 3) images for a gallery; None where they are not images."""
+    x = x.cpu().numpy()
+    if x.ndim == 4:
+        return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+    side = int(round(x.shape[1] ** 0.5))
+    return x.reshape(-1, side, side) if x.ndim == 2 and side * side == x.shape[1] and side >= 8 else None
+
+
+def write_gallery(out: Path, cfg: MemorizeConfig, mem: np.ndarray, mats: dict, infl_index, infl_value,
+                  per_class: int = 8, pairs: int = 12):
+    """OUT/gallery.npz: the images Feldman & Zhang show, kept so that figures need no data loading:
+    per class the most memorized clean examples (`class_images` (classes, per_class, ...),
+    `class_mem`, `class_index`), and the train-test pairs of highest influence (`pair_train`,
+    `pair_test` images, `pair_value`, `pair_train_index`, `pair_test_index`)."""
+    from ..data import load_data
+    data = load_data(model_config(cfg, cfg.fractions[0], 0))
+    train, test = images_of(data.train.x), images_of(data.test.x)
+    if train is None:
+        return
+    clean = ~mats["train_corrupted"].astype(bool)
+    labels = mats["train_labels_used"]
+    score = np.where(np.isnan(mem) | ~clean, -np.inf, mem)
+    classes = sorted(set(labels.tolist()))
+    chosen = [np.argsort(-np.where(labels == c, score, -np.inf), kind="stable")[:per_class] for c in classes]
+    flat = np.argsort(-np.nan_to_num(infl_value[:, 0].astype(np.float64), nan=-np.inf), kind="stable")[:pairs]
+    tr = infl_index[flat, 0]
+    _npz(out / "gallery.npz", {
+        "class_images": np.stack([train[c] for c in chosen]).astype(np.float16),
+        "class_mem": np.stack([mem[c] for c in chosen]), "class_index": np.stack(chosen), "classes": np.array(classes),
+        "pair_train": train[tr].astype(np.float16), "pair_test": test[flat].astype(np.float16),
+        "pair_value": infl_value[flat, 0].astype(np.float32), "pair_train_index": tr, "pair_test_index": flat,
+        "pair_train_label": labels[tr], "pair_test_label": mats["test_labels"][flat]})
 
 
 def _seconds(paths) -> float:
@@ -312,6 +348,11 @@ def group_figures(paths) -> list[Path]:
         if not (p / "memorization.npz").is_file():
             continue
         out.append(plot_memorization(p, read_estimates(p)))
+        if (p / "gallery.npz").is_file():
+            from ..plots import plot_influence_pairs, plot_memorized_by_class
+            with np.load(p / "gallery.npz") as z:
+                g = {k: z[k] for k in z.files}
+            out += [plot_memorized_by_class(p, g), plot_influence_pairs(p, g)]
         if (p / "per_example.csv").is_file():
             table = pd.read_csv(p / "per_example.csv")
             cfg = MemorizeConfig.from_dict(read_json(p / "plan.json")["config"])
