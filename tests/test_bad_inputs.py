@@ -76,6 +76,11 @@ def snapshot(root: Path) -> dict:
 
 R = "{root}/runs"
 CASES = [
+    # memorize: its own options' bounds, a model that cannot be stacked, a signal nobody recorded
+    ("--train-fraction", ["memorize", "--dataset", "digits", "--train-fraction", "1.5", "--out", "{root}/o"]),
+    ("--models", ["memorize", "--dataset", "digits", "--models", "1", "--out", "{root}/o"]),
+    ("--stack", ["memorize", "--dataset", "digits", "--batch-norm", "--stack", "4", "--out", "{root}/o"]),
+    ("--by", ["examples", "{root}/runs/fit", "--by", "aum"]),
     # fit: every option's type and bounds
     ("--dataset", [*FIT, "--dataset", "nope", "--out", "{root}/o"]),
     ("--model", [*FIT, "--model", "nope", "--out", "{root}/o"]),

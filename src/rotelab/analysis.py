@@ -54,22 +54,22 @@ def examples_report(paths, figure: str | None = None) -> list[Path]:
 
 
 def examples_by(path, signal: str, k: int = 20, lowest: bool = False):
-    """The k examples of a run (Run.per_example) or a memorize folder (its per_example.csv, else its
-    estimates) with the highest value of `signal` (the lowest with `lowest`): a DataFrame of their
+    """The k examples of a run (Run.per_example) or of a folder whose protocol has a per-example table
+    (memorize) with the highest value of `signal` (the lowest with `lowest`): a DataFrame of their
     rows. A signal the records lack is one clear error naming the flag that records it."""
-    import pandas as pd
     from .errors import ConfigError
-    from .store import Run, is_run
+    from .registry import protocol_of
+    from .store import Run, is_run, runs_in
     path = Path(path)
+    dirs = runs_in(path)
+    folder = protocol_of(dirs[0]).folder if dirs and not is_run(path) else None
     if is_run(path):
         table = Run(path).per_example()
-    elif (path / "per_example.csv").is_file():
-        table = pd.read_csv(path / "per_example.csv")
-    elif (path / "memorization.npz").is_file():
-        from .protocols.memorize import read_estimates
-        table = read_estimates(path)
+    elif folder is not None and folder.per_example is not None:
+        table = folder.per_example(path)
     else:
-        raise ConfigError("runs", f"{path} is neither a run nor a finished memorize folder")
+        raise ConfigError("runs", f"{path} is neither a run nor a folder with a per-example table "
+                                  "(a finished memorize folder)")
     if signal not in table:
         needs = {"aum": "--example-margins", "margin_final": "--example-margins", "confidence": "--example-margins",
                  "variability": "--example-margins", "correctness": "--example-margins", "prob_final": "--example-margins",

@@ -10,18 +10,7 @@ from pathlib import Path
 
 
 from .errors import ConfigError  # noqa: F401  (re-exported: `from rotelab.config import ConfigError`)
-from .spec import CORRUPTIONS, flag, parse_corruption, parse_seeds  # noqa: F401  (re-exported)
-
-
-def parse_fold(text: str) -> tuple[int, int]:
-    """'F/K' -> (F, K): fold F (0-based) of K folds."""
-    try:
-        f, k = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise ConfigError("--heldout-fold", f"expected F/K such as 0/5, got {text!r}") from None
-    if k < 2 or not 0 <= f < k:
-        raise ConfigError("--heldout-fold", f"needs K >= 2 folds and 0 <= F < K, got {text!r}")
-    return f, k
+from .spec import CORRUPTIONS, flag, parse_corruption, parse_fold, parse_seeds  # noqa: F401  (re-exported)
 
 
 def opt(default, help: str, choices=None, flag_type=None, aliases=(), **bounds):

@@ -35,6 +35,7 @@ class Folder:
     legacy_plan: Callable[[Path], Any] | None = None         # the plan.Plan of a folder made before plan.json
     summary_lines: Callable[[Path], list[str]] | None = None  # what the command prints for the folder
                                                               #   (instead of a line per run)
+    per_example: Callable[[Path], Any] | None = None   # the folder's per-example table (a DataFrame)
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,14 @@ def parse_corruption(spec: str, name: str = "--corrupt") -> tuple[str, float]:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(name, f"p must be in [0, 1], got {value}")
     return kind, value
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """'F/K' -> (F, K): fold F (0-based) of K folds."""
+    try:
+        f, k = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ConfigError("--heldout-fold", f"expected F/K such as 0/5, got {text!r}") from None
+    if k < 2 or not 0 <= f < k:
+        raise ConfigError("--heldout-fold", f"needs K >= 2 folds and 0 <= F < K, got {text!r}")
+    return f, k

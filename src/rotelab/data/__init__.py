@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..spec import parse_corruption
+from ..spec import parse_corruption, parse_fold
 from ..seeding import derive_seed, generator
 from . import corruption
 from .sources import SOURCES, Source
@@ -190,7 +190,6 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
         test = Split(x_test, y_test, y_test, torch.zeros(len(y_test), dtype=torch.bool))
     subset = None
     if getattr(cfg, "heldout_fold", None) is not None:
-        from ..config import parse_fold
         f, folds = parse_fold(cfg.heldout_fold)
         subset = torch.nonzero(fold_of(train.y, folds, k, derive_seed(seed, "folds")) != f).flatten()
     if getattr(cfg, "train_fraction", None) is not None:

@@ -323,6 +323,17 @@ def read_estimates(out):
                          "corrupted": mats["train_corrupted"].astype(bool), **est})
 
 
+def folder_table(out):
+    """A finished folder's per-example table: per_example.csv (every signal), else the estimates."""
+    import pandas as pd
+    out = Path(out)
+    if (out / "per_example.csv").is_file():
+        return pd.read_csv(out / "per_example.csv")
+    if (out / "memorization.npz").is_file():
+        return read_estimates(out)
+    raise ConfigError("runs", f"{out}: its models are not all done yet; run it again with --resume {out}")
+
+
 def summary_lines(out) -> list[str]:
     path = Path(out) / "memorization.json"
     if not path.is_file():
@@ -412,6 +423,6 @@ PROTOCOL = register(Protocol(
                 "evaluate each on every example, and estimate memorization, influence and the C-score "
                 "(Feldman & Zhang 2020; Jiang et al. 2021); OUT/memorization.json says how well memorization "
                 "finds the corrupted labels.",
-    folder=Folder(figures=group_figures, summary_lines=summary_lines),
+    folder=Folder(figures=group_figures, summary_lines=summary_lines, per_example=folder_table),
     study=StudyParts(figures={"memorization": fig_memorization},
                      checks={"mem": check_mem, "mem_auroc": check_mem_auroc, "fit": report_fit})))
