@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
-from .hook import EpochResult, Hook  # noqa: F401  (re-exported: hooks subclass engine.Hook)
+from .hook import EpochResult, Evaluation, Hook  # noqa: F401  (re-exported: hooks subclass engine.Hook)
 from .models.noisy import noise_off
 from .seeding import derive_seed, generator, seed_global_streams
 
@@ -86,19 +86,6 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     return true - other
-
-
-@dataclass
-class Evaluation:
-    loss: torch.Tensor      # per-example cross-entropy
-    pred: torch.Tensor      # predicted class
-    correct: torch.Tensor   # bool, pred == label used
-    margin: torch.Tensor | None = None
-
-    def __getitem__(self, index) -> "Evaluation":
-        """Every tensor indexed alike: one run of a stack's (K, N) Evaluation, or a part of the examples."""
-        fields = (self.loss, self.pred, self.correct, self.margin)
-        return Evaluation(*(None if t is None else t[index] for t in fields))
 
 
 @torch.no_grad()
@@ -321,11 +308,11 @@ class Loop:
         return self.epoch >= self.end_epoch or (self.until is not None and self.fit_epoch is not None)
 
     def keyed_hooks(self):
-        """(key, hook) for every hook: its class name, numbered from the second of a class on (the
-        key its state has in a checkpoint)."""
-        seen = {}
+        """(key, hook) for every hook: its state_key, numbered from the second with the same key on
+        (the key its state has in a checkpoint)."""
+        seen: dict[str, int] = {}
         for h in self.hooks:
-            name = type(h).__name__
+            name = h.state_key
             seen[name] = seen.get(name, 0) + 1
             yield (name if seen[name] == 1 else f"{name}#{seen[name]}"), h
 

@@ -4,12 +4,26 @@ imported, and their figures drawn, without it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-    from .engine import Evaluation, Loop
+Loop = Any   # engine.Loop, named in annotations only: engine imports this module, not the other way
+
+
+@dataclass
+class Evaluation:
+    """A clean pass over a split, per example (or (K, N) for a stack of K runs)."""
+    loss: torch.Tensor      # per-example cross-entropy
+    pred: torch.Tensor      # predicted class
+    correct: torch.Tensor   # bool, pred == label used
+    margin: torch.Tensor | None = None
+
+    def __getitem__(self, index) -> "Evaluation":
+        """Every tensor indexed alike: one run of a stack's (K, N) Evaluation, or a part of the examples."""
+        fields = (self.loss, self.pred, self.correct, self.margin)
+        return Evaluation(*(None if t is None else t[index] for t in fields))
 
 
 @dataclass
@@ -43,6 +57,12 @@ class Hook:
     batch's backward pass, with the batch's mean loss as a tensor) is only called on hooks that define it, so the others cost nothing per batch."""
 
     phase = PROTOCOL
+
+    @property
+    def state_key(self) -> str:
+        """The name its state has in a checkpoint (Lightning's state_key): the class name by default;
+        a hook that can appear twice in one loop with different state overrides it."""
+        return type(self).__name__
 
     def on_start(self, loop: "Loop"): ...
     def on_epoch_end(self, loop: "Loop", result: EpochResult): ...
