@@ -348,7 +348,8 @@ def publish_records(out: Path, dst: Path) -> dict:
     layout kept, so that `rotelab.load(dst)` and every check read it as they read the runs: each run's
     config, status, metrics and information rows (gzipped JSONL), its per-example bits (examples.npz)
     where its protocol's figures need them, and the files a folder of runs writes (plan, sweep,
-    summaries, memorize's matrices and per-example table). No checkpoints, no TensorBoard files.
+    summaries, memorize's matrices, estimates without influence, gallery and per-example table). No
+    checkpoints, no TensorBoard files.
     Returns the file count and size."""
     import gzip
     if dst.is_dir():
@@ -361,14 +362,28 @@ def publish_records(out: Path, dst: Path) -> dict:
             continue
         if src.name in PACKED_FILES:
             target, data = dst / rel.parent / (src.name + ".gz"), gzip.compress(src.read_bytes(), mtime=0)
-        elif src.name in RECORD_FILES or src.name == "matrices.npz" or (src.name == "examples.npz" and _keeps_examples(src)):
+        elif src.name in RECORD_FILES or src.name in ("matrices.npz", "gallery.npz") or (
+                src.name == "examples.npz" and _keeps_examples(src)):
             target, data = dst / rel, src.read_bytes()
+        elif src.name == "memorization.npz":   # the per-example estimates; influence's top-k (8 MB for
+            target, data = dst / rel, _without(src, "infl_")   # 10,000 test examples) is left out
         else:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         count, size = count + 1, size + len(data)
     return {"files": count, "bytes": size, "path": str(dst.relative_to(dst.parent.parent))}   # below docs/
+
+
+def _without(path: Path, prefix: str) -> bytes:
+    """An .npz file's bytes without the arrays whose names start with `prefix`."""
+    import io
+    import numpy as np
+    with np.load(path) as z:
+        kept = {k: z[k] for k in z.files if not k.startswith(prefix)}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **kept)
+    return buf.getvalue()
 
 
 def _keeps_examples(path: Path) -> bool:
