@@ -33,14 +33,19 @@ class Spy(Hook):
         self.sizes.append(len(loop.fit_y))
 
 
-def test_stages_epochs_and_what_each_stage_trains_on(tmp_path):
-    cfg = cfg_of()
-    run = RunDir.check_new(tmp_path / "r")
+def run_with_spy(cfg, path):
+    """A forget run trained with a Spy ahead of every hook: (run, loop, spy)."""
+    run = RunDir.check_new(path)
     loop, switch = build(cfg, run)
     spy = Spy()
     loop.hooks.insert(0, spy)
     run.create(cfg.to_dict(), {}, protocol="forget")
     loop.run()
+    return run, loop, spy
+
+
+def test_stages_epochs_and_what_each_stage_trains_on(tmp_path):
+    run, loop, spy = run_with_spy(cfg_of(), tmp_path / "r")
     m = run.read_metrics()
     assert [r["epoch"] for r in m] == list(range(1, 14))
     assert [r["stage"] for r in m] == [1] * 8 + [2] * 5
@@ -56,13 +61,7 @@ def test_stages_epochs_and_what_each_stage_trains_on(tmp_path):
 
 
 def test_stage2_on_train_and_val_keeps_training_on_both(tmp_path):
-    cfg = cfg_of(epochs=3, epochs2=2, stage2_on="train+val")
-    run = RunDir.check_new(tmp_path / "r")
-    loop, switch = build(cfg, run)
-    spy = Spy()
-    loop.hooks.insert(0, spy)
-    run.create(cfg.to_dict(), {}, protocol="forget")
-    loop.run()
+    run, loop, spy = run_with_spy(cfg_of(epochs=3, epochs2=2, stage2_on="train+val"), tmp_path / "r")
     n = len(loop.splits["train"]) + len(loop.splits["val"])
     assert spy.sizes == [n] * 5
     assert [r["stage"] for r in run.read_metrics()] == [1, 1, 1, 2, 2]

@@ -10,22 +10,20 @@ from pathlib import Path
 from .config import ConfigError, flag, load_config_file
 
 
-def parse_ints(text: str) -> list[int]:
-    if text.strip() == "":
-        return []
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,512, got {text!r}") from None
+def _comma_list(kind, words: str, example: str):
+    """An argparse type: comma-separated values of `kind` ("" is the empty list)."""
+    def parse(text: str) -> list:
+        if text.strip() == "":
+            return []
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {words} such as {example}, got {text!r}") from None
+    return parse
 
 
-def parse_floats(text: str) -> list[float]:
-    if text.strip() == "":
-        return []
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.3,0.5, got {text!r}") from None
+parse_ints = _comma_list(int, "integers", "512,512")
+parse_floats = _comma_list(float, "numbers", "0.3,0.5")
 
 
 def positive_int(text: str) -> int:

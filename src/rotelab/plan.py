@@ -133,6 +133,17 @@ def start_or_resume(pr: PlannedRun) -> str:
     return "done"
 
 
+def start_stack_or_none(runs: list[PlannedRun]) -> bool:
+    """Start new runs as one stack; False (nothing written) where another process took some of them
+    after they were planned, so that each goes its own way. Raises what the stack raises."""
+    from .runner import start_stack
+    try:
+        start_stack([r.config for r in runs], [r.path for r in runs], protocol=runs[0].protocol)
+        return True
+    except StoreError:
+        return False
+
+
 def _failed(path, e: BaseException) -> dict:
     return {"path": str(path), "state": "failed", "error": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc()}
@@ -145,12 +156,9 @@ def run_unit(runs: list[PlannedRun], threads: int | None = None) -> list[dict]:
         import torch
         torch.set_num_threads(threads)
     if len(runs) > 1:
-        from .runner import start_stack
         try:
-            start_stack([r.config for r in runs], [r.path for r in runs], protocol=runs[0].protocol)
-            return [{"path": str(r.path), "state": "done"} for r in runs]
-        except StoreError:   # another process took some of these runs after they were planned: nothing of
-            pass             # the stack was written; each run goes its own way
+            if start_stack_or_none(runs):
+                return [{"path": str(r.path), "state": "done"} for r in runs]
         except BaseException as e:
             if isinstance(e, KeyboardInterrupt):
                 interrupted(e)
@@ -179,9 +187,10 @@ def units(plans: list[Plan], vectorize: bool = False, workers: int = 1) -> list[
     for p in plans:
         keyed: dict[str, list[PlannedRun]] = {}
         for r in p.runs:
-            if r.stack is not None and run_state(r.path) == "new":
+            new = run_state(r.path) == "new"
+            if r.stack is not None and new:
                 keyed.setdefault(r.stack, []).append(r)
-            elif vectorize and len(p.runs) == 1 and get_protocol(r.protocol).stackable and run_state(r.path) == "new":
+            elif vectorize and new and len(p.runs) == 1 and get_protocol(r.protocol).stackable:
                 from .vectorized import PER_RUN_FIELDS, stackable
                 config = r.config.to_dict()
                 if stackable(config):
@@ -238,13 +247,11 @@ def execute(plans: list[Plan], executor: str = "inline", jobs: int = 1, overwrit
     work = units(plans, vectorize, jobs if executor == "local" else 1)
     if executor == "inline":
         results = []
-        for unit in work:
-            if len(unit) > 1:
-                results += run_unit(unit)
-                if any(r["state"] == "failed" for r in results):
-                    raise RuntimeError(next(r["error"] for r in results if r["state"] == "failed"))
+        for unit in work:   # a command: what a run raises reaches the user as it is (bad input: exit 2)
+            if len(unit) > 1 and start_stack_or_none(unit):
+                results += [{"path": str(r.path), "state": "done"} for r in unit]
             else:
-                results.append({"path": str(unit[0].path), "state": start_or_resume(unit[0])})
+                results += [{"path": str(r.path), "state": start_or_resume(r)} for r in unit]
     elif executor == "local":
         results = run_local(work, jobs)
     elif executor == "ray":

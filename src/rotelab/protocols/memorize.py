@@ -73,10 +73,14 @@ class MemorizeConfig(FitConfig):
         return list(dict.fromkeys([self.train_fraction, *self.cscore_fractions]))
 
 
+def data_seed(cfg: MemorizeConfig) -> int:
+    """The seed of the folder's one corrupted data set, shared by all its runs."""
+    return cfg.seed if cfg.data_seed is None else cfg.data_seed
+
+
 def model_config(cfg: MemorizeConfig, fraction: float, k: int) -> MemorizeConfig:
     """Model k of a fraction: the folder's data (data_seed), its own seed."""
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    return dataclasses.replace(cfg, seed=k, data_seed=data_seed, train_fraction=fraction, role="model")
+    return dataclasses.replace(cfg, seed=k, data_seed=data_seed(cfg), train_fraction=fraction, role="model")
 
 
 def model_dir(fraction: float, k: int) -> str:
@@ -86,8 +90,7 @@ def model_dir(fraction: float, k: int) -> str:
 def signal_configs(cfg: MemorizeConfig) -> dict[str, MemorizeConfig]:
     """The runs behind the single-run signals and the cleanlab baseline: `full` trains on every
     example (margins and probabilities recorded), `fold-F` on all but fold F."""
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    base = dataclasses.replace(cfg, data_seed=data_seed, train_fraction=None, seed=0)
+    base = dataclasses.replace(cfg, data_seed=data_seed(cfg), train_fraction=None, seed=0)
     out = {"full": dataclasses.replace(base, example_margins=True, role="full")}
     for f in range(cfg.folds):
         out[f"fold-{f}"] = dataclasses.replace(base, seed=f, heldout_fold=f"{f}/{cfg.folds}", role="fold")
