@@ -9,7 +9,8 @@ Cases: MLPs 784-32-10 (per-step overhead dominates: stacking should pay, goal 8x
 case: models per minute both ways (the whole folder: setup, training, estimates), their ratio, the
 ratio of the training and evaluation alone (the runs' own seconds), and each way's share of the
 GEMM floor (the epoch's matrix products at their exact shapes, timed alone, times models and
-epochs) in that training time. The stacked
+epochs) in that training time, and the ratio that floor bounds (one by one's time over the floor: a
+stack whose products ran at the floor and cost nothing else would gain that much). The stacked
 runs are timed before and after the one-by-one runs (their mean), which brackets drift. Ends with
 one JSON line of figures.
 """
@@ -58,7 +59,9 @@ def case(name: str, width: int, models: int, epochs: int, data: dict, tmp: Path)
             f"{name}_stacked_s": [round(w, 2) for w, _ in stacked], f"{name}_alone_s": round(alone, 2),
             f"{name}_training_s_stacked_alone": [round(t_stack_train, 2), round(alone_train, 2)],
             f"{name}_gemm_floor_share_stacked": round(floor / t_stack_train, 3),
-            f"{name}_gemm_floor_share_alone": round(floor / alone_train, 3)}
+            f"{name}_gemm_floor_share_alone": round(floor / alone_train, 3),
+            # a stack cannot train faster than its products alone: the most it can gain over one by one
+            f"{name}_training_ratio_bound": round(alone_train / floor, 2)}
 
 
 def data_size(data: dict) -> int:

@@ -137,6 +137,41 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, small_cfg, kw):
     assert sorted(steps) == list(range(1, 7))
 
 
+def test_eval_every_evaluates_at_its_multiples_and_the_last_epoch_and_resumes(tmp_path, small_cfg):
+    cfg = small_cfg(epochs=7, eval_every=3, example_margins=True, corrupt="labels=0.3")
+    run = fit(cfg, tmp_path / "every3")
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows if "train_acc" in r] == [3, 6, 7]
+    assert all("train_acc_presented" in r for r in rows)   # the training pass is logged every epoch
+    ex = run.read_examples()
+    assert list(ex["epochs"]) == [3, 6, 7] and len(ex["train_correct"]) == len(ex["train_prob"]) == 3
+    # evaluation draws nothing and changes nothing: the evaluated epochs equal an every-epoch run's
+    every = {r["epoch"]: r for r in strip_times(fit(small_cfg(**{**cfg.to_dict(), "eval_every": 1}),
+                                                     tmp_path / "every1").read_metrics())}
+    for r in strip_times(rows):   # (intersection and union: of consecutive evaluated epochs)
+        same = {k: v for k, v in r.items() if not k.endswith(("_intersection", "_union"))}
+        assert {k: v for k, v in every[r["epoch"]].items() if k in same} == same
+    assert run.read_status()["final"]["train_acc"] == every[7]["train_acc"]
+    # killed after an epoch without evaluation: the resume equals the uninterrupted run
+    crashed, _ = crashed_run(cfg, tmp_path / "cut", 4)
+    resumed = resume(tmp_path / "cut")
+    assert strip_times(resumed.read_metrics()) == strip_times(rows)
+    b = resumed.read_examples()
+    assert all(np.array_equal(ex[k], b[k]) for k in ex)
+
+
+def test_resume_cuts_every_per_epoch_row_of_examples_back(tmp_path, small_cfg):
+    """examples.npz written after the checkpoint (a kill between them): its margins and probabilities
+    are cut back to the checkpoint with its bits."""
+    cfg = small_cfg(epochs=5, example_margins=True, checkpoint_every=3600, save_epochs=[2])
+    full = fit(cfg, tmp_path / "full")
+    run, _ = crashed_run(cfg, tmp_path / "cut", 4)
+    run.write_examples({**full.read_examples()})   # rows of all 5 epochs on disk, checkpoint at epoch 2
+    resumed = resume(tmp_path / "cut")
+    a, b = full.read_examples(), resumed.read_examples()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def event_steps(folder) -> list[list[int]]:
     """The scalar steps of every event file, each file read on its own (as tbparse or a pandas export
     reads them), in file order."""

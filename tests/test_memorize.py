@@ -78,6 +78,19 @@ def test_stacked_one_by_one_and_in_a_pool_agree(folder, tmp_path):
     assert (b["r-0.5/train_correct"] != c["r-0.5/train_correct"]).mean() < 0.01
 
 
+def test_ray_spreads_the_stacks_with_the_same_estimates(tmp_path):
+    """The folder's stacks as Ray tasks (a local cluster of 2 CPUs): the same matrices and estimates as
+    the same plan made in this process."""
+    pytest.importorskip("ray")
+    small = dict(models=4, cscore_fractions=[], epochs=3, widths=[32], signals=False, stack=2)
+    execute([plan("memorize", cfg_of(**small), tmp_path / "ray")], "ray", 2)
+    memorize(cfg_of(**small), tmp_path / "inline")
+    a, b = read_matrices(tmp_path / "ray"), read_matrices(tmp_path / "inline")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    with np.load(tmp_path / "ray" / "memorization.npz") as x, np.load(tmp_path / "inline" / "memorization.npz") as y:
+        assert all(np.array_equal(x[k], y[k], equal_nan=True) for k in x.files)
+
+
 def test_a_killed_folder_resumes_at_the_next_unfinished_model(tmp_path, capsys):
     cfg = cfg_of(models=4, stack=1, cscore_fractions=[], epochs=6, signals=False)
     out = tmp_path / "m"

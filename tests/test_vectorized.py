@@ -31,7 +31,8 @@ def close(a, b):
 
 @pytest.mark.parametrize("kw", [dict(corrupt="labels=0.5", optimizer="sgd", example_margins=True),
                                 dict(corrupt="random-pixels=0.5", optimizer="adam", lr=0.003, schedule="cosine"),
-                                dict(corrupt="random-pixels=0.5", corrupt_test=True, activation="tanh")])
+                                dict(corrupt="random-pixels=0.5", corrupt_test=True, activation="tanh"),
+                                dict(corrupt="labels=0.5", eval_every=2, example_margins=True)])
 def test_together_equals_separate(tmp_path, kw):
     base = dict(dataset="digits", widths=[48], epochs=5, lr=0.1, progress=False, hist_every=0)
     base.update(kw)

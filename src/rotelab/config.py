@@ -142,6 +142,7 @@ class FitConfig(Config):
     batch_size: int = opt(128, "training batch size (at least the training set's size: full batch, one step per epoch)", ge=1)
     loss_reduction: str = opt("mean", "cross-entropy averaged over a batch, or summed (as the Memorizing IB study; the gradient scales with the batch)", ("mean", "sum"))
     eval_batch_size: int = opt(2048, "batch size of evaluation passes", ge=1)
+    eval_every: int = opt(1, "evaluate every split every N epochs and at the last (0: at the last only); the epochs between log their training pass alone, and --until-train-acc is checked at evaluated epochs", ge=0)
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam"))
     lr: float = opt(0.01, "learning rate", gt=0)
     momentum: float = opt(0.9, "SGD momentum, in [0, 1)", ge=0, lt=1)

@@ -234,7 +234,7 @@ class Eager:
                 frozen_bn=self.frozen_bn, after_backward=after_backward, reduction=cfg.loss_reduction,
                 record_margins=cfg.example_margins)
         t_train = time.perf_counter() - t0
-        evals, metrics = self.evaluate(loop)
+        evals, metrics = self.evaluate(loop) if loop.evaluates(e) else ({}, {})
         return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0,
                           presented_margin=presented_margin)
 
@@ -346,6 +346,11 @@ class Loop:
                 metrics.update(split_metrics(name, evals[name], s))
         return evals, metrics
 
+    def evaluates(self, epoch: int) -> bool:
+        """Whether `epoch` ends with a clean pass over every split (cfg.eval_every; always the last)."""
+        every = self.cfg.eval_every
+        return epoch >= self.end_epoch or (every > 0 and epoch % every == 0)
+
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The permutation of the training examples in `epoch` (a stream of its own per epoch); of
         the subset trained on, where there is one."""
@@ -366,14 +371,14 @@ class Loop:
         metrics = {"epoch": e, "lr": lr, **share.metrics}
         if share.loss is not None:
             metrics.update(train_loss_presented=share.loss, train_acc_presented=share.acc)
-        if self.fit_subset is not None:   # accuracy on the examples trained on, and on those held out
+        if self.fit_subset is not None and share.evals:   # accuracy on the examples trained on, and held out
             correct = share.evals[self.fit_on[0]].correct
             seen = torch.zeros(len(correct), dtype=torch.bool, device=correct.device)
             seen[self.fit_subset] = True
             metrics.update(train_acc_seen=float(correct[seen].float().mean()),
                            train_acc_heldout=float(correct[~seen].float().mean()))
         fit_key = (lambda n: "train_acc_seen") if self.fit_subset is not None else (lambda n: f"{n}_acc")
-        if self.until is not None and self.fit_epoch is None and \
+        if self.until is not None and self.fit_epoch is None and share.evals and \
                 all(metrics[fit_key(n)] >= self.until for n in self.fit_on):
             self.fit_epoch = e
         metrics["seconds_train"] = share.seconds_train

@@ -61,6 +61,10 @@ class ExampleRecorder(Hook):
                 self.prev[name] = unpack(self.rows[f"{name}_correct"][-1], int(self.static[f"n_{name}"]))
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
+        if not result.evals:   # an epoch without a clean pass (--eval-every): no row
+            if loop.persist and self.rows["epochs"]:
+                self.run.write_examples({**self.static, **{k: np.stack(v) for k, v in self.rows.items()}})
+            return
         for name in self.names:
             # bits and margins from one pass: the training pass where this split was presented, else the clean one
             presented = self.source == "presentation" and name in result.presented
@@ -261,16 +265,23 @@ class ProgressBar(Hook):
             now = time.perf_counter()
             if self.lines and now - self.last_line >= self.line_secs:
                 import sys
-                m = result.metrics
+                accs = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in self.accuracies(result.metrics).items())
                 rate = (now - self.started) / max(result.epoch - self.first_epoch, 1)
-                print(f"{self.desc}: epoch {result.epoch}/{self.total}, train acc {m['train_acc']:.4f}, test acc "
-                      f"{m['test_acc']:.4f}, at most {rate * max(self.total - result.epoch, 0) / 60:.1f} min left",
-                      file=sys.stderr, flush=True)
+                print(f"{self.desc}: epoch {result.epoch}/{self.total}{accs}, at most "
+                      f"{rate * max(self.total - result.epoch, 0) / 60:.1f} min left", file=sys.stderr, flush=True)
                 self.last_line = now
             return
         m = result.metrics
-        self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", train=f"{m['train_acc']:.3f}", test=f"{m['test_acc']:.3f}")
+        if "train_acc" in m:   # an evaluated epoch (--eval-every)
+            self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", train=f"{m['train_acc']:.3f}", test=f"{m['test_acc']:.3f}")
         self.bar.update(1)
+
+    @staticmethod
+    def accuracies(m: dict) -> dict:
+        """Train and test accuracy of an evaluated epoch, else the training pass's."""
+        if "train_acc" in m:
+            return {"train_acc": m["train_acc"], "test_acc": m.get("test_acc", float("nan"))}
+        return {"train_acc_presented": m["train_acc_presented"]} if "train_acc_presented" in m else {}
 
     def on_end(self, loop: Loop):
         self.bar.close()

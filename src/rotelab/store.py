@@ -143,9 +143,9 @@ def truncate_jsonl(path: Path, upto_epoch: int) -> list[dict]:
 
 
 def examples_upto(ex: dict, upto: int) -> dict:
-    """examples.npz arrays with only the per-epoch rows (epochs, *_correct, *_margin) of epochs <= upto."""
+    """examples.npz arrays with only the per-epoch rows (epochs, *_correct, *_margin, *_prob) of epochs <= upto."""
     keep = np.asarray(ex["epochs"]) <= upto
-    return {k: (v[keep] if k == "epochs" or k.endswith(("_correct", "_margin")) else v) for k, v in ex.items()}
+    return {k: (v[keep] if k == "epochs" or k.endswith(("_correct", "_margin", "_prob")) else v) for k, v in ex.items()}
 
 
 def metrics_line(record: dict) -> str:

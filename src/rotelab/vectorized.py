@@ -183,7 +183,8 @@ class RunStack:
         loss, acc = self.train_epoch()
         t_train = (time.perf_counter() - t0) / self.k
         evals, metrics = {}, [{} for _ in self.loops]
-        for names, x, y, shared in self.groups:   # one pass over each group's splits end to end
+        groups = self.groups if self.loops[0].evaluates(self.loops[0].epoch + 1) else []
+        for names, x, y, shared in groups:   # one pass over each group's splits end to end
             ev = self.evaluate(x, y, shared, cfg.eval_batch_size, cfg.example_margins)
             for name in names:
                 start = self.where[name][1]
@@ -192,7 +193,7 @@ class RunStack:
                 evals[name] = [one[j] for j in range(self.k)]
                 for m, row in zip(metrics, split_metrics_rows(name, one, self.corrupted[name], self.y_true[name])):
                     m.update(row)
-        evals = {n: evals[n] for n in self.x}   # in the splits' own order
+        evals = {n: evals[n] for n in self.x if n in evals}   # in the splits' own order
         seconds = (time.perf_counter() - t0) / self.k
         return [EpochShare(loss[j], acc[j], None, {n: evals[n][j] for n in evals}, metrics[j], t_train, seconds)
                 for j in range(self.k)]

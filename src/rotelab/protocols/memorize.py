@@ -46,6 +46,7 @@ class MemorizeConfig(FitConfig):
     top_k: int = opt(100, "influence: the train examples of largest influence kept per test example", ge=1)
     signals: bool = opt(True, "also train one model on the whole training set (AUM, data map, forgetting events) and --folds models for cleanlab's out-of-fold probabilities, and score every signal against the corruption")
     folds: int = opt(5, "cross-validation folds of the cleanlab baseline", ge=2)
+    eval_every: int = opt(0, "subset and fold models: evaluate every N epochs and at the last (0: the last only, all their estimates need); the run on every example evaluates every epoch (its signals are per epoch)", ge=0)
     role: str = opt("folder", "(set by the plan) what a run is: the folder's config, a subset model, the whole-set run or a fold run",
                     ("folder", "model", "full", "fold"))
 
@@ -91,7 +92,7 @@ def signal_configs(cfg: MemorizeConfig) -> dict[str, MemorizeConfig]:
     """The runs behind the single-run signals and the cleanlab baseline: `full` trains on every
     example (margins and probabilities recorded), `fold-F` on all but fold F."""
     base = dataclasses.replace(cfg, data_seed=data_seed(cfg), train_fraction=None, seed=0)
-    out = {"full": dataclasses.replace(base, example_margins=True, role="full")}
+    out = {"full": dataclasses.replace(base, example_margins=True, eval_every=1, role="full")}
     for f in range(cfg.folds):
         out[f"fold-{f}"] = dataclasses.replace(base, seed=f, heldout_fold=f"{f}/{cfg.folds}", role="fold")
     return out
