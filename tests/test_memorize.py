@@ -10,7 +10,7 @@ from rotelab.cli import main
 from rotelab.measures.examples import unpack
 from rotelab.plan import execute, plan
 from rotelab.protocols.memorize import MemorizeConfig, memorize, read_estimates, read_matrices
-from rotelab.store import RunDir
+from rotelab.store import Run, RunDir
 
 
 def cfg_of(**kw):
@@ -135,6 +135,14 @@ def test_every_signal_is_scored_against_the_corruption(folder):
     assert rows["aum (low)"]["auroc"] == pytest.approx(roc_auc_score(y, -table["aum"]))
     assert rows["forgetting events"]["auroc"] == pytest.approx(roc_auc_score(y, table["forgetting_events"]))
     assert rows["mem"]["auroc"] == pytest.approx(summary["detection_mem"]["auroc"])
+    # breaking alpha: the whole-set run's noise ramp, read back through the noise protocol's own join
+    fate = Run(folder / "noise-ramp" / "full").noise_fate("train")
+    assert np.array_equal(table["breaking_alpha"], fate["breaking_alpha"], equal_nan=True)
+    alpha = table["breaking_alpha"].to_numpy()
+    wrong_first = np.isnan(alpha)   # wrong before the ramp bit: ranked most suspect
+    assert rows["breaking alpha (low)"]["auroc"] == pytest.approx(
+        roc_auc_score(y, np.where(wrong_first, np.inf, -np.where(np.isinf(alpha), 1e9, alpha)).clip(max=1.0)))
+    assert rows["breaking alpha (low)"]["seconds"] > rows["aum (low)"]["seconds"]   # the ramp's cost counted
     assert all(r["seconds"] > 0 for r in rows.values())
     assert all(r["n"] == len(table) for name, r in rows.items() if not name.startswith(("mem", "cscore")))
     assert rows["mem"]["n"] == int(table["mem"].notna().sum())   # mem: NaN where no model held it out (or all did)

@@ -270,13 +270,36 @@ def oof_probabilities(out: Path, cfg: MemorizeConfig) -> np.ndarray:
     return probs
 
 
+RAMP = "noise-ramp"   # OUT/noise-ramp/full: the whole-set run under rising weight noise
+
+
+def ramp_config(cfg: MemorizeConfig):
+    """The noise ramp behind breaking alpha: the whole-set run frozen, alpha from 1e-3 times 1.5 every
+    epoch (20 levels, to 2.2), 4 noisy passes a level."""
+    from .noise import NoiseConfig
+    return NoiseConfig(alpha_start=1e-3, alpha_factor=1.5, every=1, steps=20, noise_samples=4, seed=0,
+                       device=cfg.device, checkpoint_every=cfg.checkpoint_every, progress=False)
+
+
+def breaking_alpha(out: Path, cfg: MemorizeConfig) -> np.ndarray:
+    """Per training example, the alpha at which the whole-set run gets it wrong under the ramp
+    (Run.noise_fate: NaN where it was wrong from the first level, inf where it never broke); the ramp
+    runs here, once (a derived run: it needs the whole-set run's final weights)."""
+    from ..plan import execute, plan as plan_of
+    from ..store import Run
+    p = plan_of("noise", ramp_config(cfg), out / RAMP, sources=[out / "full"])
+    execute([p])   # nothing to do when it is done
+    return Run(p.runs[0].path).noise_fate("train")["breaking_alpha"].to_numpy()
+
+
 def per_example(out: Path, cfg: MemorizeConfig, est: dict, mats: dict):
-    """One row per training example: labels, corruption, the whole-set run's signals (Run.per_example),
-    the subset estimates (mem with its interval, C-scores) and cleanlab's label quality from the
-    folds' out-of-fold probabilities."""
+    """One row per training example: labels, corruption, the whole-set run's signals (Run.per_example)
+    and its breaking alpha under weight noise, the subset estimates (mem with its interval, C-scores)
+    and cleanlab's label quality from the folds' out-of-fold probabilities."""
     from cleanlab.rank import get_label_quality_scores
     from ..store import Run
     table = Run(out / "full").per_example("train")
+    table["breaking_alpha"] = breaking_alpha(out, cfg)
     for key, value in est.items():
         if np.ndim(value) == 1 and len(value) == len(table):
             table[key] = value
@@ -297,6 +320,10 @@ def signal_scores(cfg: MemorizeConfig, table) -> dict[str, tuple[np.ndarray, str
                    "forgetting events": (table["forgetting_events"].to_numpy(dtype=float), one),
                    "learned at": (table["learned_at"].to_numpy(dtype=float), one),
                    "cleanlab (low quality)": (-table["cleanlab_quality"].to_numpy(), f"{cfg.folds} fold runs")})
+    if "breaking_alpha" in table:   # wrong before any noise: alpha 0; never broke: past the last level
+        alpha = table["breaking_alpha"].to_numpy(dtype=float)
+        top = np.nanmax(np.where(np.isinf(alpha), np.nan, alpha), initial=1.0) * 2
+        scores["breaking alpha (low)"] = (-np.nan_to_num(alpha, nan=0.0, posinf=top), f"{one} and its noise ramp")
     return scores
 
 
@@ -307,6 +334,7 @@ def score_signals(out: Path, cfg: MemorizeConfig, table) -> list[dict]:
     seconds = {f"{cfg.models} subset models at r = {r:g}": _seconds(out / model_dir(r, k) for k in range(cfg.models))
                for r in cfg.fractions}
     seconds["one run on every example"] = _seconds([out / "full"])
+    seconds["one run on every example and its noise ramp"] = _seconds([out / "full", out / RAMP / "full"])
     seconds[f"{cfg.folds} fold runs"] = _seconds(out / f"fold-{f}" for f in range(cfg.folds))
     rows = []
     for name, (score, runs) in signal_scores(cfg, table).items():
