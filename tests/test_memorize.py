@@ -107,6 +107,40 @@ def test_a_killed_folder_resumes_at_the_next_unfinished_model(tmp_path, capsys):
         assert got == want
 
 
+def test_a_stack_killed_midway_resumes_as_one_stack(tmp_path, monkeypatch):
+    """Models killed together at epoch 3 of 6 resume together from their checkpoints (not one by one)
+    and end where an uninterrupted folder ends, bit for bit."""
+    from conftest import Crash
+    from rotelab import runner
+    from rotelab.protocols.memorize import build_loop, model_dir
+    cfg = cfg_of(models=4, stack=2, cscore_fractions=[], epochs=6, signals=False)
+    out = tmp_path / "m"
+    p = plan("memorize", cfg, out)
+    execute([dataclasses.replace(p, runs=[], finish=None)], keep_existing=False)   # the folder and its plan.json
+
+    def crashing(c, run, state=None):
+        loop = build_loop(c, run, state)
+        loop.hooks.insert(0, Crash(3))   # before anything of epoch 3 is written (a kill mid-epoch)
+        return loop
+    for first in (0, 2):
+        with pytest.raises(RuntimeError):
+            runner.start_stack([r.config for r in p.runs[first:first + 2]], [r.path for r in p.runs[first:first + 2]],
+                               build_loop=crashing, protocol="memorize")
+    assert {RunDir(out / model_dir(0.5, k)).read_status()["epochs_completed"] for k in range(4)} == {2}
+
+    def one_by_one(*a, **kw):
+        raise AssertionError("a begun stack was resumed one model at a time")
+    monkeypatch.setattr(runner, "resume", one_by_one)
+    assert main(["memorize", "--resume", str(out)]) == 0
+    memorize(cfg, tmp_path / "whole")
+    a, b = read_matrices(out), read_matrices(tmp_path / "whole")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    for k in range(4):
+        got, want = (RunDir(d / model_dir(0.5, k)).read_metrics() for d in (out, tmp_path / "whole"))
+        assert [{k: v for k, v in m.items() if not k.startswith("seconds")} for m in got] == \
+               [{k: v for k, v in m.items() if not k.startswith("seconds")} for m in want]
+
+
 @pytest.mark.parametrize("flags,field", [
     (["--train-fraction", "1.0"], "--train-fraction"),
     (["--train-fraction", "0"], "--train-fraction"),

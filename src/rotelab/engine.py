@@ -238,6 +238,9 @@ class Eager:
         return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0,
                           presented_margin=presented_margin)
 
+    def persist_due(self, loop: "Loop") -> bool:
+        return loop.persist_due()
+
     def step_schedule(self, loop: "Loop", share: EpochShare):
         if share.loss is not None:   # nothing trained, nothing to schedule
             loop.sched.step()
@@ -404,7 +407,7 @@ class Loop:
 
     def close_epoch(self, result: EpochResult, persist: bool | None = None):
         """Hooks of a finished epoch, writing state only when `persist` (default: persist_due())."""
-        self.persist = self.persist_due() if persist is None else persist
+        self.persist = self.strategy.persist_due(self) if persist is None else persist
         if self.persist:
             self.strategy.before_persist(self)   # e.g. a stack hands this run its optimizer state
         for h in self.hooks:

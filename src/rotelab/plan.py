@@ -134,13 +134,17 @@ def start_or_resume(pr: PlannedRun) -> str:
 
 
 def start_stack_or_none(runs: list[PlannedRun]) -> bool:
-    """Start new runs as one stack; False (nothing written) where another process took some of them
-    after they were planned, so that each goes its own way. Raises what the stack raises."""
-    from .runner import start_stack
+    """Start new runs as one stack, or resume begun ones as one; False (nothing written) where they
+    cannot be (another process took some of them after they were planned, or their checkpoints are
+    of different epochs), so that each goes its own way. Raises what the stack raises."""
+    from .runner import resume_stack, start_stack
+    states = {run_state(r.path) for r in runs}
     try:
-        start_stack([r.config for r in runs], [r.path for r in runs], protocol=runs[0].protocol)
-        return True
-    except StoreError:
+        if states == {"new"}:
+            start_stack([r.config for r in runs], [r.path for r in runs], protocol=runs[0].protocol)
+            return True
+        return states == {"partial"} and resume_stack([r.path for r in runs]) is not None
+    except (StoreError, RunLocked):
         return False
 
 
@@ -187,9 +191,10 @@ def units(plans: list[Plan], vectorize: bool = False, workers: int = 1) -> list[
     for p in plans:
         keyed: dict[str, list[PlannedRun]] = {}
         for r in p.runs:
-            new = run_state(r.path) == "new"
-            if r.stack is not None and new:
-                keyed.setdefault(r.stack, []).append(r)
+            state = run_state(r.path)
+            new = state == "new"
+            if r.stack is not None and state in ("new", "partial"):   # begun runs of a stack resume as one
+                keyed.setdefault(f"{state} {r.stack}", []).append(r)
             elif vectorize and new and len(p.runs) == 1 and get_protocol(r.protocol).stackable:
                 from .vectorized import PER_RUN_FIELDS, stackable
                 config = r.config.to_dict()

@@ -5,6 +5,7 @@ planned run needs.
     start_one(proto, cfg, out)          a new run in one directory
     start_stack(cfgs, paths)            new runs trained together as one stack
     resume(path)                        continue one run from its newest intact checkpoint
+    resume_stack(paths)                 begun runs of one stack, continued as one stack again
     train([runs], [loops], summaries)   the part every path shares: lock, run, keep status.json honest
 
 status.json always says where a resume starts: `epochs_completed` is the epoch of the checkpoint on
@@ -168,6 +169,44 @@ def resume(path, display: dict | None = None) -> RunDir:
         run.unlock()
         raise
     return train([run], [loop], [proto.summarize and (lambda r: proto.summarize(r, cfg))])[0]
+
+
+def resume_stack(paths: list) -> list[RunDir] | None:
+    """Begun runs of one stack continued as one stack again, where they can be: none done, each from
+    a checkpoint of the same epoch, configs that stack. None, with nothing written, where they cannot
+    (resume them one by one). Takes every run's lock before reading anything; raises RunLocked where
+    another process holds one."""
+    from .registry import protocol_of
+    from .vectorized import Stacked, check_vectorizable
+    runs = [RunDir(p) for p in paths]
+    try:
+        loops, cfgs, summaries = [], [], []
+        for run in runs:
+            run.lock()
+            proto = protocol_of(run)
+            cfg = proto.config.from_dict(run.read_config()).validate()
+            run.read_metrics()   # damaged files stop here, before anything is written
+            if run.examples_file.is_file():
+                run.read_examples()
+            loops.append(proto.build_loop(cfg, run, resumable_state(run)))
+            cfgs.append(cfg)
+            summaries.append(proto.summarize and (lambda r, p=proto, c=cfg: p.summarize(r, c)))
+        try:
+            check_vectorizable(cfgs)
+        except ConfigError:
+            loops = []
+        if not loops or len({l.epoch for l in loops}) != 1 or any(l.done for l in loops):
+            for r in runs:
+                r.unlock()
+            return None
+        for run, loop in zip(runs, loops):
+            run.write_status("running", epochs_completed=loop.epoch)
+        Stacked(loops)
+    except BaseException:
+        for r in runs:
+            r.unlock()
+        raise
+    return train(runs, loops, summaries, together=True)
 
 
 def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = False) -> list[RunDir]:

@@ -491,6 +491,7 @@ class Stacked:
     def __init__(self, loops: list[Loop], kind: str | None = None):
         self.loops, self.stack, self.shares, self.kind = loops, None, {}, kind
         self.owed = {}   # id(loop) -> the copy of its weights from the stack, made when its model is read
+        self.persist_at = {}   # epoch -> whether the stack's runs write their state at its end
         for loop in loops:
             loop.strategy = self
 
@@ -507,6 +508,13 @@ class Stacked:
                 self.owed[id(l)] = functools.partial(self.stack.write_back_weights, j)   # nothing does
             self.shares = {id(l): s for l, s in zip(active, shares)}
         return self.shares.pop(id(loop))
+
+    def persist_due(self, loop: Loop) -> bool:
+        """The first run to close an epoch decides for the stack: its runs write their checkpoints at
+        the same epochs, so that a killed stack resumes as one (runner.resume_stack)."""
+        if loop.epoch not in self.persist_at:
+            self.persist_at = {loop.epoch: loop.persist_due()}
+        return self.persist_at[loop.epoch] or loop.done
 
     def before_read(self, loop: Loop):
         copy = self.owed.pop(id(loop), None)
