@@ -249,6 +249,17 @@ def test_a_ramp_records_each_examples_fate_and_joins_its_training_run(trained, t
     s = breaking_summary(fate)
     assert s["clean"]["examples"] + s["corrupted"]["examples"] == int(fate.breaking_alpha.notna().sum())
     assert 0 <= s["mann_whitney_p"] <= 1
+    # the effect size by counting pairs; the within-group correlations from scipy on each group alone
+    from scipy.stats import spearmanr
+    right = fate[fate.breaking_alpha.notna()]
+    a_bad = right[right.corrupted.astype(bool)].breaking_alpha.to_numpy()
+    a_ok = right[~right.corrupted.astype(bool)].breaking_alpha.to_numpy()
+    pairs = (a_bad[:, None] < a_ok[None, :]).mean() + 0.5 * (a_bad[:, None] == a_ok[None, :]).mean()
+    assert s["prob_corrupted_first"] == pytest.approx(pairs)
+    for name, g in (("clean", right[~right.corrupted.astype(bool)]), ("corrupted", right[right.corrupted.astype(bool)])):
+        if "spearman_forgetting_events" in s[name]:
+            assert s[name]["spearman_forgetting_events"] == pytest.approx(
+                spearmanr(g.breaking_alpha, g.forgetting_events).statistic)
     assert summarize_examples(RunDir(run.path))["noise_fate"] == s
 
 

@@ -563,8 +563,10 @@ class Run:
     def noise_fate(self, split: str = "train"):
         """For a noise-ramp run: per example of the trained network's `split`, the alpha at which it
         breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at the first
-        level), whether its label was corrupted, and from the training run its forgetting events and
-        first-learned presentation (Toneva et al.'s definitions). A DataFrame, one row per example."""
+        level), whether its label was corrupted, and from the training run's per-epoch record its
+        forgetting events and first-learned epoch. That record is the clean evaluation pass at each
+        epoch's end unless the run was made with --example-record presentation (Toneva et al. count
+        over presentations). A DataFrame, one row per example."""
         import pandas as pd
         from .measures.examples import breaking_step, first_correct, forgetting_events
         if self.protocol != "noise":

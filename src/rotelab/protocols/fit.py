@@ -290,10 +290,12 @@ def check_overlap_bounds(ctx, step: str, split: str = "train"):
 
 
 def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2, hi: float = 0.8,
-                          at_least: float = 0.1, after_fit_at_most: float = 0.02, source: str = "rotelab threshold"):
+                          at_least: float = 0.1, after_fit_at_most: float = 0.02, judge_after_fit: bool = True,
+                          source: str = "rotelab threshold"):
     """While accuracy is between `lo` and `hi` (both epochs), the median fraction of examples whose
     correctness flips between consecutive epochs (union - intersection) is at least `at_least`; after
-    the fit (from the first epoch at accuracy 1 on) it never exceeds `after_fit_at_most`. Every run."""
+    the fit (from the first epoch at accuracy 1 on) it never exceeds `after_fit_at_most`, judged only
+    with `judge_after_fit` (a run that stays fit has nothing left to flip). Every run."""
     parts, ok = [], True
     for r in ctx.runs(step):
         m = r.read_metrics()
@@ -310,12 +312,13 @@ def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2,
                 fit = cur["epoch"]
         med = float(np.median(during)) if during else float("nan")
         worst = max(after) if after else float("nan")
-        ok &= bool(during) and med >= at_least and (not after or worst <= after_fit_at_most)
+        ok &= bool(during) and med >= at_least and (not judge_after_fit or not after or worst <= after_fit_at_most)
         parts.append(f"{r.path.name}: median gap {med:.3f} over {len(during)} epochs at accuracy {lo}-{hi}; "
                      + (f"fit at epoch {fit}, largest gap after it {worst:.3f} ({len(after)} epochs)" if fit
                         else "never fit"))
-    return "; ".join(parts), f"median >= {at_least} while accuracy in [{lo}, {hi}], <= {after_fit_at_most} after " \
-                             f"the fit ({source})", ok
+    after_fit = f"<= {after_fit_at_most} after the fit" if judge_after_fit else \
+        "after the fit reported (it follows from staying fit)"
+    return "; ".join(parts), f"median >= {at_least} while accuracy in [{lo}, {hi}], {after_fit} ({source})", ok
 
 
 def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int = 5, after: tuple = (2, 6),
@@ -362,8 +365,10 @@ def check_final_train_acc(ctx, step: str, group: str, at_least: float = 0.99, so
         f">= {at_least} ({source})", min(accs) >= at_least
 
 
-def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_at_least: float = 0.99):
-    """Final train and test accuracy of each point against a table of the paper's numbers."""
+def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_at_least: float = 0.99,
+                judge_test: bool = True):
+    """Final train and test accuracy of each point against a table of the paper's numbers; the test
+    accuracy only reported without `judge_test` (random labels: at chance by construction)."""
     rows, ok = [], True
     for g in ctx.groups(step):
         want = expected.get(g.name)
@@ -372,10 +377,10 @@ def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_a
         runs = [RunDir(d) for d in runs_in(g)]
         m = [r.read_metrics()[-1] for r in runs]
         train, test = float(np.mean([x["train_acc"] for x in m])), float(np.mean([x["test_acc"] for x in m]))
-        good = train >= train_at_least and abs(test - want) <= tolerance
-        ok &= good
+        ok &= train >= train_at_least and (not judge_test or abs(test - want) <= tolerance)
         rows.append(f"{g.name}: train {train:.4f}, test {test:.4f} (paper {want:.4f})")
-    return "; ".join(rows), f"train >= {train_at_least}, test within {tolerance} of the paper", ok and bool(rows)
+    test = f"test within {tolerance} of the paper" if judge_test else "test reported (at chance by construction)"
+    return "; ".join(rows), f"train >= {train_at_least}, {test}", ok and bool(rows)
 
 
 def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):

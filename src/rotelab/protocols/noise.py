@@ -378,8 +378,13 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
         clean, bad = s["clean"]["median_breaking_alpha"], s["corrupted"]["median_breaking_alpha"]
         pval = s.get("mann_whitney_p", float("nan"))
         ok &= clean is not None and bad is not None and bad < clean and pval < level
+        effect = s.get("prob_corrupted_first", float("nan"))
+        within = "; ".join(f"{g} {s[g]['spearman_forgetting_events']:+.2f}" for g in ("clean", "corrupted")
+                           if "spearman_forgetting_events" in s.get(g, {}))
         parts.append(f"{r.path.name}: median breaking alpha {bad:.3g} corrupted ({s['corrupted']['examples']}) vs "
-                     f"{clean:.3g} clean ({s['clean']['examples']}), p {'< 1e-300' if pval == 0 else f'= {pval:.2g}'}")
+                     f"{clean:.3g} clean ({s['clean']['examples']}); P(a corrupted example breaks first) {effect:.2f}, "
+                     f"Mann-Whitney p {'< 1e-12' if pval < 1e-12 else f'= {pval:.2g}'}"
+                     + (f"; Spearman with forgetting events within groups: {within}" if within else ""))
     return "; ".join(parts) or f"no ramps of networks trained at p = {p}", \
         f"corrupted below clean with p < {level} in each of >= {networks} networks ({source})", \
         ok and len(ramps) >= networks
