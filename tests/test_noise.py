@@ -118,6 +118,32 @@ def test_learned_alpha_grows_under_a_large_beta(tmp_path):
     assert [r["kl_loguniform_bits"] for r in m] == sorted((r["kl_loguniform_bits"] for r in m), reverse=True)
 
 
+def test_alpha_lr_is_the_learned_noise_levels_own_learning_rate(tmp_path):
+    from rotelab.config import ConfigError
+    from rotelab.engine import build_optimizer
+    from rotelab.models import build_model
+    cfg = FitConfig(dataset="digits", widths=[16], optimizer="adam", lr=1e-3, weight_noise="lognormal",
+                    learn_alpha=True, alpha_lr=0.1, noise_granularity="unit")
+    model = build_model(cfg, (64,), 10)
+    opt = build_optimizer(model, cfg)
+    alphas = {id(p) for n, p in model.named_parameters() if n.endswith("log_alpha")}
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.1]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == alphas and alphas
+    assert not alphas & {id(p) for p in opt.param_groups[0]["params"]}
+    # Adam's first step moves every parameter by its group's lr: the log alphas 100 times the weights
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 64)), torch.arange(8)) + info_penalty(model)
+    loss.backward()
+    opt.step()
+    for n, p in model.named_parameters():
+        moved = (p.detach() - before[n]).abs()
+        want = 0.1 if n.endswith("log_alpha") else 1e-3
+        assert torch.allclose(moved[moved > 0], torch.tensor(want), rtol=1e-3), n
+    with pytest.raises(ConfigError, match="--alpha-lr"):
+        FitConfig(dataset="digits", alpha_lr=0.1).validate()
+
+
 def test_info_penalty_gradient_pushes_alpha_up():
     net = add_weight_noise(torch.nn.Linear(4, 2), 1e-2, learn=True)
     info_penalty(net).backward()

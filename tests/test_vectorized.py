@@ -24,8 +24,9 @@ def close(a, b):
                 assert y[k] is None or k.startswith("seconds")
                 continue
             tol = 2e-3 if "acc" in k or "intersection" in k or "union" in k else 1e-5
-            # KL under a log-normal prior sums log|w|: weights near 0 amplify rounding, hence 1e-4
-            rel = 1e-4 if "kl_lognormal" in k else 1e-6
+            # KL under a log-normal prior sums log|w|: weights near 0 amplify rounding (more with a fast
+            # learned alpha), hence 5e-4
+            rel = 5e-4 if "kl_lognormal" in k else 1e-6
             assert y[k] == pytest.approx(v, rel=rel, abs=tol), k
 
 
@@ -239,6 +240,8 @@ def test_runs_that_need_their_own_batches_are_not_stacked():
 
 
 @pytest.mark.parametrize("kw", [dict(noise_sampling="lrt", learn_alpha=True, info_weight=0.5, noise_alpha=0.05),
+                                dict(noise_sampling="lrt", learn_alpha=True, info_weight=0.5, noise_alpha=0.05,
+                                     optimizer="adam", lr=1e-3, alpha_lr=0.05, schedule="exp"),
                                 dict(noise_sampling="weights", noise_granularity="unit", noise_alpha=0.1),
                                 dict(model="alexnet-small", subset=200, epochs=1, lr=0.01, noise_alpha=0.05)])
 def test_vectorized_weight_noise_equals_separate_runs(tmp_path, kw):

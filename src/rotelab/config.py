@@ -160,6 +160,7 @@ class FitConfig(Config):
     noise_alpha: float = opt(1e-3, "initial alpha = Var[log eps] of the weight noise", gt=0)
     noise_granularity: str = opt("layer", "one alpha per weight, per output unit or per layer", ("weight", "unit", "layer"))
     learn_alpha: bool = opt(False, "learn log alpha with the weights")
+    alpha_lr: float | None = opt(None, "learning rate of the learned log alphas (default: --lr); Adam moves log alpha about this much a step, so at 1e-3 it takes thousands of steps to reach where the information term balances the fit", gt=0)
     noise_sampling: str = opt("lrt", "lrt: Gaussian pre-activations with the exact moments (Linear); weights: exact draws shared by a batch", ("lrt", "weights"))
     info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)", ge=0)
     alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant", gt=0)
@@ -204,6 +205,9 @@ class FitConfig(Config):
         self.check_names()
         if self.info_weight > 0 and self.weight_noise == "none":
             raise ConfigError("--info-weight", "penalizes the information in noisy weights; add --weight-noise lognormal")
+        if self.alpha_lr is not None and not (self.learn_alpha and self.weight_noise != "none"):
+            raise ConfigError("--alpha-lr", "is the learning rate of learned noise; add --weight-noise lognormal "
+                                            "--learn-alpha, or drop --alpha-lr")
         if self.heldout_fold is not None:
             parse_fold(self.heldout_fold)
             if self.train_fraction is not None:

@@ -142,8 +142,8 @@ class RunStack:
         """One epoch of every run on its own permutation of its data; presented loss and accuracy."""
         first = self.loops[0]
         e, bs = first.epoch + 1, first.cfg.batch_size
-        for group in self.opt.param_groups:
-            group["lr"] = first.opt.param_groups[0]["lr"]
+        for group, own in zip(self.opt.param_groups, first.opt.param_groups):   # the schedule's lrs
+            group["lr"] = own["lr"]
         (name,) = first.fit_on
         y = self.y[name]
         order = torch.stack([l.epoch_order(e) for l in self.loops]).to(y.device)
@@ -361,7 +361,7 @@ class FuncStack(RunStack):
         self.penalty = _Penalty(loops[0]) if loops[0].penalty is not None else None
         self.run_params = [dict(m.named_parameters()) for m in models]
         self.run_buffers = [dict(m.named_buffers()) for m in models]
-        self.opt = build_optimizer(nn.ParameterList(self.params.values()), loops[0].cfg)
+        self.opt = build_optimizer(self.params, loops[0].cfg)   # by name: the groups of each run's own
         for n in self.names:   # optimizer state where the runs have it (a fixed parameter has none)
             states = [l.opt.state.get(ps[n]) for l, ps in zip(loops, self.run_params)]
             if all(states):
