@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rotelab.measures.information import (binning_mi, binning_mi_reference, discrete_mi, entropy_of_ids,
+from rotelab.measures.information import (binning_estimate, binning_mi, binning_mi_reference, discrete_mi, entropy_of_ids,
                                           kde_entropy_bounds, kde_mi, ksg_mi, mixed_ksg_mi, row_ids)
 
 EDGES = np.linspace(-1, 1, 30)
@@ -151,6 +151,24 @@ def test_mixed_ksg_against_an_independent_implementation():
     theirs = mutual_info_classif(t[:, None], y, discrete_features=False, n_neighbors=3, random_state=0)[0] / math.log(2)
     assert ours == pytest.approx(theirs, abs=0.01)
     assert mixed_ksg_mi(rng.standard_normal((2000, 2)), y) < 0.05   # independent: near 0
+
+
+def test_code_diagnostics_by_hand():
+    """Four inputs, two tanh units binned by 0.5: unit 0 takes the values 0.995, 0.999, -0.995, 0.2
+    (bins 1, 1, -2, 0: three levels; saturated, |t| >= 0.99 on 3 of 4), unit 1 stays at 0.1 (one
+    level). Codes: (1,0), (1,0), (-2,0), (0,0): three. Ceiling: 4 distinct inputs, 2 bits; with two of
+    them equal, 1.5 bits."""
+    t = np.array([[0.995, 0.1], [0.999, 0.1], [-0.995, 0.1], [0.2, 0.1]])
+    y = np.array([0, 0, 1, 1])
+    d = binning_estimate(t, np.arange(4), y, bin_size=0.5)
+    assert d["codes"] == 3 and d["levels"] == pytest.approx(2.0) and d["saturated_units"] == pytest.approx(0.5)
+    assert d["ceiling"] == pytest.approx(2.0) and d["ixt"] == pytest.approx(1.5)
+    assert (d["ixt"], d["ity"]) == pytest.approx(binning_mi(t, np.arange(4), y, bin_size=0.5))
+    assert binning_estimate(t, np.array([0, 0, 1, 2]), y, bin_size=0.5)["ceiling"] == pytest.approx(1.5)
+    assert binning_estimate(t * 3, np.arange(4), y, bin_size=0.5)["saturated_units"] is None   # unbounded
+    # edges -1, 0.997, 1: unit 0 in bins 1, 2, 1, 1 (two levels), unit 1 in bin 1: two codes
+    coarse = binning_estimate(t, np.arange(4), y, edges=np.array([-1, 0.997, 1]))
+    assert coarse["codes"] == 2 and coarse["levels"] == pytest.approx(1.5)
 
 
 def test_row_ids_packed_and_byte_paths_agree():

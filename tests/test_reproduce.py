@@ -145,26 +145,44 @@ def test_compression_check_on_hand_made_curves(tmp_path):
     study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "planes", "protocol": "infoplane"}]})
     ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
     ceiling = 10.0   # log2 1024
-    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-0",
-                   {0: [9.99] * 4, 5: [5, 9.5, 8.0, 7.0], 6: [4, 8, 6.9, 6.95], 7: [6, 9.2, 9.0, 8.5]})
+    curves = {0: [9.99] * 4, 5: [5, 9.5, 8.0, 7.0], 6: [4, 8, 6.9, 6.95], 7: [6, 9.2, 9.0, 8.5]}
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-0", curves)
     value, expected, passed = ipp.check_compression(ctx, "planes", "labels-random")
-    # layer 6 falls 2.5, layer 7 1.05, the output 0.7: two of three layers fall >= 1 bit
-    assert passed and "layer 6 9.50 (epoch 20) -> 7.00: falls 2.50" in value and "output 9.20" in value
-    assert "falls 1.05" in value and "N = 1024" in value and "rotelab threshold" in expected
+    assert passed is None and "mean curve of 1 run" in value   # one run: reported, not judged
+    # three runs whose noise shifts them +-0.3 (and a late bump in one): judged on their mean curve,
+    # where layer 6 falls 2.5, layer 7 1.05 and the output 0.7: two of three layers fall >= 1 bit
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-1",
+                   {k: [v + 0.3 for v in c] for k, c in curves.items()})
+    bumped = {k: [v - 0.3 for v in c] for k, c in curves.items()}
+    bumped[5][1] += 0.6   # seed 2's own peak of layer 6 is 0.6 higher: its own fall 3.1, the mean's 2.7
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-2", bumped)
+    value, expected, passed = ipp.check_compression(ctx, "planes", "labels-random")
+    assert passed and "mean curve of 3 runs" in value and "layer 6 9.70 (epoch 20) -> 7.00: falls 2.70 (runs 2.50-3.10)" in value
+    assert "falls 1.05" in value and "output 9.20" in value and "N = 1024" in value and "rotelab threshold" in expected
     assert ipp.check_compression(ctx, "planes", "labels-random", at_least=1.1)[2] is False
     assert ipp.check_compression(ctx, "planes", "labels-random", split="test")[2] is False   # flat on test
-    # a layer at the ceiling all along is saturated, never a layer that "does not compress"
+    # a layer whose curve ends at the ceiling is saturated (from the epoch it stays there), never a
+    # layer that "does not compress", even when it was below the ceiling at first
     fake_infoplane(tmp_path / "planes" / "labels-true" / "seed-0",
-                   {0: [5] * 3, 5: [9.95, ceiling, 9.92], 6: [4, 9, 7], 7: [3, 6, 5.5]})
-    value, _, passed = ipp.check_compression(ctx, "planes", "labels-true")
-    assert "layer 6 saturated" in value and passed is False   # one layer falls >= 1 bit of the two judged
+                   {0: [5] * 3, 5: [5, ceiling, 9.92], 6: [4, 9, 7], 7: [3, 6, 5.5]})
+    value, _, passed = ipp.check_compression(ctx, "planes", "labels-true", min_runs=1)
+    assert "layer 6 saturated (at the ceiling log2 N = 10.00 from epoch 20)" in value and passed is False
     value, expected, _ = ipp.report_ixt_fall(ctx, "planes")   # the last two hidden layers: 5 and 6
-    assert "labels-true (binning-size): layer 6 saturated at the ceiling log2 N = 10.00" in value
+    assert "labels-true (binning-size, mean curve of 1 run): layer 6 saturated at the ceiling log2 N = 10.00 from epoch 20" in value
     assert "layer 7 falls 2.00 bits from its peak" in value and expected == "reported"
+    assert "labels-random (binning-size, mean curve of 3 runs): layer 6 falls 2.70" in value
     value, _, passed = fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)
     assert passed and "1.0000" in value
-    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-1", {0: [1, 2]}, train_acc=0.98)
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-3", {0: [1, 2]}, train_acc=0.98)
     assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
+
+
+def test_compression_reads_saturation_from_where_the_curve_ends():
+    from rotelab.measures.information import compression
+    at = compression([0, 20, 40, 60], [5, 9.95, 9.98, 9.99], ceiling=10)   # reaches the ceiling at epoch 20
+    assert at["saturated"] and at["at_ceiling_from"] == 20 and at["fall"] == pytest.approx(0.0)
+    left = compression([0, 20, 40], [5, 10, 8], ceiling=10)   # reaches it, then falls below: a fall
+    assert not left["saturated"] and left["at_ceiling_from"] is None and left["fall"] == pytest.approx(2.0)
 
 
 def fake_forget(path: Path, train, val, stage1_end: int, lr2: float = 0.01, weight_decay: float = 0.0):

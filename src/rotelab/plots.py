@@ -250,6 +250,7 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         fig_p, axes_p = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4.8), squeeze=False)
         fig_x, axes_x = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups) + 1.6, 4.2), squeeze=False,
                                      sharey=True)
+        saturated_any = False
         for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], mine_groups):
             mine = [r for r in sel if r["group"] == g]
             ceiling = float(np.log2(max(r["n"] for r in mine)))
@@ -288,12 +289,16 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
                 for j, v in enumerate(vals):
                     stack[:len(v), j] = v
                 ax_x.fill_between(x1, *mean_band(stack), color=f"C{k}", alpha=0.15, lw=0)
+                saturated_any = mark_saturated(ax_x, x1, [v.mean() for v in vals], ceiling) or saturated_any
             ax_x.axhline(ceiling, color="grey", ls=":", lw=1)
             ax_x.set(xscale="log", xlabel="epoch + 1", ylabel="I(X;T) bits", title=title, ylim=(0, ceiling * 1.06))
             ax_x.grid(alpha=0.3)
         handles, labels = axes_x[0, 0].get_legend_handles_labels()
         handles += [plt.Line2D([], [], color="grey", lw=6, alpha=0.2), plt.Line2D([], [], color="grey", ls=":")]
         labels += ["95% interval of the mean\nover seeds (t; range of 2)", "ceiling log2 N"]
+        if saturated_any:
+            handles.append(plt.Line2D([], [], color="black", lw=6, alpha=0.15))
+            labels.append(SATURATED)
         fig_x.tight_layout(rect=(0, 0, 1 - 1.5 / fig_x.get_figwidth(), 1))
         fig_x.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
         fig_p.text(0.01, -0.03, "each line: one captured epoch, its layers joined (mean over seeds); "
@@ -303,6 +308,24 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         out.append(save_figure(fig_p, folder / f"infoplane-{est}.png"))
         out.append(save_figure(fig_x, folder / f"ixt-{est}.png"))
     return out
+
+
+def mark_saturated(ax, epochs, ixt, ceiling: float) -> bool:
+    """Overlay the stretch of an I(X;T) curve that ends at the estimator's ceiling (within 0.1 bit,
+    from the epoch it stays there: measures.information.compression), where the estimate cannot show
+    compression; True when there is one."""
+    import numpy as np
+    from .measures.information import compression
+    epochs, ixt = np.asarray(epochs), np.asarray(ixt, dtype=float)
+    c = compression(epochs, ixt, ceiling)
+    if not c["saturated"]:
+        return False
+    at = epochs >= c["at_ceiling_from"]
+    ax.plot(epochs[at], ixt[at], color="black", lw=6, alpha=0.15, solid_capstyle="butt", zorder=1)
+    return True
+
+
+SATURATED = "at the ceiling from there on\n(saturated: no compression visible)"
 
 
 def plot_memorizing_ib(panels: list[tuple[str, dict]], ceiling: float, path: Path, last: int = 5,
@@ -335,6 +358,8 @@ def plot_memorizing_ib(panels: list[tuple[str, dict]], ceiling: float, path: Pat
             e, ixt, _ = table[l]
             name = f"layer {l + 1}" + (" (logits)" if l == layers[-1] else f" ({widths[l]} units)" if widths else "")
             ax.plot(e, ixt, color=f"C{k}", lw=1.4, ls="-" if k % 2 == 0 else "--", label=name)
+            if mark_saturated(ax, e, ixt, ceiling) and SATURATED not in ax.get_legend_handles_labels()[1]:
+                ax.plot([], [], color="black", lw=6, alpha=0.15, label=SATURATED)
         ax.axhline(ceiling, color="grey", ls=":", lw=1, label=f"ceiling log2 N = {ceiling:.2f}")
         ax.set(xlabel="epoch", ylabel="I(X;T) bits", title=f"({'cd'[j]}) {title}: I(X;T) of the last {len(shown)} layers",
                ylim=(0, ceiling + 0.6))

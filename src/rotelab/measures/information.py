@@ -75,6 +75,30 @@ def binning_mi(t: np.ndarray, x_ids: np.ndarray, y: np.ndarray, edges=None, bin_
     return discrete_mi(x_ids, t_ids), discrete_mi(t_ids, np.asarray(y))
 
 
+def code_diagnostics(t: np.ndarray, binned: np.ndarray, t_ids: np.ndarray, x_ids: np.ndarray) -> dict:
+    """What bounds a binned layer's estimate. `ceiling`: H(X) in bits, the most I(X;T) can be (log2 N
+    for N distinct inputs); `codes`: distinct binned codes of the layer (I(X;T) = H(T) <= log2 codes);
+    `levels`: mean over units of their distinct binned values (a tanh unit has 4 with bins of 0.5);
+    `saturated_units`: for a bounded layer (|t| <= 1: tanh, softmax), the fraction of units at
+    |t| >= 0.99 on at least half of the inputs, None for an unbounded one."""
+    t = np.asarray(t)
+    b = np.sort(binned.reshape(len(binned), -1), axis=0)
+    levels = float(np.mean((np.diff(b, axis=0) != 0).sum(axis=0) + 1)) if b.size else 0.0
+    bounded = t.size and float(np.abs(t).max()) <= 1 + 1e-6
+    saturated = float(np.mean(np.mean(np.abs(t.reshape(len(t), -1)) >= 0.99, axis=0) >= 0.5)) if bounded else None
+    return {"ceiling": entropy_of_ids(x_ids), "codes": int(len(np.unique(t_ids))), "levels": levels,
+            "saturated_units": saturated}
+
+
+def binning_estimate(t: np.ndarray, x_ids: np.ndarray, y: np.ndarray, edges=None, bin_size=None) -> dict:
+    """binning_mi's I(X;T) and I(T;Y) (bits) with the layer's code_diagnostics, from one binning."""
+    t = np.asarray(t)
+    binned = bin_activations(t, edges, bin_size)
+    t_ids = row_ids(binned)
+    return {"ixt": discrete_mi(x_ids, t_ids), "ity": discrete_mi(t_ids, np.asarray(y)),
+            **code_diagnostics(t, binned, t_ids, x_ids)}
+
+
 def binning_mi_reference(t, x_ids, y, edges=None, bin_size=None) -> tuple[float, float]:
     """A direct, unvectorized implementation of the same definitions (for tests and benchmarks):
     H(T) - sum_x p(x) H(T|X=x), looping over the distinct x as the original code does."""
@@ -233,12 +257,18 @@ def mixed_ksg_mi(t, y, k: int = 3, seed: int = 0) -> float:
 
 def compression(epochs, ixt, ceiling: float, saturation: float = 0.1) -> dict:
     """How far a layer's I(X;T) curve falls from its peak by the last epoch: peak, its epoch, the
-    final value and the fall (bits). `saturated` when every point lies within `saturation` bits of the
-    estimator's ceiling (log2 N for plug-in binning on N inputs): there the estimate cannot show
-    compression, which is not the same as finding none."""
+    final value and the fall (bits). `saturated` when the curve ends within `saturation` bits of the
+    estimator's ceiling (log2 N for plug-in binning on N inputs), `at_ceiling_from` the epoch from
+    which it stays there: once at the ceiling the estimate cannot show compression, which is not the
+    same as finding none. Read it on a mean curve over runs: one run's peak minus final is biased
+    upward by its noise."""
     epochs, ixt = np.asarray(epochs), np.asarray(ixt, dtype=float)
     order = np.argsort(epochs)
     epochs, ixt = epochs[order], ixt[order]
     k = int(np.argmax(ixt))
+    near = ixt >= ceiling - saturation
+    below = np.flatnonzero(~near)
+    start = (below[-1] + 1) if len(below) else 0
     return {"peak": float(ixt[k]), "peak_epoch": int(epochs[k]), "final": float(ixt[-1]),
-            "fall": float(ixt[k] - ixt[-1]), "saturated": bool(np.all(ixt >= ceiling - saturation))}
+            "fall": float(ixt[k] - ixt[-1]), "saturated": bool(near[-1]),
+            "at_ceiling_from": int(epochs[start]) if near[-1] else None}

@@ -32,13 +32,18 @@ ESTIMATORS = Registry("estimator", "--estimators")
 
 @ESTIMATORS.register("binning")
 def binning(t, x, x_ids, y, cfg) -> list[dict]:
-    """Plug-in estimates of the binned layer: fixed edges (--bin-range, --n-bins), or floor(t / --bin-size)."""
-    from ..measures.information import binning_mi
+    """Plug-in estimates of the binned layer, with what bounds them (code_diagnostics: the ceiling, the
+    distinct codes, levels per unit, saturated units): fixed edges (--bin-range, --n-bins), or
+    floor(t / --bin-size), and the same for each of --more-bin-sizes (estimator binning-size-S)."""
+    from ..measures.information import binning_estimate
+    rows = []
     if cfg.bin_size is not None:
-        ixt, ity = binning_mi(t, x_ids, y, bin_size=cfg.bin_size)
-        return [{"estimator": "binning-size", "ixt": ixt, "ity": ity}]
-    ixt, ity = binning_mi(t, x_ids, y, edges=cfg.edges)
-    return [{"estimator": "binning", "ixt": ixt, "ity": ity}]
+        rows.append({"estimator": "binning-size", **binning_estimate(t, x_ids, y, bin_size=cfg.bin_size)})
+    else:
+        rows.append({"estimator": "binning", **binning_estimate(t, x_ids, y, edges=cfg.edges)})
+    for size in cfg.more_bin_sizes:
+        rows.append({"estimator": f"binning-size-{size:g}", **binning_estimate(t, x_ids, y, bin_size=size)})
+    return rows
 
 
 @ESTIMATORS.register("kde")
@@ -73,6 +78,7 @@ class InfoPlaneConfig(FitConfig):
     bin_range: str = opt("-1,1", "lo,hi of the fixed binning edges")
     n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)", ge=2)
     bin_size: float | None = opt(None, "bin by floor(t / size) instead of fixed edges, with no bounds (as Saxe et al. for ReLU; 0.5 as the Memorizing IB study)", gt=0)
+    more_bin_sizes: list[float] = opt([], "further bin sizes estimated on the same captures, comma-separated (a bin-size sweep: estimator binning-size-S)", flag_type="floats")
     kde_var: float | None = opt(None, "noise variance of the KDE bounds (default 1e-3 for tishby, 1e-1 otherwise)", gt=0)
     ksg_k: int = opt(3, "neighbours of the KSG estimator", ge=1)
     save_activations: bool = opt(False, "also write the captured activations (float16) to activations/epoch_NNNN.npz")
@@ -106,6 +112,10 @@ class InfoPlaneConfig(FitConfig):
         super().validate()
         parse_seeds(self.seeds)
         self.estimator_list
+        if any(s <= 0 for s in self.more_bin_sizes):
+            raise ConfigError("--more-bin-sizes", f"bin sizes are positive, got {self.more_bin_sizes}")
+        if self.more_bin_sizes and "binning" not in self.estimator_list:
+            raise ConfigError("--more-bin-sizes", "are sizes of the binning estimator; add binning to --estimators")
         self.edges
         if self.vectorize and self.grad_snr:
             raise ConfigError("--grad-snr", "reads each run's gradients batch by batch, which a stack of runs "
@@ -402,58 +412,62 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
 
 
 def report_ixt_fall(ctx, step: str, estimator: str | None = None):
-    """How far the last hidden layers' I(X;T) falls from its maximum by the last epoch (reported, not
-    judged); by default with the group's binning estimator (fixed edges, else fixed bin size). A layer
-    that stays within 0.1 bit of the estimator's ceiling log2 N in every run is said to be saturated:
-    the estimate cannot show compression there, which is not finding none."""
+    """How far the last hidden layers' I(X;T) falls from its peak by the last epoch, on the mean curve
+    over each group's runs (reported, not judged); by default with the group's binning estimator
+    (fixed edges, else fixed bin size). A layer whose mean curve ends within 0.1 bit of the ceiling
+    log2 N is said to be saturated: the estimate cannot show compression there, which is not finding none."""
     from ..measures.information import compression
     parts = []
     for g in ctx.groups(step):
-        falls, saturated, ceiling = {}, {}, None
-        for d in runs_in(g):
-            rows = RunDir(d).read_info()
-            names = {r["estimator"] for r in rows}
-            est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
-            ceiling = math.log2(max(r["n"] for r in rows if r["estimator"] == est and r.get("split", "all") != "test"))
-            layers = _final_layers(rows, est)
-            for layer in sorted(layers)[-3:-1]:   # the last two hidden layers
-                epochs, ixt, _ = zip(*layers[layer])
-                c = compression(epochs, ixt, ceiling=ceiling)
-                falls.setdefault(layer, []).append(c["fall"])
-                saturated[layer] = saturated.get(layer, True) and c["saturated"]
-        said = [f"layer {l + 1} saturated at the ceiling log2 N = {ceiling:.2f} (the estimate cannot show compression)"
-                if saturated[l] else f"layer {l + 1} falls {np.mean(v):.2f} bits from its peak" for l, v in falls.items()]
-        parts.append(f"{g.name} ({est}): " + ", ".join(said))
+        runs = [RunDir(d) for d in runs_in(g)]
+        names = {r["estimator"] for r in runs[0].read_info()} if runs else set()
+        est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
+        table, n = info_table(runs, "train", est)
+        if not table:
+            continue
+        ceiling = math.log2(n)
+        said = []
+        for layer in sorted(table)[-3:-1]:   # the last two hidden layers
+            e, ixt, _ = table[layer]
+            c = compression(e, ixt, ceiling)
+            said.append(f"layer {layer + 1} saturated at the ceiling log2 N = {ceiling:.2f} from epoch "
+                        f"{c['at_ceiling_from']} (the estimate cannot show compression)" if c["saturated"]
+                        else f"layer {layer + 1} falls {c['fall']:.2f} bits from its peak")
+        parts.append(f"{g.name} ({est}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)}): " + ", ".join(said))
     return "; ".join(parts), "reported", None
 
 
 def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: float = 1.0, need: int = 2,
-                      split: str = "train", estimator: str = "binning-size", source: str = "rotelab threshold"):
-    """In every run of a group, at least `need` of the last `layers` layers fall by at least `at_least`
-    bits of I(X;T) from their peak by the last epoch. A layer within 0.1 bit of the ceiling log2 N all
-    along is reported as saturated (the estimator cannot see compression there), not as not compressing."""
+                      split: str = "train", estimator: str = "binning-size", min_runs: int = 3,
+                      source: str = "rotelab threshold"):
+    """On the mean curve over a group's runs, at least `need` of the last `layers` layers fall by at
+    least `at_least` bits of I(X;T) from their peak by the last capture; judged from `min_runs` runs
+    (fewer: reported). A layer whose mean curve ends within 0.1 bit of the ceiling log2 N is reported
+    as saturated (the estimator cannot see compression there), not as not compressing. Beside each
+    fall, the range of the runs' own falls (each biased upward by its noise)."""
     from ..measures.information import compression
     runs = ctx.group_runs(step, group)
     if not runs:
         return f"no runs in {group}", "", False
-    parts, ok = [], True
-    for run in runs:
-        table, n = info_table([run], split, estimator)
-        ceiling = math.log2(n)
-        found, words = 0, []
-        for layer in sorted(table)[-layers:]:
-            e, ixt, _ = table[layer]
-            c = compression(e, ixt, ceiling)
-            name = "output" if layer == max(table) else f"layer {layer + 1}"
-            if c["saturated"]:
-                words.append(f"{name} saturated (within 0.1 bit of log2 N = {ceiling:.2f} at every capture)")
-                continue
-            found += c["fall"] >= at_least
-            words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}")
-        ok &= found >= need
-        parts.append(f"{run.path.name} ({split} set, N = {n}): " + "; ".join(words))
-    return f"{group}: " + " | ".join(parts), \
-        f">= {at_least} bit fall in {need} of the last {layers} layers, every run ({source})", ok
+    table, n = info_table(runs, split, estimator)
+    own = [info_table([r], split, estimator)[0] for r in runs]
+    ceiling = math.log2(n)
+    found, words = 0, []
+    for layer in sorted(table)[-layers:]:
+        e, ixt, _ = table[layer]
+        c = compression(e, ixt, ceiling)
+        name = "output" if layer == max(table) else f"layer {layer + 1}"
+        if c["saturated"]:
+            words.append(f"{name} saturated (at the ceiling log2 N = {ceiling:.2f} from epoch {c['at_ceiling_from']})")
+            continue
+        found += c["fall"] >= at_least
+        falls = [compression(t[layer][0], t[layer][1], ceiling)["fall"] for t in own if layer in t]
+        spread = f" (runs {min(falls):.2f}-{max(falls):.2f})" if len(falls) > 1 else ""
+        words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}{spread}")
+    value = f"{group}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)} ({split} set, N = {n}): " + "; ".join(words)
+    expected = f">= {at_least} bit fall in {need} of the last {layers} layers of the mean curve, judged from " \
+               f"{min_runs} runs ({source})"
+    return value, expected, (found >= need) if len(runs) >= min_runs else None
 
 
 
