@@ -4,8 +4,11 @@ registering. Through the real command, in subprocesses:
 
 - killed (SIGKILL) mid-run, `--resume` finishes equal to an uninterrupted run;
 - SIGTERM ends it as "interrupted" at the epoch its checkpoint holds, and it resumes equal;
-- a bad config writes nothing; a second writer is refused and changes nothing;
-- plotting a finished run imports no torch.
+- a second writer is refused and changes nothing;
+- plotting a finished run imports no torch;
+
+and, cheaply (the fast subset, no run made): its config survives a round trip through its record,
+and a bad config writes nothing.
 """
 
 import hashlib
@@ -23,7 +26,6 @@ from rotelab.cli import main
 from rotelab.registry import load_protocols
 from rotelab.store import RunDir, runs_in
 
-pytestmark = pytest.mark.slow
 PROTOCOLS = sorted(name for name, p in load_protocols().items() if p.example)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -79,6 +81,7 @@ def cut(case, sig, name) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_killed_then_resumed_equals_an_uninterrupted_run(case):
     out = cut(case, signal.SIGKILL, "killed")
     r = rotelab(case["name"], "--resume", out)
@@ -87,6 +90,7 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(case):
     assert metrics(out) == metrics(case["full"])
 
 
+@pytest.mark.slow
 def test_sigterm_ends_as_interrupted_and_resumes_equal(case):
     out = cut(case, signal.SIGTERM, "terminated")
     assert case["rc"] == 128 + signal.SIGTERM
@@ -104,16 +108,30 @@ def test_sigterm_ends_as_interrupted_and_resumes_equal(case):
     assert metrics(out) == metrics(case["full"])
 
 
-def test_a_bad_config_writes_nothing(case, capsys):
-    bad = case["tmp"] / "bad.json"
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_the_example_config_survives_a_round_trip(name, tmp_path):
+    proto = load_protocols()[name]
+    fields, _ = proto.example(tmp_path)
+    cfg = proto.config(**fields).validate()
+    again = proto.config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_a_bad_config_writes_nothing(name, tmp_path, capsys):
+    fields, extra = load_protocols()[name].example(tmp_path)
+    good = tmp_path / "example.json"
+    good.write_text(json.dumps(fields))
+    bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"no_such_field": 1}))
-    out = case["tmp"] / "never"
-    assert main([*map(str, case["args"]), "--config", str(bad), "--out", str(out)]) == 2
+    out = tmp_path / "never"
+    assert main([name, "--config", str(good), *map(str, extra), "--config", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--no-such-field" in err
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_changes_nothing(case, capsys):
     target = runs_in(case["full"])[0]
     before = digest(case["full"])
@@ -131,6 +149,7 @@ def test_a_second_writer_is_refused_and_changes_nothing(case, capsys):
     assert digest(case["full"]) == before
 
 
+@pytest.mark.slow
 def test_plotting_a_finished_run_imports_no_torch(case):
     code = (f"import sys; from rotelab.cli import main; rc = main(['plot', {str(case['full'])!r}]); "
             "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
