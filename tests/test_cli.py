@@ -132,7 +132,7 @@ def readme_commands():
 def test_every_readme_command_parses_and_its_config_is_valid():
     """The README's commands name real flags with valid values (a flag renamed in the code fails here)."""
     from rotelab.cli import config_from_args, make_parser
-    from rotelab.registry import get_protocol, load_protocols
+    from rotelab.protocol import get_protocol, load_protocols
     commands = readme_commands()
     assert len(commands) >= 10
     for words in commands:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from rotelab.cli import main
-from rotelab.registry import load_protocols
+from rotelab.protocol import load_protocols
 from rotelab.store import RunDir, runs_in
 
 PROTOCOLS = sorted(name for name, p in load_protocols().items() if p.example)

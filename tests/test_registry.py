@@ -15,7 +15,7 @@ from rotelab.config import ConfigError, FitConfig, opt
 from rotelab.hook import Hook
 from rotelab.plan import one_run
 from rotelab.protocols.fit import build_loop
-from rotelab.registry import PROTOCOLS, Protocol, StudyParts, load_protocols, register
+from rotelab.protocol import PROTOCOLS, Protocol, StudyParts, load_protocols, register
 from rotelab.store import RunDir
 
 
@@ -139,7 +139,7 @@ def test_nothing_below_protocols_depends_on_a_protocol():
     graph = import_graph()
     below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in ("engine", "hooks", "hook", "store", "config", "plots", "analysis",
                                                      "seeding", "vectorized", "models", "data", "measures", "spec",
-                                                     "errors", "registries", "page")]
+                                                     "errors", "registry")]
     for mod in below:
         seen, todo = set(), [mod]
         while todo:   # everything it imports, directly or not
@@ -184,7 +184,7 @@ def test_load_gives_tables_and_arrays_for_a_notebook(tmp_path, small_cfg):
 
 def test_no_import_cycles_among_modules():
     """No cycle among rotelab's modules, counting imports inside functions (registries load their
-    members by name: rotelab.registry imports the protocols package, whose modules import it back only
+    members by name: rotelab.protocol imports the protocols package, whose modules import it back only
     through importlib)."""
     graph = import_graph()
     state = {}
@@ -199,4 +199,4 @@ def test_no_import_cycles_among_modules():
     for m in graph:
         if m not in state:
             visit(m, [])
-    assert "rotelab.store" in graph["rotelab.runner"] and "rotelab.registry" in graph["rotelab.runner"]
+    assert "rotelab.store" in graph["rotelab.runner"] and "rotelab.protocol" in graph["rotelab.runner"]

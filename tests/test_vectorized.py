@@ -55,7 +55,7 @@ def test_stacked_forward_equals_each_runs_model(tmp_path, activation):
     model (torch.tanh), in float64 where float32 rounding cannot hide a wrong formula."""
     from rotelab.protocols.fit import build_loop
     from rotelab.store import RunDir
-    from rotelab.vectorized import Stack
+    from rotelab.vectorized import MLPStack
     cfgs = [FitConfig(dataset="digits", widths=[16, 8, 4], activation=activation, seed=s, progress=False,
                       hist_every=0, corrupt=c) for s, c in ((0, "labels=0.5"), (1, "random-pixels=1.0"))]
     loops = [build_loop(c, RunDir(tmp_path / f"r{c.seed}")) for c in cfgs]
@@ -67,7 +67,7 @@ def test_stacked_forward_equals_each_runs_model(tmp_path, activation):
         for split in l.splits.values():
             split.x = split.x.double()
         l.set_fit(l.fit_on)
-    stack = Stack(loops)
+    stack = MLPStack(loops)
     for name in ("train", "test"):
         got = stack.forward(stack.x[name], stack.shared[name])   # (K, classes, N); tanh: sigmoids folded
         kept = stack.forward(stack.x[name], stack.shared[name], keep=[])   # the training pass's form
@@ -88,12 +88,12 @@ def test_stacked_step_equals_autograd_step_of_each_run(tmp_path, activation, opt
     import torch.nn.functional as F
     from rotelab.protocols.fit import build_loop
     from rotelab.store import RunDir
-    from rotelab.vectorized import Stack
+    from rotelab.vectorized import MLPStack
     cfgs = [FitConfig(dataset="digits", widths=[16, 8], activation=activation, optimizer=optimizer, lr=0.05,
                       weight_decay=1e-3, epochs=3, progress=False, hist_every=0, seed=s,
                       corrupt=f"labels={p}") for s, p in ((0, 0.0), (1, 0.5), (2, 1.0))]
     loops = [build_loop(c, RunDir(tmp_path / f"r{c.seed}")) for c in cfgs]
-    stack = Stack(loops)
+    stack = MLPStack(loops)
     g = torch.Generator().manual_seed(0)
     for _ in range(3):   # several steps, so optimizer state (momentum, moments) is exercised too
         idx = torch.stack([torch.randperm(len(l.fit_y), generator=g)[:40] for l in loops])

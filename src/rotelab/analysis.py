@@ -69,7 +69,7 @@ def examples_by(path, signal: str, k: int = 20, lowest: bool = False):
     (memorize) with the highest value of `signal` (the lowest with `lowest`): a DataFrame of their
     rows. A signal the records lack is one clear error naming the flag that records it."""
     from .errors import ConfigError
-    from .registry import protocol_of
+    from .protocol import protocol_of
     from .store import Run, is_run, runs_in
     path = Path(path)
     dirs = runs_in(path)

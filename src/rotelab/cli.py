@@ -92,7 +92,7 @@ def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
 
 
 def _report(run) -> None:
-    from .registry import protocol_of
+    from .protocol import protocol_of
     status = run.read_status()
     final = status.get("final", {})
     line = (f"{run.path}: {status.get('state')} after {status.get('epochs_completed')} epochs; "
@@ -138,7 +138,7 @@ def cmd_protocol(args) -> int:
     """Every protocol's command: plan a new output in --out, or plan --resume PATH again from what it
     recorded; then execute the plan in this process."""
     from .plan import execute, plan, plan_state, replace_config, replan
-    from .registry import get_protocol
+    from .protocol import get_protocol
     from .runner import DISPLAY_FIELDS
     from .store import RunDir
     threads = default_threads()
@@ -258,7 +258,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .figures import plot_paths
+    from .report import plot_paths
     for path in plot_paths(args.runs):
         print(path)
     return 0
@@ -290,7 +290,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"rotelab {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    from .registry import load_protocols
+    from .protocol import load_protocols
     for proto in load_protocols().values():
         f = sub.add_parser(proto.name, help=proto.help, description=proto.description or proto.help)
         if proto.derived:

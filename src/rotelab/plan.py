@@ -51,7 +51,7 @@ def one_run(protocol: str, cfg, out) -> Plan:
 
 def plan(protocol: str, cfg, out, **inputs) -> Plan:
     """What `rotelab PROTOCOL --out OUT` would make, checked (bad config: ConfigError), nothing written."""
-    from .registry import get_protocol
+    from .protocol import get_protocol
     proto = get_protocol(protocol)
     return proto.plan(cfg.validate(), Path(out), **inputs)
 
@@ -68,7 +68,7 @@ def make(protocol: str, cfg, out, overwrite: bool = False, **inputs) -> list:
 def replan(path) -> Plan:
     """The plan of a run directory or a folder of runs, from what it recorded: its config, its
     plan.json, or (folders of earlier versions) what its protocol reads from it."""
-    from .registry import get_protocol, protocol_of
+    from .protocol import get_protocol, protocol_of
     from .store import RunDir, StoreError, is_run, read_json, runs_in
     path = Path(path)
     if not path.is_dir():
@@ -121,7 +121,7 @@ def plan_state(p: Plan) -> str:
 def start_or_resume(pr: PlannedRun) -> str:
     """Make one planned run: resume it if it has begun, leave it if it is done, else start it.
     Returns "skipped" or "done"; raises what the run raises."""
-    from .registry import get_protocol
+    from .protocol import get_protocol
     from .runner import DISPLAY_FIELDS, resume, start_one
     from .store import RunDir
     if RunDir(pr.path).config_file.is_file():
@@ -186,7 +186,7 @@ def units(plans: list[Plan], vectorize: bool = False, workers: int = 1) -> list[
     """The units of work: new runs of a plan that share a stack key train together; with `vectorize`,
     so do new single runs of different plans (sweep points) that may be stacked (they differ only
     in the fields a stack lets differ), split so that every worker gets a stack."""
-    from .registry import get_protocol
+    from .protocol import get_protocol
     out, across = [], {}
     for p in plans:
         keyed: dict[str, list[PlannedRun]] = {}
@@ -217,7 +217,7 @@ def prepare(plans: list[Plan], overwrite: bool = False, keep_existing: bool = Tr
     """Before any run starts: a new output must be empty (or is cleared with `overwrite`); every
     distinct config of a folder's new runs is built once, so bad input writes nothing; each folder's
     plan.json is written."""
-    from .registry import get_protocol
+    from .protocol import get_protocol
     from .store import RunDir, atomic_write_json
     for p in plans:
         if overwrite and p.out.is_dir():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import ConfigError, StoreError
 from .plan import make
-from .registry import protocol_of
+from .protocol import protocol_of
 from .store import RunDir, source_version
 
 

@@ -1,8 +1,11 @@
-"""`rotelab report`: figures and tables from any set of finished run directories.
+"""What to draw for a path, and the HTML pages: `rotelab plot` and `rotelab report`.
 
-Writes a self-contained HTML page (figures embedded as PNG data), the PNGs beside it, and a CSV of
-final metrics. Figures: each protocol's report section over its runs (fit: Zhang et al.'s Fig. 1;
-infoplane: information planes; noise: the ramp) and each run's own figures (`rotelab plot`).
+One rule for figures: plots.py only draws (data in, PNG out); this module decides what to draw for a
+run, a folder of runs that belong together (infoplane seeds, a noise ramp) or a folder of independent
+runs (a sweep, a study); a protocol's own figures are its Folder and StudyParts functions, which
+call plots.py. `rotelab report` writes a self-contained HTML page (figures embedded as PNG data), the
+PNGs beside it, and a CSV of final metrics: each protocol's report section over its runs (fit:
+Zhang et al.'s Fig. 1; infoplane: information planes; noise: the ramp) and each run's own figures.
 """
 
 from __future__ import annotations
@@ -12,9 +15,56 @@ import html
 import json
 from pathlib import Path
 
-from . import page
-from .registry import load_protocols, protocol_of
-from .store import RunDir, StoreError, find_runs
+import base64
+from .protocol import load_protocols, protocol_of
+from .store import RunDir, StoreError, find_runs, runs_in
+
+# -- HTML pages (`rotelab report`, `rotelab reproduce`): one style, figures embedded -----------------
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;vertical-align:top}img{max-width:100%}"
+         "figure{display:inline-block;margin:8px}")
+
+
+def img(path: Path) -> str:
+    """A PNG embedded in the page (the page stands alone)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{html.escape(Path(path).name)}" src="data:image/png;base64,{data}">'
+
+
+def figure(path: Path, caption: str) -> str:
+    return f"<figure>{img(path)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def write_page(path: Path, title: str, body: str) -> Path:
+    """A whole page: `body` is HTML already."""
+    Path(path).write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                          f"<style>{STYLE}</style></head><body>{body}</body></html>")
+    return Path(path)
+
+
+# -- what to draw -----------------------------------------------------------------------------------
+
+def plot_paths(paths) -> list[Path]:
+    """Figures of each path (`rotelab plot`), as its protocol draws them: a folder of independent
+    runs gets the report."""
+    out, groups = [], {}
+    for p in map(Path, paths):
+        dirs = runs_in(p)
+        if not dirs and not (p.is_dir() and any(p.rglob("config.json"))):
+            raise StoreError(p, f"{p} is not a rotelab run directory and holds none")
+        protos = {d: protocol_of(d) for d in dirs}
+        grouped = [d for d in dirs if protos[d].folder and protos[d].folder.figures]
+        if p not in dirs and not grouped:   # a folder of independent runs
+            out.append(report([p], p / "report.html")["html"])
+            continue
+        for d in dirs:
+            out += run_figures(d, strict=True)
+        if grouped:
+            groups.setdefault(protos[grouped[0]].name, (protos[grouped[0]], []))[1].append(p)
+    for proto, folders in groups.values():
+        out += proto.folder.figures(folders)
+    return out
 
 
 def run_figures(path, strict: bool = False) -> list[Path]:
@@ -129,12 +179,12 @@ def report(paths, out) -> dict:
     if figures:
         parts.append("<h2>Figures</h2>")
         for title, png in figures:
-            parts.append(page.figure(png, title))
+            parts.append(figure(png, title))
             listed.append(png)
     parts.append("<h2>Runs</h2>")
     for r, pngs in per_run:
-        imgs = "".join(page.figure(p, p.name) for p in pngs)
+        imgs = "".join(figure(p, p.name) for p in pngs)
         parts.append(f"<details><summary>{html.escape(str(r.path))} ({r.read_protocol()})</summary>{imgs}</details>")
         listed += pngs
-    page.write(out, "rotelab report", "".join(parts))
+    write_page(out, "rotelab report", "".join(parts))
     return {"html": out, "csv": csv_path, "by_config": config_csv, "figures": [p for _, p in figures], "embedded": listed}

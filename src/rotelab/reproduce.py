@@ -160,7 +160,7 @@ class Context:
 
 def study_tables() -> tuple[dict, dict]:
     """Every registered protocol's study figures and checks by kind (a study file names them)."""
-    from .registry import load_protocols
+    from .protocol import load_protocols
     figures, checks = {}, {}
     for proto in load_protocols().values():
         for table, own in ((figures, proto.study.figures), (checks, proto.study.checks)):
@@ -185,7 +185,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
         _resolve_data_file(step["base"], notes)
         where = out / step["name"]
         if step.get("sources"):   # a protocol run over an earlier step's runs (a noise ramp): one folder
-            from .registry import get_protocol
+            from .protocol import get_protocol
             sources = [str(r.path) for r in Context(study, scale, out, steps).runs(step["sources"])] \
                 if (out / step["sources"]).is_dir() else []
             print(f"{'step':8s} {where} ({len(sources)} source runs)")
@@ -272,14 +272,14 @@ def _args(entry: dict) -> dict:
 # -- figures ----------------------------------------------------------------------------------
 
 def write_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Path:
-    from . import page
+    from .report import figure, write_page
     mark = {True: "pass", False: "FAIL", None: "reported"}
     rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(str(c['value']))}</td>"
                    f"<td>{html.escape(str(c['expected']))}</td><td>{mark[c['pass']]}</td></tr>"
                    for c in results["checks"])
-    figs = "".join(page.figure(p, f"{t}: {p.name}") for t, p in figures)
+    figs = "".join(figure(p, f"{t}: {p.name}") for t, p in figures)
     notes = html.escape(results["notes"]).replace("\n", "<br>")
-    return page.write(path, results["study"],
+    return write_page(path, results["study"],
         f"<h1>{html.escape(results['study'])} ({results['scale']} scale)</h1>"
         f"<p>{html.escape(results['reproduces'])}</p><p><code>{html.escape(results['command'])}</code>: "
         f"{results['seconds']:.0f} s this call, {results['compute_seconds']:.0f} s of training, evaluation and "

@@ -146,7 +146,7 @@ def resume(path, display: dict | None = None) -> RunDir:
     """Continue one run from its newest intact checkpoint (or from scratch if it has none), with the
     protocol that made it and its saved config (`display` may change DISPLAY_FIELDS only). A finished
     run is left as it is. Takes the run's lock before reading anything."""
-    from .registry import protocol_of
+    from .protocol import protocol_of
     run = RunDir(path)
     proto = protocol_of(run)
     run.lock()
@@ -176,7 +176,7 @@ def resume_stack(paths: list) -> list[RunDir] | None:
     a checkpoint of the same epoch, configs that stack. None, with nothing written, where they cannot
     (resume them one by one). Takes every run's lock before reading anything; raises RunLocked where
     another process holds one."""
-    from .registry import protocol_of
+    from .protocol import protocol_of
     from .vectorized import Stacked, check_vectorizable
     runs = [RunDir(p) for p in paths]
     try:
@@ -236,7 +236,7 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
     """New runs of a protocol (a name or a Protocol) trained together as one stack (vectorized seeds);
     each gets its own ordinary run directory, status and summary. `build_loop` replaces the
     protocol's; `stack` picks the stack's kind (vectorized.Stacked)."""
-    from .registry import get_protocol
+    from .protocol import get_protocol
     from .vectorized import Stacked, check_vectorizable
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if build_loop is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, load_config_file
-from .registry import get_protocol
+from .protocol import get_protocol
 
 
 @dataclass

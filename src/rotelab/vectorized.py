@@ -199,7 +199,7 @@ class RunStack:
                 for j in range(self.k)]
 
 
-class Stack(RunStack):
+class MLPStack(RunStack):
     """The MLPs, optimizer states and data of `loops`, stacked along a leading run axis.
 
     All runs' weights and biases live in one flat parameter (and its gradient in one flat buffer),
@@ -341,7 +341,7 @@ class FuncStack(RunStack):
     running statistics. Weight-noise layers get each run's own standard normal draws, from the stream
     its own run would draw them from, in the order its own forward pass would (recorded once per batch
     shape on the architecture). A penalty (--info-weight) is each run's own, evaluated on its slice.
-    The same interface as Stack (the written-out kernel for MLPs, faster there)."""
+    The same interface as MLPStack (the written-out kernel for MLPs, faster there)."""
 
     def __init__(self, loops: list[Loop]):
         import copy
@@ -480,12 +480,12 @@ def stack_for(loops: list[Loop], kind: str | None = None):
     cfg = loops[0].cfg
     kernel = cfg.model in MLP_KERNEL_MODELS and getattr(cfg, "weight_noise", "none") == "none"
     kind = kind or ("kernel" if kernel else "func")
-    return (Stack if kind == "kernel" else FuncStack)(loops)
+    return (MLPStack if kind == "kernel" else FuncStack)(loops)
 
 
 class Stacked:
     """The strategy of loops trained together: the first loop to ask for an epoch gets it computed
-    for every active loop as one stack (Stack for MLPs, FuncStack for other models); the others take
+    for every active loop as one stack (MLPStack for MLPs, FuncStack for other models); the others take
     their share. The stack lives across epochs and is rebuilt when runs leave it (--until-train-acc)."""
 
     def __init__(self, loops: list[Loop], kind: str | None = None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..registries import Registry
+from ..registry import Registry
 from ..seeding import derive_seed
 from ..spec import TISHBY_WIDTHS
 from .convnets import AlexNetSmall, InceptionSmall

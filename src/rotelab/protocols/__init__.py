@@ -1,1 +1,1 @@
-"""Protocols: each file registers one (see rotelab.registry). Their runs live and end by rotelab.runner."""
+"""Protocols: each file registers one (see rotelab.protocol). Their runs live and end by rotelab.runner."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import FitConfig, parse_corruption
 from ..plan import make, one_run
-from ..registry import Protocol, StudyParts, register
+from ..protocol import Protocol, StudyParts, register
 from ..store import RunDir, runs_in
 
 

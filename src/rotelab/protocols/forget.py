@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import SCHEDULES, ConfigError, FitConfig, opt, parse_corruption
 from ..hook import EpochResult, Hook
 from ..plan import make, one_run
-from ..registry import Protocol, StudyParts, register
+from ..protocol import Protocol, StudyParts, register
 from ..store import RunDir, StoreError, examples_upto
 from .fit import information_penalty, standard_hooks
 

@@ -20,9 +20,9 @@ import numpy as np
 
 from ..config import ConfigError, FitConfig, opt, parse_seeds
 from ..hook import EpochResult, Hook
-from ..registries import Registry
+from ..registry import Registry
 from ..plan import Plan, PlannedRun, folder_record, make
-from ..registry import Folder, Protocol, StudyParts, register
+from ..protocol import Folder, Protocol, StudyParts, register
 from ..store import RunDir, runs_in, truncate_jsonl
 from . import fit as fit_protocol
 

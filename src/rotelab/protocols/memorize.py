@@ -31,7 +31,7 @@ import numpy as np
 from ..config import ConfigError, FitConfig, opt
 from ..measures.examples import unpack
 from ..plan import Plan, PlannedRun, folder_record, make
-from ..registry import Folder, Protocol, StudyParts, register
+from ..protocol import Folder, Protocol, StudyParts, register
 from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from .fit import build_loop as fit_loop
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import Config, ConfigError, opt
 from ..hook import EpochResult, Hook
 from ..plan import Plan, PlannedRun, folder_record, make
-from ..registry import Derived, Folder, Protocol, StudyParts, protocol_of, register
+from ..protocol import Derived, Folder, Protocol, StudyParts, protocol_of, register
 from ..store import RunDir, StoreError, atomic_write_json, read_json, runs_in
 
 @dataclass
