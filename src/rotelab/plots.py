@@ -530,3 +530,40 @@ def plot_influence_pairs(out: Path, g: dict) -> Path:
         axes[1, j].set_title(f"train {g['pair_train_label'][j]}\n{g['pair_value'][j]:.2f}", fontsize=7)
     fig.suptitle("highest-influence pairs: test image (top), training image (below) and infl", fontsize=10)
     return save_figure(fig, Path(out) / "figures" / "influence_pairs.png")
+
+
+def plot_weight_information(rows: list[dict], path) -> Path:
+    """The learned-noise study (Achille & Soatto 2018): (a) the information in the weights at the end
+    against the label corruption p, one line per beta (mean over seeds, runs as dots); (b) the final
+    train accuracy against beta, one line per p; (c) the information against the train accuracy, every
+    run. `rows`: beta, p, info_bits, train_acc per run."""
+    import numpy as np
+    betas, ps = sorted({r["beta"] for r in rows}), sorted({r["p"] for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    for k, b in enumerate(betas):
+        g = [r for r in rows if r["beta"] == b]
+        means = [np.mean([r["info_bits"] for r in g if r["p"] == p]) for p in ps]
+        ax.plot(ps, means, "-o", color=f"C{k}", label=f"beta {b:g}")
+        ax.scatter([r["p"] for r in g], [r["info_bits"] for r in g], color=f"C{k}", s=8, alpha=0.5)
+    ax.set(yscale="log", xlabel="label corruption p", ylabel="information in the weights (bits, KL to log-uniform)",
+           title="(a) information against label corruption")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for k, p in enumerate(ps):
+        g = [r for r in rows if r["p"] == p]
+        ax.plot(betas, [np.mean([r["train_acc"] for r in g if r["beta"] == b]) for b in betas], "-o",
+                color=f"C{k}", label=f"p = {p:g}")
+    ax.set(xscale="log", xlabel="beta (weight of KL / N in the loss)", ylabel="train accuracy at the end",
+           title="(b) fit against beta", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    for k, p in enumerate(ps):
+        g = [r for r in rows if r["p"] == p]
+        ax.scatter([r["train_acc"] for r in g], [r["info_bits"] for r in g], color=f"C{k}", s=14, label=f"p = {p:g}")
+    ax.set(yscale="log", xlabel="train accuracy at the end", ylabel="information in the weights (bits)",
+           title="(c) information against fit")
+    ax.legend(fontsize=8)
+    for a in axes:
+        a.grid(alpha=0.3)
+    return save_figure(fig, Path(path))

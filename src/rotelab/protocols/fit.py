@@ -11,6 +11,7 @@ import numpy as np
 from ..config import FitConfig, parse_corruption
 from ..plan import make, one_run
 from ..protocol import Protocol, StudyParts, register
+from . import weight_information   # the learned-noise study's figure and checks
 from ..store import RunDir, runs_in
 
 
@@ -409,9 +410,9 @@ PROTOCOL = register(Protocol(
     help="train on data with corrupted labels or pixels",
     description="Train a network on data whose labels or pixels are corrupted (Zhang et al. 2017).",
     study=StudyParts(
-        figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation},
+        figures={"zhang_fig1": fig_zhang, "oscillation": fig_oscillation, **weight_information.FIGURES},
         checks={"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p,
                 "chance": check_chance, "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
                 "train_acc_at_least": check_final_train_acc, "table": check_table, "parameters": check_parameters,
-                "gap_falls_at_lr_step": check_gap_falls_at_lr_step},
+                "gap_falls_at_lr_step": check_gap_falls_at_lr_step, **weight_information.CHECKS},
         report_section=report_section)))
