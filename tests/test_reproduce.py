@@ -325,3 +325,38 @@ def test_plot_on_a_study_folder_does_what_report_does(tmp_path, capsys):
     assert "fit: Zhang et al. Fig. 1a" in page and "<img" in page
     assert main(["plot", str(tmp_path / "z" / "runs")]) == 0   # a sweep folder: the same
     assert (tmp_path / "z" / "runs" / "report.html").is_file()
+
+
+def fake_noisy_fit(path: Path, beta: float, p: float, seed: int, info_bits: float, train_acc: float = 1.0):
+    run = RunDir(path)
+    run.create({"corrupt": f"labels={p}", "info_weight": beta, "seed": seed}, {}, protocol="fit")
+    run.append_metrics({"epoch": 1, "train_acc": train_acc, "test_acc": 0.5, "kl_loguniform_bits": info_bits})
+    run.write_status("done")
+    run.unlock()
+
+
+def test_learned_noise_checks_on_hand_made_runs(tmp_path):
+    from rotelab.protocols import weight_information as wi
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "beta", "protocol": "fit"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    # information (bits) per beta: random labels above true ones wherever both fit; at beta 1 random
+    # labels do not fit (train 0.3), and there the runs overlap, which is not judged
+    table = {(1e-3, 0.0): [1000, 1100, 1050], (1e-3, 1.0): [6000, 6500, 7000],
+             (1e-1, 0.0): [300, 320, 310], (1e-1, 1.0): [900, 800, 1000],
+             (1.0, 0.0): [50, 60, 55], (1.0, 1.0): [40, 70, 45]}
+    for (beta, p), bits in table.items():
+        for seed, b in enumerate(bits):
+            fake_noisy_fit(tmp_path / "beta" / f"b{beta}-p{p}-s{seed}", beta, p, seed, b, 0.3 if (beta, p) == (1.0, 1.0) else 1.0)
+    value, expected, passed = wi.check_random_needs_more_information(ctx, "beta")
+    assert passed and "beta 0.001: random 6,500 bits (6,000-7,000, n = 3" in value and "6.2x" in value
+    assert "beta 1: random 52 bits" in value and "not both fit, not judged" in value
+    value, _, passed = wi.check_information_falls_with_beta(ctx, "beta")
+    assert passed and "p 0: Spearman" in value and "p 1: Spearman" in value
+    # one random-label run below a true-label one at a beta where both fit: the check fails
+    fake_noisy_fit(tmp_path / "beta" / "b0.1-p1.0-s3", 0.1, 1.0, 3, 250)
+    value, _, passed = wi.check_random_needs_more_information(ctx, "beta")
+    assert passed is False and "beta 0.1" in value and "the runs overlap" in value
+    value, expected, passed = wi.report_information_against_corruption(ctx, "beta")
+    assert passed is None and expected == "reported"
+    png = wi.fig_weight_information(ctx, "beta")
+    assert png and png[0].is_file()
