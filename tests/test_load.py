@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import rotelab
-from rotelab.store import numeric_frame
+from rotelab.runs import numeric_frame
 from rotelab.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ from rotelab.cli import main
 from rotelab.measures.examples import unpack
 from rotelab.plan import execute, plan
 from rotelab.protocols.memorize import MemorizeConfig, memorize, read_estimates, read_matrices
-from rotelab.store import Run, RunDir
+from rotelab.runs import Run
+from rotelab.store import RunDir
 
 
 def cfg_of(**kw):

@@ -137,7 +137,7 @@ def import_graph() -> dict[str, set[str]]:
 
 def test_nothing_below_protocols_depends_on_a_protocol():
     graph = import_graph()
-    below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in ("engine", "hooks", "hook", "store", "config", "plots", "analysis",
+    below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in ("engine", "hooks", "hook", "store", "runs", "config", "plots", "analysis",
                                                      "seeding", "vectorized", "models", "data", "measures", "spec",
                                                      "errors", "registry")]
     for mod in below:

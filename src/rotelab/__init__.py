@@ -13,9 +13,9 @@ from .version import __version__  # noqa: F401
 
 
 def load(path):
-    """A run directory as a `rotelab.store.Run` (config, status, metrics and info as pandas
+    """A run directory as a `rotelab.runs.Run` (config, status, metrics and info as pandas
     DataFrames, per-example arrays), or, for a folder of runs (a sweep, an infoplane group, a noise
-    ramp, a study), a `rotelab.store.Runs`: the list of every run below it, with long tables
+    ramp, a study), a `rotelab.runs.Runs`: the list of every run below it, with long tables
     (`.metrics`, `.final`, `.info`) whose rows carry each run's corruption, seed and sweep axes."""
-    from .store import load as _load
+    from .runs import load as _load
     return _load(path)

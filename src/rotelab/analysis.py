@@ -8,7 +8,8 @@ import numpy as np
 
 from .config import ConfigError
 from .measures.examples import correctness, example_summary, split_names
-from .store import Run, RunDir, StoreError, atomic_write_json
+from .runs import Run
+from .store import RunDir, StoreError, atomic_write_json
 
 
 def summarize_examples(run: RunDir) -> dict:
@@ -70,7 +71,8 @@ def examples_by(path, signal: str, k: int = 20, lowest: bool = False):
     rows. A signal the records lack is one clear error naming the flag that records it."""
     from .errors import ConfigError
     from .protocol import protocol_of
-    from .store import Run, is_run, runs_in
+    from .runs import Run
+    from .store import is_run, runs_in
     path = Path(path)
     dirs = runs_in(path)
     folder = protocol_of(dirs[0]).folder if dirs and not is_run(path) else None

@@ -286,7 +286,7 @@ def breaking_alpha(out: Path, cfg: MemorizeConfig) -> np.ndarray:
     (Run.noise_fate: NaN where it was wrong from the first level, inf where it never broke); the ramp
     runs here, once (a derived run: it needs the whole-set run's final weights)."""
     from ..plan import execute, plan as plan_of
-    from ..store import Run
+    from ..runs import Run
     p = plan_of("noise", ramp_config(cfg), out / RAMP, sources=[out / "full"])
     execute([p])   # nothing to do when it is done
     return Run(p.runs[0].path).noise_fate("train")["breaking_alpha"].to_numpy()
@@ -297,7 +297,7 @@ def per_example(out: Path, cfg: MemorizeConfig, est: dict, mats: dict):
     and its breaking alpha under weight noise, the subset estimates (mem with its interval, C-scores)
     and cleanlab's label quality from the folds' out-of-fold probabilities."""
     from cleanlab.rank import get_label_quality_scores
-    from ..store import Run
+    from ..runs import Run
     table = Run(out / "full").per_example("train")
     table["breaking_alpha"] = breaking_alpha(out, cfg)
     for key, value in est.items():

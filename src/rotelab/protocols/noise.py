@@ -370,7 +370,7 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
     two-sided Mann-Whitney U test of their breaking alphas gives p < `level`. Breaking: first wrong in
     the majority of the noisy passes, among examples right at the first noise level."""
     from ..analysis import breaking_summary
-    from ..store import Run
+    from ..runs import Run
     parts, ok = [], True
     ramps = [r for r in ctx.runs(step) if source_label_corruption(r.read_config()["source"]) == p]
     for r in ramps:
