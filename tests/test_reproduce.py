@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rotelab import reproduce as rp
-from rotelab.protocols import fit as fitp
+from rotelab.protocols import fit_study as fitp
 from rotelab.protocols import infoplane as ipp
 from rotelab.protocols import noise as noisep
 from rotelab.cli import main
