@@ -261,7 +261,7 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
                "command": f"rotelab reproduce {study.name} --scale {scale}",
                "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
     atomic_write_json(out / "results.json", results)
-    write_page(results, figures, out / "report.html")
+    write_study_page(results, figures, out / "report.html")
     return {**results, "out": str(out)}
 
 
@@ -271,7 +271,7 @@ def _args(entry: dict) -> dict:
 
 # -- figures ----------------------------------------------------------------------------------
 
-def write_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Path:
+def write_study_page(results: dict, figures: list[tuple[str, Path]], path: Path) -> Path:
     from .report import figure, write_page
     mark = {True: "pass", False: "FAIL", None: "reported"}
     rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(str(c['value']))}</td>"
