@@ -357,7 +357,8 @@ def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
             ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
     if not drawn:
         return []
-    return [plot_memorizing_ib(drawn, ceiling, ctx.figures / f"memorizing_ib_{split}.png", widths=widths)]
+    name = f"memorizing_ib_{split}" + ("" if estimator == "binning-size" else f"_{estimator}")
+    return [plot_memorizing_ib(drawn, ceiling, ctx.figures / f"{name}.png", widths=widths)]
 
 
 def check_info_bounds(ctx, step: str):
