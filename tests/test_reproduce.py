@@ -315,6 +315,10 @@ def test_publish_writes_the_docs_page_and_small_figures(tmp_path):
     assert rotelab.load(records).final["test_acc"].tolist() == rotelab.load(tmp_path / "o").final["test_acc"].tolist()
     again = rp.reproduce("oscillation", "smoke", records)   # nothing trains: every run is done
     assert [c["value"] for c in again["checks"]] == [c["value"] for c in results["checks"]]
+    assert list(records.rglob("examples.npz")) and "per-example bits" in text
+    # a study whose record_examples is false publishes no per-example bits, and says so
+    lean = rp.publish_records(tmp_path / "o", tmp_path / "lean", examples=False)
+    assert lean["files"] > 0 and not list((tmp_path / "lean").rglob("examples.npz"))
 
 
 @pytest.mark.slow

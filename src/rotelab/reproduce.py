@@ -257,6 +257,7 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
                "seconds": round(time.perf_counter() - t0, 1), "compute_seconds": round(compute, 1), "checks": checks,
                "notes": "\n".join([study.spec.get("notes", "").strip(), *notes]).strip(),
                "reproduces": study.spec.get("reproduces", ""),
+               "record_examples": study.spec.get("record_examples", True),
                "figures": [str(Path(png).relative_to(out / "figures")) for _, png in figures],
                "command": f"rotelab reproduce {study.name} --scale {scale}",
                "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
@@ -304,7 +305,7 @@ def publish(out, docs) -> Path:
         _small_png(out / "figures" / name, dst)
         figures.append(dst.name)
     results["figures"] = figures
-    results["records"] = publish_records(out, docs / "records" / results["study"])
+    results["records"] = publish_records(out, docs / "records" / results["study"], results.get("record_examples", True))
     atomic_write_json(docs / "results" / f"{results['study']}.json", results)
     page = ["# Reproductions", "",
             "Each study below was run with `rotelab reproduce NAME` at its cpu scale on a 2-core CPU (no GPU).",
@@ -331,8 +332,9 @@ def publish(out, docs) -> Path:
         page += ["**Notes.** " + r["notes"].strip(), ""]
         if r.get("records"):
             rec = r["records"]
+            bits = ", per-example bits" if r.get("record_examples", True) else ""
             page += [f"**Record.** `{rec['path']}`: {rec['files']} files, {rec['bytes'] / 2**20:.1f} MiB (configs, "
-                     "metrics and information rows, per-example bits; no checkpoints): `rotelab.load` reads it, and "
+                     f"metrics and information rows{bits}; no checkpoints): `rotelab.load` reads it, and "
                      "every number above can be recomputed from it.", ""]
     (docs / "reproductions.md").write_text("\n".join(page) + "\n")
     return docs / "reproductions.md"
@@ -343,11 +345,12 @@ RECORD_FILES = ("config.json", "status.json", "plan.json", "sweep.json", "ramp.j
 PACKED_FILES = ("metrics.jsonl", "info.jsonl", "per_example.csv")
 
 
-def publish_records(out: Path, dst: Path) -> dict:
+def publish_records(out: Path, dst: Path, examples: bool = True) -> dict:
     """The compact record behind a study's figures and numbers, copied into `dst` with the folder
     layout kept, so that `rotelab.load(dst)` and every check read it as they read the runs: each run's
     config, status, metrics and information rows (gzipped JSONL), its per-example bits (examples.npz)
-    where its protocol's figures need them, and the files a folder of runs writes (plan, sweep,
+    where its protocol's figures need them (none with `examples` off: a study's `record_examples =
+    false` when nothing it reports is per example), and the files a folder of runs writes (plan, sweep,
     summaries, memorize's matrices, estimates without influence, gallery and per-example table). No
     checkpoints, no TensorBoard files.
     Returns the file count and size."""
@@ -363,7 +366,7 @@ def publish_records(out: Path, dst: Path) -> dict:
         if src.name in PACKED_FILES:
             target, data = dst / rel.parent / (src.name + ".gz"), gzip.compress(src.read_bytes(), mtime=0)
         elif src.name in RECORD_FILES or src.name in ("matrices.npz", "gallery.npz") or (
-                src.name == "examples.npz" and _keeps_examples(src)):
+                src.name == "examples.npz" and examples and _keeps_examples(src)):
             target, data = dst / rel, src.read_bytes()
         elif src.name == "memorization.npz":   # the per-example estimates; influence's top-k (8 MB for
             target, data = dst / rel, _without(src, "infl_")   # 10,000 test examples) is left out
