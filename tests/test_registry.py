@@ -200,3 +200,35 @@ def test_no_import_cycles_among_modules():
         if m not in state:
             visit(m, [])
     assert "rotelab.store" in graph["rotelab.runner"] and "rotelab.protocol" in graph["rotelab.runner"]
+
+
+def test_a_model_with_a_hyperparameter_is_one_builder(tmp_path, capsys):
+    """A model defined here, in a test file: its keyword-only parameter is what --model-args sets,
+    `rotelab models` lists it, a run records it, and a wrong name or kind is one line naming it."""
+    import torch
+    from rotelab.models import MODELS
+    from rotelab.store import RunDir
+
+    @MODELS.register("toy-hidden")
+    def toy(cfg, shape, num_classes, *, hidden: int = 8):
+        n = int(torch.tensor(shape).prod())
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, hidden), torch.nn.ReLU(),
+                                   torch.nn.Linear(hidden, num_classes))
+    try:
+        base = ["fit", "--dataset", "digits", "--model", "toy-hidden", "--epochs", "2", "--no-progress",
+                "--hist-every", "0"]
+        assert main([*base, "--model-args", "hidden=5", "--out", str(tmp_path / "five")]) == 0
+        run = RunDir(tmp_path / "five")
+        assert run.read_config()["model_args"] == {"hidden": 5}
+        assert run.read_environment()["parameters"] == 64 * 5 + 5 + 5 * 10 + 10   # digits: 64 inputs, 10 classes
+        assert main([*base, "--out", str(tmp_path / "default")]) == 0
+        assert RunDir(tmp_path / "default").read_environment()["parameters"] == 64 * 8 + 8 + 8 * 10 + 10
+        capsys.readouterr()
+        assert main(["models"]) == 0 and "toy-hidden      hidden=8" in capsys.readouterr().out
+        for bad, said in (("width=5", "toy-hidden takes hidden=8; got 'width'"), ("hidden=wide", "takes values like its default 8; got 'wide'")):
+            assert main([*base, "--model-args", bad, "--out", str(tmp_path / "bad")]) == 2
+            err = capsys.readouterr().err.strip()
+            assert said in err and "--model-args" in err and len(err.splitlines()) == 1
+            assert not (tmp_path / "bad").exists()
+    finally:
+        del MODELS["toy-hidden"]

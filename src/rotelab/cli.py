@@ -26,6 +26,22 @@ parse_ints = _comma_list(int, "integers", "512,512")
 parse_floats = _comma_list(float, "numbers", "0.3,0.5")
 
 
+def parse_kwargs(text: str) -> dict:
+    """An argparse type: NAME=VALUE pairs, comma-separated; values read as JSON where they are (numbers,
+    true, false), else as text ("" is no pair)."""
+    import json
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs such as hidden=64, got {item!r}")
+        try:
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            out[name.strip()] = value.strip()
+    return out
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -42,6 +58,8 @@ def _field_type(f: dataclasses.Field):
         return parse_ints
     if f.metadata.get("type") == "floats":
         return parse_floats
+    if f.metadata.get("type") == "kwargs":
+        return parse_kwargs
     if t.startswith("bool"):
         return bool
     kind = float if "float" in t else int if "int" in t else str
@@ -270,9 +288,10 @@ def cmd_list(args) -> int:
         for name, fn in sorted(SOURCES.items()):
             print(f"{name:15s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
     else:
-        from .models import MODELS
-        for name in MODELS:
-            print(name)
+        from .models import MODELS, model_arguments
+        for name in MODELS:   # with what --model-args may set
+            args_ = ", ".join(f"{k}={v!r}" for k, v in model_arguments(name).items())
+            print(f"{name:15s} {args_}".rstrip())
     return 0
 
 

@@ -23,8 +23,8 @@ def opt(default, help: str, choices=None, flag_type=None, aliases=(), **bounds):
         meta["choices"] = choices
     if flag_type is not None:
         meta["type"] = flag_type
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -130,6 +130,7 @@ class FitConfig(Config):
     test_subset: int | None = opt(None, "evaluate on a fixed, class-balanced subset of this many test examples", ge=1)
     # model
     model: str = opt("mlp", "model name (see `rotelab models`)")
+    model_args: dict = opt({}, "keyword arguments of the model's builder, NAME=VALUE comma-separated (a builder declares them as keyword-only parameters with defaults; `rotelab models` lists them)", flag_type="kwargs")
     widths: list[int] = opt([512], "mlp hidden widths, comma-separated, e.g. 512,512,512", flag_type="ints")
     activation: str | None = opt(None, "relu or tanh (default: the model's own, relu for mlp, tanh for tishby)", ("relu", "tanh"))
     batch_norm: bool = opt(False, "mlp, tishby: batch norm after each hidden linear layer, before the activation")
@@ -221,8 +222,10 @@ class FitConfig(Config):
         """Model and dataset names against their registries (these import torch, so only here)."""
         from .data.sources import SOURCES
         from .models import MODELS
+        from .models import check_model_args
         SOURCES.get(self.dataset)
         MODELS.get(self.model)
+        check_model_args(self.model, self.model_args)
 
 
 def load_config_file(path: str | Path) -> dict:

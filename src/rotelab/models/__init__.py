@@ -62,12 +62,36 @@ def _wrn(cfg, shape, k):
 
 
 
+def model_arguments(name: str) -> dict:
+    """The keyword arguments a model's builder declares (its keyword-only parameters, with their
+    defaults): what --model-args may set. A model with a hyperparameter is one decorated builder."""
+    import inspect
+    params = inspect.signature(MODELS.get(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+def check_model_args(name: str, given: dict):
+    """One ConfigError naming the model's arguments where `given` holds one it does not declare, or a
+    value of another kind than its default's."""
+    known = model_arguments(name)
+    for key, value in given.items():
+        if key not in known:
+            takes = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "no arguments"
+            raise ConfigError("--model-args", f"{name} takes {takes}; got {key!r}")
+        default = known[key]
+        number = (int, float)
+        if default is not None and (isinstance(default, bool) != isinstance(value, bool) or
+                                    isinstance(default, number) != isinstance(value, number) or
+                                    (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float))):
+            raise ConfigError("--model-args", f"{name}'s {key} takes values like its default {default!r}; got {value!r}")
+
+
 def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn.Module:
     """Build cfg.model for the data; initialization is deterministic from cfg.seed."""
     builder = MODELS.get(cfg.model)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(derive_seed(cfg.seed, "init"))  # initial weights: CPU draws
-        model = builder(cfg, tuple(input_shape), num_classes)
+        model = builder(cfg, tuple(input_shape), num_classes, **getattr(cfg, "model_args", {}))
     if getattr(cfg, "weight_noise", "none") == "lognormal":
         add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling)
     if getattr(cfg, "channels_last", False):
