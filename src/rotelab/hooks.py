@@ -10,6 +10,7 @@ import functools
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,12 +34,12 @@ class ExampleRecorder(Hook):
                  seen=None):
         self.run, self.source, self.with_margins = run, source, margins
         self.names = list(splits)
-        self.static = {"source": np.array(source)}
+        self.static: dict[str, Any] = {"source": np.array(source)}
         if seen is not None:   # --train-fraction: which training examples the run trains on
             mask = np.zeros(len(splits["train"]), dtype=bool)
             mask[seen.cpu().numpy()] = True
             self.static["train_seen"] = mask
-        self.rows = {"epochs": []}
+        self.rows: dict[str, list] = {"epochs": []}
         for name, s in splits.items():
             self.static.update({f"n_{name}": np.int64(len(s)), f"{name}_labels_used": s.y.cpu().numpy(),
                                 f"{name}_labels_true": s.y_true.cpu().numpy(),
@@ -47,7 +48,7 @@ class ExampleRecorder(Hook):
             if margins:
                 self.rows[f"{name}_margin"] = []
                 self.rows[f"{name}_prob"] = []
-        self.prev = {}
+        self.prev: dict[str, np.ndarray] = {}
 
     def on_start(self, loop: Loop):
         if loop.epoch == 0 or not self.run.examples_file.is_file():
@@ -77,6 +78,7 @@ class ExampleRecorder(Hook):
             self.rows[f"{name}_correct"].append(pack(correct))
             if self.with_margins:
                 margin = result.presented_margins[name] if presented else result.evals[name].margin
+                assert margin is not None   # recorded with --example-margins
                 self.rows[f"{name}_margin"].append(margin.cpu().numpy().astype(np.float16))
                 # the assigned label's probability in the clean pass, exp(-cross-entropy): data maps
                 prob = torch.exp(-result.evals[name].loss)
@@ -94,7 +96,8 @@ class MetricsWriter(Hook):
     phase = WRITE
 
     def __init__(self, run: RunDir, flush_secs: float = 1.0):
-        self.run, self.file, self.flush_secs, self.last_flush = run, None, flush_secs, 0.0
+        self.run, self.flush_secs, self.last_flush = run, flush_secs, 0.0
+        self.file: Any = None   # open from on_start to on_end
 
     def on_start(self, loop: Loop):
         if loop.epoch > 0 or self.run.metrics_file.exists():
@@ -175,8 +178,10 @@ class TensorBoardWriter(Hook):
     phase = WRITE
 
     def __init__(self, run: RunDir, hist_every: int = 10, backfill: bool = False, flush_secs: float = 10):
-        self.run, self.hist_every, self.backfill, self.writer = run, hist_every, backfill, None
-        self.flush_secs, self.last_hist = flush_secs, None
+        self.run, self.hist_every, self.backfill = run, hist_every, backfill
+        self.writer: Any = None   # an EventFile from on_start to on_end
+        self.flush_secs = flush_secs
+        self.last_hist: int | None = None
 
     def on_start(self, loop: Loop):
         self.writer = resumed_writer(self.run.tb, loop.epoch, self.flush_secs)
@@ -234,7 +239,7 @@ class StatusWriter(Hook):
             self.run.write_status("running", epochs_completed=loop.epoch, fit_epoch=loop.fit_epoch)
 
     def on_end(self, loop: Loop):
-        final = loop.last_metrics or {}
+        final: dict = loop.last_metrics or {}
         self.run.write_status("done", epochs_completed=loop.epoch, fit_epoch=loop.fit_epoch,
                               final={k: v for k, v in final.items() if not k.startswith("seconds")})
 
@@ -247,7 +252,8 @@ class ProgressBar(Hook):
     LINE_SECS = 30.0
 
     def __init__(self, total: int, enabled: bool = True, desc: str = "epochs"):
-        self.total, self.enabled, self.desc, self.bar = total, enabled, desc, None
+        self.total, self.enabled, self.desc = total, enabled, desc
+        self.bar: Any = None   # a tqdm bar from on_start to on_end
         self.line_secs, self.started, self.last_line, self.first_epoch = self.LINE_SECS, 0.0, 0.0, 0
 
     def on_start(self, loop: Loop):
@@ -343,7 +349,7 @@ class NormStats(Hook):
         m["weight_norm"] = total
         m["eff_lr"] = m["lr"] / total ** 2 if total > 0 else None
         m["grad_norm"] = float(self.grad_sq) / self.batches if self.batches else None
-        invariant = getattr(loop.model, "scale_invariant", lambda: [])()
+        invariant: list = getattr(loop.model, "scale_invariant", lambda: [])()
         if invariant:
             si = math.sqrt(sum(norms[n] ** 2 for n in invariant))
             m["si_weight_norm"] = si
@@ -362,7 +368,10 @@ class BatchScalars(Hook):
     phase = MEASURE   # adds `batches` to the epoch's metrics before they are written
 
     def __init__(self, run: RunDir, flush_secs: float = 10):
-        self.run, self.flush_secs, self.writer, self.rows, self.lrs, self.batches = run, flush_secs, None, [], [], 0
+        self.run, self.flush_secs, self.batches = run, flush_secs, 0
+        self.writer: Any = None
+        self.rows: list = []
+        self.lrs: list[float] = []
 
     def on_start(self, loop: Loop):
         if loop.epoch:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError
+from .config import Config
 from .registry import Registry
 
 
@@ -59,7 +60,7 @@ class StudyParts:
 class Protocol:
     """A protocol: the parts every one has, then optional parts, each typed."""
     name: str
-    config: type                       # the config dataclass (every field a CLI flag and a sweep axis)
+    config: type[Config]               # the config dataclass (every field a CLI flag and a sweep axis)
     help: str                          # one line, for `rotelab --help`
     plan: PlanFn                       # the runs a config makes in `out` (rotelab.plan)
     build_loop: BuildLoopFn            # one run's training loop, from scratch or from a checkpoint's state

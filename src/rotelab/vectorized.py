@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,12 +96,27 @@ class RunStack:
     gives forward(x, shared) and train_step(xb, yb), and copies weights and optimizer state back to a
     run (write_back_weights(j), write_back_state(j))."""
 
+    loops: list[Loop]
+    k: int
+    opt: torch.optim.Optimizer
+
+    def forward(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
     def stack_data(self, loops: list[Loop]):
         """Inputs stored once when every run has the same ones, else stacked; labels stacked. The
         splits of each kind (shared, stacked) lie end to end in one tensor, each split a view of it,
         so that one evaluation pass covers them (`groups`: names, inputs, labels, shared)."""
-        self.x, self.shared, self.y, self.y_true, self.corrupted = {}, {}, {}, {}, {}
-        self.groups, self.where = [], {}   # where[split]: (its group's inputs, its first index there)
+        self.x: dict[str, torch.Tensor] = {}
+        self.shared: dict[str, bool] = {}
+        self.y: dict[str, torch.Tensor] = {}
+        self.y_true: dict[str, torch.Tensor] = {}
+        self.corrupted: dict[str, torch.Tensor] = {}
+        self.groups: list[tuple] = []
+        self.where: dict[str, tuple] = {}   # where[split]: (its group's inputs, its first index there)
         names = list(loops[0].splits)
         for name in names:
             splits = [l.splits[name] for l in loops]
@@ -182,7 +198,8 @@ class RunStack:
         cfg = self.loops[0].cfg
         loss, acc = self.train_epoch()
         t_train = (time.perf_counter() - t0) / self.k
-        evals, metrics = {}, [{} for _ in self.loops]
+        evals: dict[str, list] = {}
+        metrics: list[dict] = [{} for _ in self.loops]
         groups = self.groups if self.loops[0].evaluates(self.loops[0].epoch + 1) else []
         for names, x, y, shared in groups:   # one pass over each group's splits end to end
             ev = self.evaluate(x, y, shared, cfg.eval_batch_size, cfg.example_margins)
@@ -211,10 +228,10 @@ class MLPStack(RunStack):
 
     def __init__(self, loops: list[Loop]):
         self.loops, self.k = loops, len(loops)
-        base = loops[0].model
+        base: Any = loops[0].model
         activation = type(base.layers[0][1]) if len(base.layers) else None
         self.tanh = activation is nn.Tanh   # computed from 2z (tanh_of_doubled_); ReLU in place
-        self.activation_backward = ACTIVATION_BACKWARD[activation] if activation else None
+        self.activation_backward: Any = ACTIVATION_BACKWARD[activation] if activation else None
         # per run, its parameters in the order [w0, b0, w1, b1, ...] (Linear layers in forward order)
         self.run_params = [[p for m in l.model.modules() if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
                            for l in loops]
@@ -227,10 +244,10 @@ class MLPStack(RunStack):
         for i, v in enumerate(self.params):
             v.copy_(torch.stack([ps[i].detach() for ps in self.run_params]))
         self.opt = build_optimizer(nn.ParameterList([self.flat]), loops[0].cfg)
-        states = [[l.opt.state.get(p) for p in ps] for l, ps in zip(loops, self.run_params)]
+        states: list[list[Any]] = [[l.opt.state.get(p) for p in ps] for l, ps in zip(loops, self.run_params)]
         if all(all(row) for row in states):
             template = states[0][0]
-            stacked = {}
+            stacked: dict = {}
             for key, value in template.items():
                 if _per_run(value):
                     stacked[key] = torch.empty_like(self.flat.data)
@@ -299,7 +316,7 @@ class MLPStack(RunStack):
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step of every run on its batch (xb (K, B, ...), yb (K, B)), minimizing the
         mean cross-entropy of each; returns the per-example cross-entropy and the logits."""
-        inputs = []
+        inputs: list[torch.Tensor] = []
         logits = self.forward(xb, shared=False, keep=inputs)
         log_p = torch.log_softmax(logits, dim=1)
         ce = -log_p.gather(1, yb[:, None]).squeeze(1)
@@ -357,13 +374,14 @@ class FuncStack(RunStack):
         self.buffers = {n: b.clone() for n, b in buffers.items()}
         self.base = copy.deepcopy(models[0]).to("meta")   # the architecture, without data
         self.noisy = dict(noisy_layers(self.base))
-        self.noise_plans, self.generators = {}, None
+        self.noise_plans: dict[tuple, list] = {}
+        self.generators: list = []   # each run's noise stream of the epoch (train_epoch)
         self.penalty = _Penalty(loops[0]) if loops[0].penalty is not None else None
         self.run_params = [dict(m.named_parameters()) for m in models]
         self.run_buffers = [dict(m.named_buffers()) for m in models]
         self.opt = build_optimizer(self.params, loops[0].cfg)   # by name: the groups of each run's own
         for n in self.names:   # optimizer state where the runs have it (a fixed parameter has none)
-            states = [l.opt.state.get(ps[n]) for l, ps in zip(loops, self.run_params)]
+            states: list[Any] = [l.opt.state.get(ps[n]) for l, ps in zip(loops, self.run_params)]
             if all(states):
                 self.opt.state[self.params[n]] = {key: torch.stack([st[key] for st in states]) if _per_run(v)
                                                   else _copy(v) for key, v in states[0].items()}
@@ -489,9 +507,11 @@ class Stacked:
     their share. The stack lives across epochs and is rebuilt when runs leave it (--until-train-acc)."""
 
     def __init__(self, loops: list[Loop], kind: str | None = None):
-        self.loops, self.stack, self.shares, self.kind = loops, None, {}, kind
-        self.owed = {}   # id(loop) -> the copy of its weights from the stack, made when its model is read
-        self.persist_at = {}   # epoch -> whether the stack's runs write their state at its end
+        self.loops, self.kind = loops, kind
+        self.stack: Any = None   # the stack of the active runs (MLPStack or FuncStack), built at the first epoch
+        self.shares: dict = {}
+        self.owed: dict[int, Any] = {}   # id(loop) -> the copy of its weights from the stack, made when its model is read
+        self.persist_at: dict[int, bool] = {}   # epoch -> whether the stack's runs write their state at its end
         for loop in loops:
             loop.strategy = self
 

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 LOG2 = math.log(2.0)
 
@@ -140,6 +144,7 @@ def _logsumexp_kernels(t: torch.Tensor, groups: torch.Tensor, variances: tuple[f
     raised to -708 where lower: exp's results there are subnormal numbers, 5x slower to compute (small
     variances such as the 12-bit task's 1e-3 hit them on most pairs), and a term of 3e-308 instead of
     less is invisible beside the j = i term."""
+    import torch
     n = len(t)
     _, g = torch.unique(groups, return_inverse=True)
     onehot_t = torch.nn.functional.one_hot(g, int(g.max()) + 1).to(t.dtype).T.contiguous()   # (groups, n)
@@ -171,6 +176,7 @@ def _kl_entropy(lse: torch.Tensor, n: int, d: int, var: float) -> float:
 def kde_entropy_bounds(t, var: float, block: int = 1024) -> tuple[float, float]:
     """(lower, upper) bounds in nats on the entropy of T + N(0, var I) with T uniform on the rows of t.
     The lower bound uses Bhattacharyya distances: the KL form at 4 var, plus d/2 log(1/4)."""
+    import torch   # here, not above: plotting a finished run needs this module and no torch
     t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
     n, d = t.shape
     lse = _logsumexp_kernels(t, torch.zeros(n, dtype=torch.long), (var, 4 * var), block)
@@ -182,6 +188,7 @@ def kde_mi(t, y, var: float, block: int = 1024) -> dict:
     """Lower and upper bounds (bits) on I(X;T) and I(T;Y) for T with additive Gaussian noise of
     variance var (Saxe et al.). H(T|X) is the noise entropy d/2 log(2 pi e var); H(T|Y) is the
     label-weighted mixture entropy within each class, bounded the same way."""
+    import torch
     t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
     y = np.asarray(y)
     n, d = t.shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import FitConfig
+from ..hook import Hook
 from ..plan import make, one_run
 from ..protocol import Protocol, StudyParts, register
 from . import fit_study   # what studies of fit runs draw and check
@@ -16,7 +17,7 @@ def measurement_hooks(cfg: FitConfig, data, run: RunDir | None = None) -> list:
     from ..data import balanced_subset
     from ..hooks import BatchScalars, FisherTrace, NormStats, WeightNoiseStats
     from ..seeding import derive_seed
-    hooks = [NormStats()] if cfg.norms else []
+    hooks: list[Hook] = [NormStats()] if cfg.norms else []
     if cfg.batch_scalars and run is not None:
         hooks.append(BatchScalars(run))
     if cfg.weight_noise != "none":
@@ -43,7 +44,7 @@ def standard_hooks(cfg: FitConfig, run: RunDir, data, own=(), checkpointer=None,
     metrics.jsonl and TensorBoard, then the checkpoint, then status.json (a run killed between two
     of them resumes from the checkpoint), and the progress line last."""
     from ..hooks import Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter
-    hooks = []
+    hooks: list[Hook] = []
     if cfg.example_record != "none":
         hooks.append(ExampleRecorder(run, data.splits, cfg.example_record, cfg.example_margins,
                                      seen=data.train_subset))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import parse_corruption
+from ..protocol import CheckFn, FigureFn
 from ..store import RunDir, runs_in
 from . import weight_information
 
@@ -329,8 +330,8 @@ def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):
     return "; ".join(rows), "; ".join(f"{k}: {v:,}" for k, v in expected.items()) + f" ({source})", ok and bool(rows)
 
 
-FIGURES = {"zhang_fig1": fig_zhang, "oscillation": fig_oscillation, **weight_information.FIGURES}
-CHECKS = {"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p,
+FIGURES: dict[str, FigureFn] = {"zhang_fig1": fig_zhang, "oscillation": fig_oscillation, **weight_information.FIGURES}
+CHECKS: dict[str, CheckFn] = {"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p,
           "chance": check_chance, "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
           "train_acc_at_least": check_final_train_acc, "table": check_table, "parameters": check_parameters,
           "gap_falls_at_lr_step": check_gap_falls_at_lr_step, **weight_information.CHECKS}

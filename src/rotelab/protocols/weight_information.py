@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import parse_corruption
+from ..protocol import CheckFn, FigureFn
 
 
 def final_rows(runs) -> list[dict]:
@@ -103,7 +104,7 @@ def fig_weight_information(ctx, step: str) -> list[Path]:
     return [plot_weight_information(rows, ctx.figures / "weight_information.png")] if rows else []
 
 
-FIGURES = {"weight_information": fig_weight_information}
-CHECKS = {"random_needs_more_information": check_random_needs_more_information,
+FIGURES: dict[str, FigureFn] = {"weight_information": fig_weight_information}
+CHECKS: dict[str, CheckFn] = {"random_needs_more_information": check_random_needs_more_information,
           "information_falls_with_beta": check_information_falls_with_beta,
           "information_against_corruption": report_information_against_corruption}
