@@ -126,11 +126,13 @@ def test_a_trend_is_judged_over_runs_and_overlapping_intervals_are_said(tmp_path
     assert fitp.check_rises_with_p(ctx, "fits", "fit_epoch", alpha=0.1)[2] is True
 
 
-def fake_infoplane(path: Path, curves: dict, n: int = 1024, train_acc: float = 1.0):
-    """An infoplane run whose binning records follow curves[layer] = [I(X;T) per capture]."""
+def fake_infoplane(path: Path, curves: dict, n: int = 1024, train_acc: float | list = 1.0, seed: int = 0):
+    """An infoplane run whose binning records follow curves[layer] = [I(X;T) per capture], and whose
+    train accuracy is `train_acc` (a list: one per epoch)."""
     run = RunDir(path)
-    run.create({"corrupt": "labels=1.0"}, {}, protocol="infoplane")
-    run.append_metrics({"epoch": 1, "train_acc": train_acc, "test_acc": 0.1})
+    run.create({"corrupt": "labels=1.0", "seed": seed}, {}, protocol="infoplane")
+    for epoch, acc in enumerate(train_acc if isinstance(train_acc, list) else [train_acc], 1):
+        run.append_metrics({"epoch": epoch, "train_acc": acc, "test_acc": 0.1})
     with open(run.info_file, "w") as f:
         for layer, values in curves.items():
             for i, v in enumerate(values):
@@ -174,6 +176,32 @@ def test_compression_check_on_hand_made_curves(tmp_path):
     value, _, passed = fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)
     assert passed and "1.0000" in value
     fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-3", {0: [1, 2]}, train_acc=0.98)
+    assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
+
+
+def test_a_run_that_diverged_is_left_out_of_compression_and_named(tmp_path):
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "planes", "protocol": "infoplane"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    flat = {0: [9.9] * 4, 5: [5, 8, 8, 8], 6: [4, 7, 7, 7], 7: [3, 6, 6, 6]}
+    for seed in range(3):
+        fake_infoplane(tmp_path / "planes" / "labels-random" / f"seed-{seed}", flat, train_acc=[0.3, 1.0], seed=seed)
+    assert ipp.check_compression(ctx, "planes", "labels-random")[2] is False   # nothing falls
+    # a fourth run fits (0.998 at epoch 3), then its network dies (0.1 from epoch 4): its layers'
+    # information drops to nothing, which would pull the mean curve down 2 bits a layer
+    dead = {0: [9.9] * 4, 5: [5, 8, 8, 0], 6: [4, 7, 7, 0], 7: [3, 6, 6, 0]}
+    fake_infoplane(tmp_path / "planes" / "labels-random" / "seed-3", dead, train_acc=[0.3, 0.9, 0.998, 0.1, 0.1], seed=3)
+    gone = ipp.divergence(RunDir(tmp_path / "planes" / "labels-random" / "seed-3"))
+    assert gone == {"seed": 3, "peak": 0.998, "peak_epoch": 3, "lost_at": 4, "final": 0.1}
+    assert ipp.divergence(RunDir(tmp_path / "planes" / "labels-random" / "seed-0")) is None
+    assert ipp.check_compression(ctx, "planes", "labels-random", min_runs=4)[2] is None   # 3 kept runs: reported
+    value, _, passed = ipp.check_compression(ctx, "planes", "labels-random")
+    assert passed is False and "mean curve of 3 runs" in value
+    assert "seed 3 left out: train accuracy 0.998 at epoch 3, below half of it from epoch 4, 0.100 at the end (diverged)" in value
+    assert "seed 3 left out" in ipp.report_ixt_fall(ctx, "planes")[0]
+    # memorized is judged on what each run reached; the one that did not stay there is named
+    value, expected, passed = fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99, reached=True)
+    assert passed and "4 of 4 runs reach 0.99" in value and "3 of 4 end there" in value
+    assert "seed 3 reached 0.9980 and ended at 0.1000" in value and "at some epoch" in expected
     assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
 
 

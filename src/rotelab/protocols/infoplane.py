@@ -325,6 +325,34 @@ def fig_infoplane(ctx, step: str) -> list[Path]:
     return out
 
 
+def divergence(run: RunDir) -> dict | None:
+    """Where a run that had fitted lost it: its train accuracy ends below half its peak (a late
+    instability such as Adam's with a summed loss; its network then outputs nearly a constant). The
+    information such a run's layers hold afterwards falls because the network stopped working, which
+    is not compression. Returns the peak, its epoch, the first later epoch below half of it and the
+    final accuracy; None for a run that kept what it fitted."""
+    acc = [(m["epoch"], m["train_acc"]) for m in run.read_metrics() if m.get("train_acc") is not None]
+    if not acc:
+        return None
+    peak_epoch, peak = max(acc, key=lambda ea: ea[1])
+    if acc[-1][1] >= peak / 2:
+        return None
+    lost = next(e for e, a in acc if e > peak_epoch and a < peak / 2)
+    return {"seed": run.read_config().get("seed"), "peak": peak, "peak_epoch": peak_epoch, "lost_at": lost,
+            "final": acc[-1][1]}
+
+
+def kept_runs(runs: list[RunDir]) -> tuple[list[RunDir], list[dict]]:
+    """The runs that kept what they fitted, and a divergence record for each one left out."""
+    out = [(r, divergence(r)) for r in runs]
+    return [r for r, d in out if d is None], [d for _, d in out if d is not None]
+
+
+def said_left_out(gone: list[dict]) -> str:
+    return "".join(f"; seed {d['seed']} left out: train accuracy {d['peak']:.3f} at epoch {d['peak_epoch']}, "
+                   f"below half of it from epoch {d['lost_at']}, {d['final']:.3f} at the end (diverged)" for d in gone)
+
+
 def info_table(runs: list[RunDir], split: str = "train", estimator: str = "binning-size") -> tuple[dict, int]:
     """layer -> (epochs, I(X;T), I(T;Y)) of one split and estimator, means over runs at the epochs
     they share; and N, the size of the set it was measured on."""
@@ -351,9 +379,10 @@ def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
     drawn, ceiling, widths = [], None, None
     for title, group in panels.items():
         if group in by_name:
-            runs = [RunDir(d) for d in runs_in(by_name[group])]
+            runs, gone = kept_runs([RunDir(d) for d in runs_in(by_name[group])])
             table, n = info_table(runs, split, estimator)
-            drawn.append((f"{title}, {split} set", table))
+            left = f", {len(gone)} diverged left out" if gone else ""
+            drawn.append((f"{title}, {split} set ({len(runs)} runs{left})", table))
             ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
     if not drawn:
         return []
@@ -420,7 +449,7 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
     from ..measures.information import compression
     parts = []
     for g in ctx.groups(step):
-        runs = [RunDir(d) for d in runs_in(g)]
+        runs, gone = kept_runs([RunDir(d) for d in runs_in(g)])
         names = {r["estimator"] for r in runs[0].read_info()} if runs else set()
         est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
         table, n = info_table(runs, "train", est)
@@ -434,7 +463,8 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
             said.append(f"layer {layer + 1} saturated at the ceiling log2 N = {ceiling:.2f} from epoch "
                         f"{c['at_ceiling_from']} (the estimate cannot show compression)" if c["saturated"]
                         else f"layer {layer + 1} falls {c['fall']:.2f} bits from its peak")
-        parts.append(f"{g.name} ({est}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)}): " + ", ".join(said))
+        parts.append(f"{g.name} ({est}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)}): " + ", ".join(said)
+                     + said_left_out(gone))
     return "; ".join(parts), "reported", None
 
 
@@ -445,11 +475,12 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
     least `at_least` bits of I(X;T) from their peak by the last capture; judged from `min_runs` runs
     (fewer: reported). A layer whose mean curve ends within 0.1 bit of the ceiling log2 N is reported
     as saturated (the estimator cannot see compression there), not as not compressing. Beside each
-    fall, the range of the runs' own falls (each biased upward by its noise)."""
+    fall, the range of the runs' own falls (each biased upward by its noise). A run that diverged
+    (`divergence`) is left out and named: its information falls because its network stopped working."""
     from ..measures.information import compression
-    runs = ctx.group_runs(step, group)
+    runs, gone = kept_runs(ctx.group_runs(step, group))
     if not runs:
-        return f"no runs in {group}", "", False
+        return f"no runs in {group} that kept their fit{said_left_out(gone)}", "", False
     table, n = info_table(runs, split, estimator)
     own = [info_table([r], split, estimator)[0] for r in runs]
     ceiling = math.log2(n)
@@ -465,7 +496,8 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
         falls = [compression(t[layer][0], t[layer][1], ceiling)["fall"] for t in own if layer in t]
         spread = f" (runs {min(falls):.2f}-{max(falls):.2f})" if len(falls) > 1 else ""
         words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}{spread}")
-    value = f"{group}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)} ({split} set, N = {n}): " + "; ".join(words)
+    value = f"{group}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)} ({split} set, N = {n}): " + \
+        "; ".join(words) + said_left_out(gone)
     expected = f">= {at_least} bit fall in {need} of the last {layers} layers of the mean curve, judged from " \
                f"{min_runs} runs ({source})"
     return value, expected, (found >= need) if len(runs) >= min_runs else None
