@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from .config import ConfigError
@@ -35,7 +37,7 @@ def breaking_summary(fate) -> dict:
     right = fate[fate.breaking_alpha.notna()]
     groups = {"clean": right[~right.corrupted.astype(bool)], "corrupted": right[right.corrupted.astype(bool)]}
     parts = {name: g.breaking_alpha.to_numpy() for name, g in groups.items()}
-    out = {name: {"examples": int(len(v)), "median_breaking_alpha": float(np.median(v)) if len(v) else None}
+    out: dict[str, Any] = {name: {"examples": int(len(v)), "median_breaking_alpha": float(np.median(v)) if len(v) else None}
            for name, v in parts.items()}
     if all(len(v) for v in parts.values()):
         test = mannwhitneyu(parts["corrupted"], parts["clean"], alternative="two-sided")

@@ -82,11 +82,11 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         help_ = f"{f.metadata.get('help', '')} (default: {shown})"
         kind = _field_type(f)
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        kwargs: dict = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
         if kind is bool:
             parser.add_argument(flag(f.name), *f.metadata.get("aliases", ()), action=argparse.BooleanOptionalAction, **kwargs)
         else:

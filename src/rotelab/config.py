@@ -103,7 +103,7 @@ class Config:
         return check_fields(self)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # every Config is a dataclass
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -246,7 +246,7 @@ def load_config_file(path: str | Path) -> dict:
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[no-redef]
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

@@ -49,6 +49,7 @@ def build_optimizer(model, cfg) -> torch.optim.Optimizer:
     """SGD (momentum, weight decay) or Adam over param_groups(model); the fused kernels where this
     torch has them (one pass over the parameters per step instead of several: a measurable share of a
     small MLP's step)."""
+    cls: type[torch.optim.Optimizer]
     if cfg.optimizer == "sgd":
         cls, kw = torch.optim.SGD, dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "adam":
@@ -290,8 +291,8 @@ class Loop:
         self.sched = build_scheduler(self.opt, cfg)
         self.epoch = 0              # epochs completed
         self.saved_epoch = 0        # the epoch of the checkpoint on disk: where a resume starts
-        self.fit_epoch = None       # first epoch at which every trained-on split reached `until`
-        self.last_metrics = None
+        self.fit_epoch: int | None = None       # first epoch at which every trained-on split reached `until`
+        self.last_metrics: dict | None = None
         # Hooks that write state (checkpoint, examples.npz, status) do so only when `persist` is
         # set: every cfg.checkpoint_every seconds, at chosen epochs and at the end, so that short
         # epochs are not dominated by writing files. metrics.jsonl is appended every epoch and cut

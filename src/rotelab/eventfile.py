@@ -23,7 +23,7 @@ from pathlib import Path
 try:   # the C implementation (SSE4.2 where the CPU has it)
     from crc32c import crc32c as _crc32c
 except ImportError:   # pragma: no cover - the dependency is declared; this keeps a bare install working
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c as _crc32c  # type: ignore[no-redef]
 
 _FILES = itertools.count()
 

@@ -23,7 +23,8 @@ class Evaluation:
     def __getitem__(self, index) -> "Evaluation":
         """Every tensor indexed alike: one run of a stack's (K, N) Evaluation, or a part of the examples."""
         fields = (self.loss, self.pred, self.correct, self.margin)
-        return Evaluation(*(None if t is None else t[index] for t in fields))
+        loss, pred, correct, margin = (None if t is None else t[index] for t in fields)
+        return Evaluation(loss, pred, correct, margin)  # type: ignore[arg-type]  # only margin may be None
 
 
 @dataclass

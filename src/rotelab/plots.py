@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -28,8 +29,9 @@ def plot_curves(run: RunDir) -> Path:
     for key, style in (("train_loss", "-"), ("test_loss", "--")):
         ax_loss.plot(*_series(m, key), style, label=key.replace("_", " "))
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    for key, style in (("train_acc", "-"), ("test_acc", "--"), ("train_acc_clean", ":"),
-                       ("train_acc_corrupted", "-."), ("train_acc_true", (0, (1, 3)))):
+    acc_styles: list[tuple[str, Any]] = [("train_acc", "-"), ("test_acc", "--"), ("train_acc_clean", ":"),
+                                            ("train_acc_corrupted", "-."), ("train_acc_true", (0, (1, 3)))]
+    for key, style in acc_styles:
         x, y = _series(m, key)
         if x:
             ax_acc.plot(x, y, linestyle=style, label=key.replace("_", " "))
@@ -198,7 +200,7 @@ ESTIMATOR_WORDS = {"binning": "binning", "binning-size": "bins of fixed width", 
 LAYER_STYLES = ["-", "--", "-.", ":"]   # with the colour, keeps layers that lie on one another apart
 
 
-def describe_corruption(corrupt: str) -> str:
+def describe_corruption(corrupt: str | None) -> str:
     """A corruption in words: 'true labels', 'random labels', 'labels 0.2 random', 'random pixels 1'."""
     from .config import parse_corruption
     kind, p = parse_corruption(corrupt or "none")

@@ -22,7 +22,7 @@ from .registry import Registry
 
 # Signatures (types from modules that import this one are named in words: no import circle)
 PlanFn = Callable[..., Any]                          # plan(cfg, out: Path, **inputs) -> plan.Plan
-BuildLoopFn = Callable[[Any, Any, Optional[dict]], Any]   # build_loop(cfg, RunDir, state) -> engine.Loop
+BuildLoopFn = Callable[..., Any]                     # build_loop(cfg, RunDir, state=None) -> engine.Loop
 ExampleFn = Callable[[Path], tuple[dict, list]]      # example(tmp) -> (config fields, extra CLI args)
 SummarizeFn = Callable[..., Optional[dict]]          # summarize(run, cfg=None) -> dict for status.json
 FigureFn = Callable[..., list[Path]]                 # figure(ctx, step, **args) -> [Path]

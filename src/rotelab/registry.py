@@ -30,7 +30,7 @@ class Registry(dict):
         self[what.name] = what
         return what
 
-    def get(self, name: str):
+    def get(self, name: str):   # type: ignore[override]  # raises on an unknown name instead of a default
         if name not in self:
             raise ConfigError(self.option, f"unknown {self.kind} {name!r}; use one of {', '.join(sorted(self))}")
         return self[name]

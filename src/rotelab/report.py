@@ -54,7 +54,7 @@ def plot_paths(paths) -> list[Path]:
         if not dirs and not (p.is_dir() and any(p.rglob("config.json"))):
             raise StoreError(p, f"{p} is not a rotelab run directory and holds none")
         protos = {d: protocol_of(d) for d in dirs}
-        grouped = [d for d in dirs if protos[d].folder and protos[d].folder.figures]
+        grouped = [d for d in dirs if (f := protos[d].folder) is not None and f.figures]
         if p not in dirs and not grouped:   # a folder of independent runs
             out.append(report([p], p / "report.html")["html"])
             continue

@@ -407,7 +407,7 @@ def _small_png(src: Path, dst: Path, limit: int = 300_000):
     scale = 1.0
     while dst.stat().st_size > limit and scale > 0.2:
         scale *= 0.85
-        small = img.resize((int(img.width * scale), int(img.height * scale)), Image.LANCZOS)
+        small = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS)
         small.save(dst, optimize=True)
         if dst.stat().st_size > limit and scale < 0.75:
             small.quantize(colors=256, dither=Image.Dither.FLOYDSTEINBERG).save(dst, optimize=True)

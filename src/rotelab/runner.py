@@ -119,6 +119,13 @@ def checkpoint_epoch(run: RunDir, default: int) -> int:
         return default
 
 
+def summarizer(proto, cfg):
+    """What writes a finished run's summary into status.json: the protocol's, bound to this config
+    (None when the protocol has none)."""
+    summarize = proto.summarize
+    return None if summarize is None else (lambda run: summarize(run, cfg))
+
+
 def resumable_state(run: RunDir) -> dict | None:
     """The newest intact checkpoint's state (last.pt, else the newest kept epoch_NNNN.pt), saying so in
     one line when it falls back or finds a damaged kept checkpoint; None for a run that has none."""
@@ -130,10 +137,10 @@ def resumable_state(run: RunDir) -> dict | None:
         except StoreError as e:
             damaged.append(e)
             continue
-        for e in damaged:
-            print(f"rotelab: {e}; resuming from {path.relative_to(run.path)} (epoch {state['epoch']})", file=sys.stderr)
+        for bad in damaged:
+            print(f"rotelab: {bad}; resuming from {path.relative_to(run.path)} (epoch {state['epoch']})", file=sys.stderr)
         for name in run.damaged_checkpoints():
-            if run.checkpoints / name != path and all(e.path.name != name for e in damaged):
+            if run.checkpoints / name != path and all(d.path.name != name for d in damaged):
                 print(f"rotelab: note: checkpoint {run.checkpoints / name} is damaged (its size differs from "
                       "the one written); delete it", file=sys.stderr)
         return state
@@ -168,7 +175,7 @@ def resume(path, display: dict | None = None) -> RunDir:
     except BaseException:
         run.unlock()
         raise
-    return train([run], [loop], [proto.summarize and (lambda r: proto.summarize(r, cfg))])[0]
+    return train([run], [loop], [summarizer(proto, cfg)])[0]
 
 
 def resume_stack(paths: list) -> list[RunDir] | None:
@@ -190,7 +197,7 @@ def resume_stack(paths: list) -> list[RunDir] | None:
                 run.read_examples()
             loops.append(proto.build_loop(cfg, run, resumable_state(run)))
             cfgs.append(cfg)
-            summaries.append(proto.summarize and (lambda r, p=proto, c=cfg: p.summarize(r, c)))
+            summaries.append(summarizer(proto, cfg))
         try:
             check_vectorizable(cfgs)
         except ConfigError:
@@ -228,8 +235,7 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
     except BaseException:
         run.unlock()
         raise
-    summarize = proto.summarize and (lambda r: proto.summarize(r, cfg))
-    return train([run], [loop], [summarize])
+    return train([run], [loop], [summarizer(proto, cfg)])
 
 
 def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack: str | None = None) -> list[RunDir]:
@@ -257,7 +263,7 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
         for r in runs:
             r.unlock()
         raise
-    summaries = [proto.summarize and (lambda r, c=c: proto.summarize(r, c)) for c in cfgs]
+    summaries = [summarizer(proto, c) for c in cfgs]
     return train(runs, loops, summaries, together=True)
 
 

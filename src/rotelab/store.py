@@ -81,7 +81,7 @@ def source_version() -> str | None:
 def environment(device, model=None) -> dict:
     """Versions and device, so a run says what produced it; with the model, its parameter count."""
     import torch
-    env = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
+    env: dict[str, object] = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "device": str(device)}
     if model is not None:
         env["parameters"] = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))

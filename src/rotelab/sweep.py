@@ -90,10 +90,12 @@ def sweep_points(spec: dict, out=None) -> tuple[str, list[Point]]:
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown key of a sweep file; use protocol, out, base and axes")
     root = out or spec.get("out")
+    if root is None:
+        raise ConfigError("out", "a sweep needs a folder for its runs; give --out or `out` in the sweep file")
     cls = proto.config
     base = spec.get("base", {})
     axes = {k: axis_values(k, v) for k, v in spec.get("axes", {}).items()}
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # every Config is a dataclass
     # An axis whose values are tables sets several fields together (a "variant"): the table's `name`
     # names the point, its other keys are config fields.
     grouped = {k for k, v in axes.items() if all(isinstance(x, dict) for x in v)}

@@ -171,6 +171,7 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     if val_size is not None:
         if val_size < 1:
             val_size = max(1, int(len(y_train) * val_size))
+        val_size = int(val_size)
         if val_size >= len(y_train):
             raise ConfigError("--val-size", f"must be below the training set's {len(y_train)} examples, got {val_size}")
         val_idx = balanced_subset(y_train, val_size, k, seed=derive_seed(seed, "val-split"))

@@ -94,7 +94,7 @@ def _mnist1d() -> dict:
     try:   # atomic: concurrent processes may generate it at the same time
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except OSError:
         pass   # a read-only cache only costs the time to generate
@@ -185,7 +185,7 @@ def _mnist_like(cfg, folder: str, tv_class: str, extra_dirs=()) -> Source:
         raise ConfigError("--data-root", f"no {missing}[.gz] under {root / folder / 'raw'}; pass --download to fetch "
                                          f"{folder} with torchvision, or point --data-root at a folder that has it")
     try:
-        xtr, ytr, xte, yte = (read_idx(p) for p in paths)
+        xtr, ytr, xte, yte = (read_idx(p) for p in paths if p is not None)
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError("--data-root", f"cannot read {folder} ({e}); delete the damaged file and pass --download") from None
     scale = lambda a: a[:, None].astype(np.float32) / np.float32(255)

@@ -70,6 +70,7 @@ def bin_activations(t: np.ndarray, edges: np.ndarray | None = None, bin_size: fl
         raise ValueError("give exactly one of edges and bin_size")
     if edges is not None:
         return np.digitize(t, edges).astype(np.int32)
+    assert bin_size is not None
     return np.floor(np.asarray(t, dtype=np.float64) / bin_size).astype(np.int64)
 
 

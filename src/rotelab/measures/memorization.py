@@ -113,13 +113,15 @@ def memorization(trained, correct) -> Estimate:
     unbiased variance of each fraction; NaN where a side has fewer than 2 models)."""
     p_in, p_out, n_in, n_out = _split_means(trained, correct)
     se = np.sqrt(_binomial_var(p_in, n_in) + _binomial_var(p_out, n_out))
-    return Estimate(p_in - p_out, se, *newcombe(p_in, n_in, p_out, n_out), n_in, n_out)
+    lo, hi = newcombe(p_in, n_in, p_out, n_out)
+    return Estimate(p_in - p_out, se, lo, hi, n_in, n_out)
 
 
 def cscore(trained, correct) -> Estimate:
     """The consistency score of Jiang et al.: P[right on i | i held out], with its standard error."""
     _, p_out, n_in, n_out = _split_means(trained, correct)
-    return Estimate(p_out, np.sqrt(_binomial_var(p_out, n_out)), *wilson(p_out, n_out), n_in, n_out)
+    lo, hi = wilson(p_out, n_out)
+    return Estimate(p_out, np.sqrt(_binomial_var(p_out, n_out)), lo, hi, n_in, n_out)
 
 
 def influence(trained, correct_test, top: int | None = None, block: int = 256):

@@ -172,7 +172,7 @@ def weight_information(model: nn.Module, alpha_ref: float = 1.0, prior: tuple[fl
     """Per layer and in total: KL under the log-uniform prior relative to alpha_ref (bits), KL under
     a log-normal prior (bits; fitted per layer unless `prior` = (mu_p, s_p^2) is given), the mean of
     -1/2 ln alpha (nats) and the mean of log10 alpha."""
-    out = {"layers": {}}
+    out: dict = {"layers": {}}
     tot_lu = tot_ln = tot_neg = 0.0
     n_tot = 0
     for name, m in noisy_layers(model):

@@ -34,7 +34,7 @@ class WideResNet(nn.Module):
         self.batch_norm = batch_norm
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
-        layers = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=not batch_norm)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=not batch_norm)]
         c = widths[0]
         for group, w in enumerate(widths[1:]):
             for i in range(n):

@@ -97,7 +97,7 @@ def zhang_figures(runs: list[RunDir], folder: Path) -> list[tuple[str, Path]]:
             fig, ax = plt.subplots(figsize=(5.5, 4))
             xs, means, lo, hi = [], [], [], []
             for p in levels:
-                vals = [v[idx] for v in by_level[p] if v[idx] is not None]
+                vals = [float(got) for v in by_level[p] if (got := v[idx]) is not None]
                 if key == "b" and relative:
                     vals = [v / np.mean(base) for v in vals]
                 if vals:
@@ -323,8 +323,8 @@ def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_a
         train, test = float(np.mean([x["train_acc"] for x in m])), float(np.mean([x["test_acc"] for x in m]))
         ok &= train >= train_at_least and (not judge_test or abs(test - want) <= tolerance)
         rows.append(f"{g.name}: train {train:.4f}, test {test:.4f} (paper {want:.4f})")
-    test = f"test within {tolerance} of the paper" if judge_test else "test reported (at chance by construction)"
-    return "; ".join(rows), f"train >= {train_at_least}, {test}", ok and bool(rows)
+    judged = f"test within {tolerance} of the paper" if judge_test else "test reported (at chance by construction)"
+    return "; ".join(rows), f"train >= {train_at_least}, {judged}", ok and bool(rows)
 
 
 def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):

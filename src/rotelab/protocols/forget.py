@@ -91,7 +91,8 @@ class StageSwitch(Hook):
 
     def __init__(self, run: RunDir, cfg: ForgetConfig):
         self.run, self.cfg = run, cfg
-        self.stage, self.stage1_end = 1, None
+        self.stage = 1
+        self.stage1_end: int | None = None
 
     def apply(self, loop, stage1_end: int):
         """Turn `loop` into its stage-2 form after epoch `stage1_end` (also when resuming)."""
@@ -207,7 +208,7 @@ def summarize(run: RunDir, cfg: ForgetConfig | None = None) -> dict:
     cfg = cfg or ForgetConfig.from_dict(run.read_config())
     metrics = run.read_metrics()
     stage1 = [m["epoch"] for m in metrics if m.get("stage") == 1]
-    out = {"stage1_end": max(stage1) if stage1 else None, "collapses": {}}
+    out: dict = {"stage1_end": max(stage1) if stage1 else None, "collapses": {}}
     for split in SPLITS:
         pts = [(m["epoch"], m[f"{split}_acc"]) for m in metrics if m.get(f"{split}_acc") is not None]
         if pts:

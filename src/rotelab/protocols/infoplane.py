@@ -177,7 +177,7 @@ class InfoPlaneRecorder(Hook):
         self.sets = {name: (x, y.cpu().numpy(), x.flatten(1).cpu().numpy(), row_ids(x.flatten(1).cpu().numpy()))
                      for name, (x, y) in sets.items()}
         self.epochs = capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)
-        self.last = None
+        self.last: int | None = None
         self.seconds = 0.0
 
     @property
@@ -356,8 +356,8 @@ def said_left_out(gone: list[dict]) -> str:
 def info_table(runs: list[RunDir], split: str = "train", estimator: str = "binning-size") -> tuple[dict, int]:
     """layer -> (epochs, I(X;T), I(T;Y)) of one split and estimator, means over runs at the epochs
     they share; and N, the size of the set it was measured on."""
-    per = {}
-    n = None
+    per: dict = {}
+    n = 0
     for run in runs:
         for r in run.read_info():
             if r.get("split", "train") == split and r["estimator"] == estimator:
@@ -384,7 +384,7 @@ def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
             left = f", {len(gone)} diverged left out" if gone else ""
             drawn.append((f"{title}, {split} set ({len(runs)} runs{left})", table))
             ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
-    if not drawn:
+    if not drawn or ceiling is None:
         return []
     name = f"memorizing_ib_{split}" + ("" if estimator == "binning-size" else f"_{estimator}")
     return [plot_memorizing_ib(drawn, ceiling, ctx.figures / f"{name}.png", widths=widths)]

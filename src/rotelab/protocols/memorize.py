@@ -71,7 +71,8 @@ class MemorizeConfig(FitConfig):
 
     @property
     def fractions(self) -> list[float]:
-        return list(dict.fromkeys([self.train_fraction, *self.cscore_fractions]))
+        mem = [] if self.train_fraction is None else [self.train_fraction]
+        return list(dict.fromkeys([*mem, *self.cscore_fractions]))
 
 
 def data_seed(cfg: MemorizeConfig) -> int:
@@ -229,7 +230,7 @@ def write_gallery(out: Path, cfg: MemorizeConfig, mem: np.ndarray, mats: dict, i
     from ..data import load_data
     data = load_data(model_config(cfg, cfg.fractions[0], 0))
     train, test = images_of(data.train.x), images_of(data.test.x)
-    if train is None:
+    if train is None or test is None:
         return
     clean = ~mats["train_corrupted"].astype(bool)
     labels = mats["train_labels_used"]
@@ -255,7 +256,7 @@ def oof_probabilities(out: Path, cfg: MemorizeConfig) -> np.ndarray:
     """Out-of-fold predicted probabilities (N, classes) of the training examples: each from the fold
     run that held it out (its final weights), as cleanlab expects them."""
     import torch
-    probs = None
+    probs: np.ndarray | None = None
     for f in range(cfg.folds):
         run = RunDir(out / f"fold-{f}")
         loop = build_loop(MemorizeConfig.from_dict(run.read_config()), run, run.load_checkpoint())
@@ -264,9 +265,10 @@ def oof_probabilities(out: Path, cfg: MemorizeConfig) -> np.ndarray:
         model = loop.model.eval()
         with torch.no_grad():
             p = torch.cat([torch.softmax(model(x[i:i + 2048]).float(), dim=1) for i in range(0, len(x), 2048)])
-        if probs is None:
-            probs = np.full((len(held), p.shape[1]), np.nan)
-        probs[held] = p.cpu().numpy()
+        filled = np.full((len(held), p.shape[1]), np.nan) if probs is None else probs
+        filled[held] = p.cpu().numpy()
+        probs = filled
+    assert probs is not None, "memorize runs at least 2 folds"
     return probs
 
 
