@@ -68,6 +68,31 @@ def test_a_study_skips_finished_runs(tmp_path, capsys):
     assert "checks pass" in capsys.readouterr().out
 
 
+def test_finished_reads_the_done_runs_of_the_design_and_names_the_rest(tmp_path, capsys):
+    out = tmp_path / "o"
+    rp.reproduce("oscillation", "smoke", out)
+    # seed 1 of step lr-step is still training (its status says so); a folder that is not a point of
+    # the design lies beside the others
+    status = out / "lr-step" / "seed-1" / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "state": "running"}))
+    import shutil
+    shutil.copytree(out / "lr-step" / "seed-0", out / "lr-step" / "stray")
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    capsys.readouterr()
+    assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out), "--finished"]) == 0
+    printed = capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == stamp   # nothing ran
+    results = json.loads((out / "results.json").read_text())
+    assert results["missing"] == ["lr-step/seed-1 (partial)"] and results["command"].endswith("--finished")
+    settles = next(c["value"] for c in results["checks"] if c["name"].startswith("with a learning-rate step"))
+    assert "seed-0" in settles and "seed-2" in settles and "seed-1" not in settles and "stray" not in settles
+    assert "1 points not done, not in these results" in printed
+    assert "lr-step/seed-1 (partial)" in (out / "report.html").read_text()
+    docs = tmp_path / "docs"
+    rp.publish(out, docs)
+    assert "**Not yet run.** 1 points of the study's design are not in these results" in (docs / "reproductions.md").read_text()
+
+
 @pytest.mark.slow
 def test_table1_dry_run_and_a_smoke_run_on_written_cifar_files(tmp_path, capsys):
     from test_data import write_cifar

@@ -32,6 +32,7 @@ Output: DIR/<step>/... (the runs), DIR/figures/*.png, DIR/results.json and DIR/r
 
 from __future__ import annotations
 
+import contextlib
 import html
 import inspect
 import json
@@ -43,7 +44,7 @@ from pathlib import Path
 
 from .version import __version__
 from .config import ConfigError, load_config_file
-from .store import RunDir, atomic_write_json, runs_in, source_version
+from .store import RunDir, atomic_write_json, finished_runs_only, runs_in, source_version
 
 STUDIES = Path(__file__).parent / "studies"
 SCALES = ("smoke", "cpu", "paper")
@@ -142,7 +143,14 @@ class Context:
         d = self.step_dir(step)
         if self.steps[step].get("sources"):
             return [d]
-        return sorted(p for p in d.iterdir() if p.is_dir() and runs_in(p)) if d.is_dir() else []
+        if not d.is_dir():
+            return []
+        from .sweep import sweep_points   # the step's own points: another folder lying there is not read
+        spec = self.steps[step]
+        if not spec.get("axes"):
+            return sorted(p for p in d.iterdir() if p.is_dir() and runs_in(p))
+        _, points = sweep_points({"protocol": spec["protocol"], "out": str(d), "base": spec["base"], "axes": spec["axes"]})
+        return sorted(p for p in (d / pt.name for pt in points) if p.is_dir() and runs_in(p))
 
     def runs(self, step: str) -> list[RunDir]:
         return [RunDir(r) for g in self.groups(step) for r in runs_in(g)]
@@ -171,10 +179,18 @@ def study_tables() -> tuple[dict, dict]:
     return figures, checks
 
 
+def not_done(plans, out: Path) -> list[str]:
+    """Each planned run that is not done, as "path (state)" relative to the study's folder."""
+    from .plan import run_state
+    return [f"{r.path.relative_to(out)} ({run_state(r.path)})" for p in plans for r in p.runs
+            if run_state(r.path) != "done"]
+
+
 def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs: int | None = None,
               address=None, cpus_per_point: float = 1, gpus_per_point: float = 0, data_root: str | None = None,
-              dry_run: bool = False, notes: list | None = None) -> list[dict]:
-    """Run (or skip, or resume) every step in order (plan.execute); returns the steps as run."""
+              dry_run: bool = False, notes: list | None = None, missing: list | None = None) -> list[dict]:
+    """Run (or skip, or resume) every step in order (plan.execute); returns the steps as run. With a
+    `missing` list, run nothing: each point that is not done is added to it as "path (state)"."""
     from .plan import execute, plan, plan_state
     from .sweep import point_plans, record_points, sweep_points
     notes = notes if notes is not None else []
@@ -193,6 +209,9 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
                 continue
             cfg = get_protocol(step["protocol"]).config.from_dict({**step["base"], "progress": False})
             plans = [plan(step["protocol"], cfg, where, sources=sources)]
+            if missing is not None:
+                missing += not_done(plans, out)
+                continue
         else:
             protocol, points = sweep_points({"protocol": step["protocol"], "out": str(where), "base": step["base"],
                                              "axes": step["axes"]})
@@ -200,6 +219,9 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
             for p in plans:
                 print(f"{plan_state(p):8s} {p.out}")
             if dry_run:
+                continue
+            if missing is not None:
+                missing += not_done(plans, out)
                 continue
             record_points(protocol, points)
         results = execute(plans, executor if executor == "ray" else "local", jobs or 1, address=address,
@@ -215,9 +237,11 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
     return steps
 
 
-def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, **run_options) -> dict:
+def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, finished: bool = False,
+              **run_options) -> dict:
     """Run a study at a scale (default: cpu where the study has it, else its largest), then write its
-    figures, results.json and report.html."""
+    figures, results.json and report.html. With `finished`, run nothing: the checks and figures read
+    the runs that are done, and results.json lists the points of the design that are not."""
     study = load_study(name)
     scale = scale or ("cpu" if "cpu" in study.scales else list(study.scales)[-1])
     if scale not in study.scales:
@@ -225,9 +249,22 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
     out = Path(out or f"runs/reproduce/{study.name}-{scale}")
     t0 = time.perf_counter()
     notes: list[str] = []
-    steps = run_steps(study, scale, out, dry_run=dry_run, notes=notes, **run_options)
+    missing: list[str] | None = [] if finished else None
+    steps = run_steps(study, scale, out, dry_run=dry_run, notes=notes, missing=missing, **run_options)
     if dry_run:
         return {}
+    with finished_runs_only() if finished else contextlib.nullcontext():
+        results, figures = _draw(study, scale, out, steps, notes, t0)
+    if finished:
+        results["missing"] = missing
+        results["command"] += " --finished"
+    atomic_write_json(out / "results.json", results)
+    write_study_page(results, figures, out / "report.html")
+    return {**results, "out": str(out)}
+
+
+def _draw(study: Study, scale: str, out: Path, steps: list[dict], notes: list[str], t0: float) -> tuple[dict, list]:
+    """A study's results (checks and what they cost) and its figures (title, path), from its runs."""
     ctx = Context(study, scale, out, steps)
     figure_kinds, check_kinds = study_tables()
     figures = []
@@ -261,9 +298,7 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, *
                "figures": [str(Path(png).relative_to(out / "figures")) for _, png in figures],
                "command": f"rotelab reproduce {study.name} --scale {scale}",
                "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
-    atomic_write_json(out / "results.json", results)
-    write_study_page(results, figures, out / "report.html")
-    return {**results, "out": str(out)}
+    return results, figures
 
 
 def _args(entry: dict) -> dict:
@@ -285,6 +320,8 @@ def write_study_page(results: dict, figures: list[tuple[str, Path]], path: Path)
         f"<p>{html.escape(results['reproduces'])}</p><p><code>{html.escape(results['command'])}</code>: "
         f"{results['seconds']:.0f} s this call, {results['compute_seconds']:.0f} s of training, evaluation and "
         f"measurement in all its runs; rotelab {results['version']}</p>"
+        + (f"<p><b>Not in these results</b> (the design's points not done yet): "
+           f"{html.escape(', '.join(results['missing']))}</p>" if results.get("missing") else "") +
         f"<h2>Checks</h2><table><tr><th>check</th><th>value</th><th>expected</th><th></th></tr>{rows}</table>"
         f"<h2>Figures</h2>{figs}<h2>Notes</h2><p>{notes}</p>")
 
@@ -330,6 +367,9 @@ def publish(out, docs) -> Path:
                  for c in r["checks"]]
         page += [""] + [f"![{name}](figures/{name})" for name in r.get("figures", [])] + [""]
         page += ["**Notes.** " + r["notes"].strip(), ""]
+        if r.get("missing"):
+            page += [f"**Not yet run.** {len(r['missing'])} points of the study's design are not in these results "
+                     f"(checks and figures read the finished runs only): {', '.join(r['missing'])}.", ""]
         if r.get("records"):
             rec = r["records"]
             bits = ", per-example bits" if r.get("record_examples", True) else ""
@@ -419,4 +459,5 @@ def summary_line(results: dict) -> str:
     reported = len(results["checks"]) - judged
     return (f"{results['study']} ({results['scale']}): {passed} of {judged} checks pass"
             + (f", {reported} reported" if reported else "") + f", {results['seconds']:.0f} s "
-            f"({results['compute_seconds']:.0f} s of training, evaluation and measurement in its runs)")
+            f"({results['compute_seconds']:.0f} s of training, evaluation and measurement in its runs)"
+            + (f"; {len(results['missing'])} points not done, not in these results" if results.get("missing") else ""))

@@ -13,6 +13,8 @@ the user typed. Nothing here imports torch until a checkpoint is read or written
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import io
 import json
@@ -409,14 +411,31 @@ def is_run(path) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
+_FINISHED_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("finished_only", default=False)
+
+
+@contextlib.contextmanager
+def finished_runs_only():
+    """Within the block, runs_in sees finished runs only (state done): how a study's checks and
+    figures read a design whose runs are not all done (`rotelab reproduce --finished`), so that a
+    run still training never enters a mean curve or a count."""
+    token = _FINISHED_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _FINISHED_ONLY.reset(token)
+
+
 def runs_in(path, protocol: str | None = None) -> list[Path]:
     """The run directories a folder stands for: itself if it is one, else its child run directories
     (the seeds of an infoplane group, the runs of a noise ramp), in natural order; optionally only
-    those of one protocol."""
+    those of one protocol (and only finished ones inside `finished_runs_only`)."""
     path = Path(path)
     dirs = [path] if is_run(path) else sorted((p.parent for p in path.glob("*/config.json")), key=_natural)
     if protocol is not None:
         dirs = [d for d in dirs if _protocol_of(d) == protocol]
+    if _FINISHED_ONLY.get():
+        dirs = [d for d in dirs if RunDir(d).read_status().get("state") == "done"]
     return dirs
 
 
