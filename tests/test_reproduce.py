@@ -221,6 +221,7 @@ def test_a_run_that_diverged_is_left_out_of_compression_and_named(tmp_path):
     assert ipp.check_compression(ctx, "planes", "labels-random", min_runs=4)[2] is None   # 3 kept runs: reported
     value, _, passed = ipp.check_compression(ctx, "planes", "labels-random")
     assert passed is False and "mean curve of 3 runs" in value
+    assert "the runs fit (train accuracy >= 0.99) at epoch 2, 2, 2" in value   # where the peaks can be read against it
     assert "seed 3 left out: train accuracy 0.998 at epoch 3, below half of it from epoch 4, 0.100 at the end (diverged)" in value
     assert "seed 3 left out" in ipp.report_ixt_fall(ctx, "planes")[0]
     # memorized is judged on what each run reached; the one that did not stay there is named

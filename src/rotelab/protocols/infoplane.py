@@ -496,8 +496,10 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
         falls = [compression(t[layer][0], t[layer][1], ceiling)["fall"] for t in own if layer in t]
         spread = f" (runs {min(falls):.2f}-{max(falls):.2f})" if len(falls) > 1 else ""
         words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}{spread}")
+    fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
+    fitted = "; the runs fit (train accuracy >= 0.99) at epoch " + ", ".join("never" if e is None else str(e) for e in fits)
     value = f"{group}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)} ({split} set, N = {n}): " + \
-        "; ".join(words) + said_left_out(gone)
+        "; ".join(words) + fitted + said_left_out(gone)
     expected = f">= {at_least} bit fall in {need} of the last {layers} layers of the mean curve, judged from " \
                f"{min_runs} runs ({source})"
     return value, expected, (found >= need) if len(runs) >= min_runs else None
