@@ -251,8 +251,7 @@ def test_breaking_step_by_hand():
 
 def test_a_ramp_records_each_examples_fate_and_joins_its_training_run(trained, tmp_path):
     import rotelab
-    from rotelab.analysis import summarize_examples
-    from rotelab.protocols.noise import breaking_summary
+    from rotelab.analysis import breaking_summary, summarize_examples
     from rotelab.measures.examples import correctness, forgetting_events
     from rotelab.store import RunDir
     src = fit(FitConfig(dataset="digits", epochs=12, lr=0.1, progress=False, hist_every=0, corrupt="labels=0.5"),

@@ -119,10 +119,28 @@ class Run:
         return pd.DataFrame(table)
 
     def noise_fate(self, split: str = "train"):
-        """For a noise-ramp run: per example, the alpha at which it breaks, beside its training run's
-        forgetting events and first-learned epoch (protocols.noise.noise_fate says how)."""
-        from .protocols.noise import noise_fate
-        return noise_fate(self, split)
+        """For a noise-ramp run: per example of the trained network's `split`, the alpha at which it
+        breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at the first
+        level), whether its label was corrupted, and from the training run's per-epoch record its
+        forgetting events and first-learned epoch. That record is the clean evaluation pass at each
+        epoch's end unless the run was made with --example-record presentation (Toneva et al. count
+        over presentations). A DataFrame, one row per example."""
+        import pandas as pd
+        from .measures.examples import breaking_step, first_correct, forgetting_events
+        if self.protocol != "noise":
+            raise StoreError(self.path, f"{self.path} is a {self.protocol} run; noise_fate reads a noise ramp")
+        ex = self.examples
+        ramp = self.correct(split, ex)
+        alpha = {m["epoch"]: m["alpha"] for m in self.dir.read_metrics()}
+        epochs = np.asarray(ex["epochs"])
+        step = breaking_step(ramp)
+        levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
+        broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
+        source = Run(self.config["source"])
+        trained = source.correct(split)
+        return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": ex[f"{split}_corrupted"],
+                             "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
+                             "first_learned": first_correct(trained)})
 
     def __repr__(self):
         return f"Run({str(self.path)!r}, protocol={self.protocol!r}, state={self.status.get('state')!r})"

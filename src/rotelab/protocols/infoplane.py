@@ -382,7 +382,7 @@ def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
             runs, gone = kept_runs([RunDir(d) for d in runs_in(by_name[group])])
             table, n = info_table(runs, split, estimator)
             left = f", {len(gone)} diverged left out" if gone else ""
-            drawn.append((f"{title}, {split} set ({len(runs)} runs{left})", table))
+            drawn.append((f"{title}, {split} set\n({len(runs)} runs{left})", table))   # two lines: panels sit side by side
             ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
     if not drawn or ceiling is None:
         return []

@@ -14,7 +14,6 @@ import dataclasses
 from dataclasses import dataclass
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -370,6 +369,7 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
     examples whose labels were corrupted break at a lower median alpha than the clean ones, and a
     two-sided Mann-Whitney U test of their breaking alphas gives p < `level`. Breaking: first wrong in
     the majority of the noisy passes, among examples right at the first noise level."""
+    from ..analysis import breaking_summary
     from ..runs import Run
     parts, ok = [], True
     ramps = [r for r in ctx.runs(step) if source_label_corruption(r.read_config()["source"]) == p]
@@ -413,60 +413,6 @@ def example(tmp) -> tuple[dict, list]:
     return dict(steps=12, every=2, noise_samples=2, alpha_start=1e-3, checkpoint_every=0, progress=False), sources
 
 
-# -- per example: when each breaks, beside its training run -----------------------------------
-
-def noise_fate(run, split: str = "train"):
-    """For a noise-ramp run (a runs.Run): per example of the trained network's `split`, the alpha
-    at which it breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at
-    the first level), whether its label was corrupted, and from the training run's per-epoch record its
-    forgetting events and first-learned epoch. That record is the clean evaluation pass at each
-    epoch's end unless the run was made with --example-record presentation (Toneva et al. count
-    over presentations). A DataFrame, one row per example."""
-    import pandas as pd
-    from ..runs import Run
-    from ..store import StoreError
-    from ..measures.examples import breaking_step, first_correct, forgetting_events
-    if run.protocol != "noise":
-        raise StoreError(run.path, f"{run.path} is a {run.protocol} run; noise_fate reads a noise ramp")
-    ex = run.examples
-    ramp = run.correct(split, ex)
-    alpha = {m["epoch"]: m["alpha"] for m in run.dir.read_metrics()}
-    epochs = np.asarray(ex["epochs"])
-    step = breaking_step(ramp)
-    levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
-    broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
-    source = Run(run.config["source"])
-    trained = source.correct(split)
-    return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": ex[f"{split}_corrupted"],
-                         "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
-                         "first_learned": first_correct(trained)})
-
-
-def breaking_summary(fate) -> dict:
-    """Median breaking alpha of clean and corrupted examples (those right at the first noise level);
-    the effect size, P(a corrupted example breaks before a clean one) (ties half), with a two-sided
-    Mann-Whitney U test of the two; and, within each group and pooled, Spearman's correlation of the
-    breaking alpha with the training run's forgetting events and first-learned epoch (pooled, the
-    correlation mixes the groups' difference in with any within-group relation)."""
-    from scipy.stats import mannwhitneyu, spearmanr
-    right = fate[fate.breaking_alpha.notna()]
-    groups = {"clean": right[~right.corrupted.astype(bool)], "corrupted": right[right.corrupted.astype(bool)]}
-    parts = {name: g.breaking_alpha.to_numpy() for name, g in groups.items()}
-    out: dict[str, Any] = {name: {"examples": int(len(v)), "median_breaking_alpha": float(np.median(v)) if len(v) else None}
-           for name, v in parts.items()}
-    if all(len(v) for v in parts.values()):
-        test = mannwhitneyu(parts["corrupted"], parts["clean"], alternative="two-sided")
-        out["mann_whitney_p"] = float(test.pvalue)
-        out["prob_corrupted_first"] = 1 - float(test.statistic) / (len(parts["corrupted"]) * len(parts["clean"]))
-    for name, g in {**groups, "all": right}.items():
-        if len(g) > 2:
-            out.setdefault(name, {})
-            for col in ("forgetting_events", "first_learned"):
-                if col in g and g[col].nunique() > 1 and g.breaking_alpha.nunique() > 1:
-                    out[name][f"spearman_{col}"] = float(spearmanr(g.breaking_alpha, g[col]).statistic)
-    return out
-
-
 PROTOCOL = register(Protocol(
     name="noise", config=NoiseConfig, plan=plan, build_loop=build_loop, example=example, summarize=summarize,
     help="weight-noise ramp on trained runs: accuracy and weight information as alpha rises",
@@ -481,4 +427,3 @@ PROTOCOL = register(Protocol(
                              "random_test_chance": check_random_test_chance,
                              "corrupted_break_first": check_corrupted_break_first},
                      report_section=report_section)))
-
