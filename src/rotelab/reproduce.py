@@ -131,6 +131,7 @@ class Context:
     def __init__(self, study: Study, scale: str, out: Path, steps: list[dict]):
         self.study, self.scale, self.out, self.steps = study, scale, out, {s["name"]: s for s in steps}
         self.figures = out / "figures"
+        self._points: dict[str, list[str]] = {}   # step -> its points' folder names (planned once)
 
     def step_dir(self, step: str) -> Path:
         if step not in self.steps:
@@ -145,12 +146,15 @@ class Context:
             return [d]
         if not d.is_dir():
             return []
-        from .sweep import sweep_points   # the step's own points: another folder lying there is not read
         spec = self.steps[step]
         if not spec.get("axes"):
             return sorted(p for p in d.iterdir() if p.is_dir() and runs_in(p))
-        _, points = sweep_points({"protocol": spec["protocol"], "out": str(d), "base": spec["base"], "axes": spec["axes"]})
-        return sorted(p for p in (d / pt.name for pt in points) if p.is_dir() and runs_in(p))
+        if step not in self._points:   # the step's own points: another folder lying there is not read
+            from .sweep import sweep_points
+            _, points = sweep_points({"protocol": spec["protocol"], "out": str(d), "base": spec["base"],
+                                      "axes": spec["axes"]})
+            self._points[step] = [pt.name for pt in points]
+        return sorted(p for p in (d / name for name in self._points[step]) if p.is_dir() and runs_in(p))
 
     def runs(self, step: str) -> list[RunDir]:
         return [RunDir(r) for g in self.groups(step) for r in runs_in(g)]
@@ -182,8 +186,8 @@ def study_tables() -> tuple[dict, dict]:
 def not_done(plans, out: Path) -> list[str]:
     """Each planned run that is not done, as "path (state)" relative to the study's folder."""
     from .plan import run_state
-    return [f"{r.path.relative_to(out)} ({run_state(r.path)})" for p in plans for r in p.runs
-            if run_state(r.path) != "done"]
+    states = ((r.path, run_state(r.path)) for p in plans for r in p.runs)
+    return [f"{path.relative_to(out)} ({state})" for path, state in states if state != "done"]
 
 
 def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs: int | None = None,
