@@ -171,7 +171,7 @@ def test_every_signal_is_scored_against_the_corruption(folder):
     assert rows["forgetting events"]["auroc"] == pytest.approx(roc_auc_score(y, table["forgetting_events"]))
     assert rows["mem"]["auroc"] == pytest.approx(summary["detection_mem"]["auroc"])
     # breaking alpha: the whole-set run's noise ramp, read back through the noise protocol's own join
-    fate = Run(folder / "noise-ramp" / "full").noise_fate("train")
+    fate = Run(folder / "noise-ramp" / "full").table("noise_fate", split="train")
     assert np.array_equal(table["breaking_alpha"], fate["breaking_alpha"], equal_nan=True)
     alpha = table["breaking_alpha"].to_numpy()
     wrong_first = np.isnan(alpha)   # wrong before the ramp bit: ranked most suspect

@@ -251,14 +251,18 @@ def test_breaking_step_by_hand():
 
 def test_a_ramp_records_each_examples_fate_and_joins_its_training_run(trained, tmp_path):
     import rotelab
-    from rotelab.analysis import breaking_summary, summarize_examples
+    from rotelab.analysis import summarize_examples
+    from rotelab.protocols.noise import breaking_summary
+    from rotelab.store import StoreError
     from rotelab.measures.examples import correctness, forgetting_events
     from rotelab.store import RunDir
     src = fit(FitConfig(dataset="digits", epochs=12, lr=0.1, progress=False, hist_every=0, corrupt="labels=0.5"),
               tmp_path / "half")
     cfg = NoiseConfig(alpha_start=1e-2, alpha_factor=4, every=1, steps=5, noise_samples=3, progress=False)
     run = ramp([src.path], cfg, tmp_path / "ramp")[0]
-    fate = rotelab.load(run.path).noise_fate()
+    fate = rotelab.load(run.path).table("noise_fate")
+    with pytest.raises(StoreError, match=r"is a fit run, which has no table 'noise_fate' \(its protocol's tables: none\)"):
+        rotelab.load(src.path).table("noise_fate")   # the table belongs to the ramp's protocol
     ex, m = run.read_examples(), run.read_metrics()
     bits = correctness(ex, "train")
     assert len(fate) == int(ex["n_train"]) and list(ex["epochs"]) == [1, 2, 3, 4, 5]

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import Any
-
-import numpy as np
-
 from .config import ConfigError
 from .measures.examples import correctness, example_summary, split_names
+from .protocol import protocol_of
 from .runs import Run
 from .store import RunDir, StoreError, atomic_write_json
 
@@ -22,33 +19,9 @@ def summarize_examples(run: RunDir) -> dict:
     ex = run.read_examples()
     out = {"source": str(ex["source"]),
            **{s: example_summary(correctness(ex, s), ex["epochs"], ex[f"{s}_corrupted"]) for s in split_names(ex)}}
-    if run.read_protocol() == "noise":
-        out["noise_fate"] = breaking_summary(Run(run.path).noise_fate())
-    return out
-
-
-def breaking_summary(fate) -> dict:
-    """Median breaking alpha of clean and corrupted examples (those right at the first noise level);
-    the effect size, P(a corrupted example breaks before a clean one) (ties half), with a two-sided
-    Mann-Whitney U test of the two; and, within each group and pooled, Spearman's correlation of the
-    breaking alpha with the training run's forgetting events and first-learned epoch (pooled, the
-    correlation mixes the groups' difference in with any within-group relation)."""
-    from scipy.stats import mannwhitneyu, spearmanr
-    right = fate[fate.breaking_alpha.notna()]
-    groups = {"clean": right[~right.corrupted.astype(bool)], "corrupted": right[right.corrupted.astype(bool)]}
-    parts = {name: g.breaking_alpha.to_numpy() for name, g in groups.items()}
-    out: dict[str, Any] = {name: {"examples": int(len(v)), "median_breaking_alpha": float(np.median(v)) if len(v) else None}
-           for name, v in parts.items()}
-    if all(len(v) for v in parts.values()):
-        test = mannwhitneyu(parts["corrupted"], parts["clean"], alternative="two-sided")
-        out["mann_whitney_p"] = float(test.pvalue)
-        out["prob_corrupted_first"] = 1 - float(test.statistic) / (len(parts["corrupted"]) * len(parts["clean"]))
-    for name, g in {**groups, "all": right}.items():
-        if len(g) > 2:
-            out.setdefault(name, {})
-            for col in ("forgetting_events", "first_learned"):
-                if col in g and g[col].nunique() > 1 and g.breaking_alpha.nunique() > 1:
-                    out[name][f"spearman_{col}"] = float(spearmanr(g.breaking_alpha, g[col]).statistic)
+    summary = protocol_of(run).examples_summary
+    if summary is not None:
+        out.update(summary(Run(run.path)))
     return out
 
 
@@ -71,9 +44,6 @@ def examples_by(path, signal: str, k: int = 20, lowest: bool = False):
     """The k examples of a run (Run.per_example) or of a folder whose protocol has a per-example table
     (memorize) with the highest value of `signal` (the lowest with `lowest`): a DataFrame of their
     rows. A signal the records lack is one clear error naming the flag that records it."""
-    from .errors import ConfigError
-    from .protocol import protocol_of
-    from .runs import Run
     from .store import is_run, runs_in
     path = Path(path)
     dirs = runs_in(path)

@@ -74,6 +74,9 @@ class Protocol:
     trains: bool = True                # its runs hold trained networks (a noise ramp may start from them)
     stackable: bool = False            # sweep --vectorize-seeds may train its points as one stack
     ramp_data: Callable[[Any], Any] | None = None   # what a noise ramp of its runs evaluates (default: load_data)
+    tables: dict[str, Callable[..., Any]] = field(default_factory=dict)   # per-run tables, read as
+                                       #   rotelab.load(run).table(name, **kw): fn(runs.Run, **kw) -> DataFrame
+    examples_summary: Callable[[Any], dict] | None = None   # entries it adds to `rotelab examples`' summary
     folder: Folder | None = None
     derived: Derived | None = None
     study: StudyParts = field(default_factory=StudyParts)

@@ -43,8 +43,9 @@ class Run:
     run.info                 DataFrame of information-plane records (epoch, layer, estimator, ixt, ity)
     run.examples             dict of examples.npz's arrays
     run.correct(split)       bool array (epochs x examples): which examples were right at each epoch
-    run.noise_fate()         (a noise ramp) each example's breaking alpha, joined to its training run's
-                             forgetting events and first-learned presentation
+    run.per_example(split)   DataFrame, one row per example: labels, corruption and every per-example signal
+    run.table(name)          a table the run's protocol provides: a noise ramp's "noise_fate" (each
+                             example's breaking alpha, joined to its training run's forgetting events)
     """
 
     def __init__(self, path, root=None):
@@ -118,29 +119,16 @@ class Run:
                          prob_final=ex[f"{split}_prob"][-1].astype(float))
         return pd.DataFrame(table)
 
-    def noise_fate(self, split: str = "train"):
-        """For a noise-ramp run: per example of the trained network's `split`, the alpha at which it
-        breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at the first
-        level), whether its label was corrupted, and from the training run's per-epoch record its
-        forgetting events and first-learned epoch. That record is the clean evaluation pass at each
-        epoch's end unless the run was made with --example-record presentation (Toneva et al. count
-        over presentations). A DataFrame, one row per example."""
-        import pandas as pd
-        from .measures.examples import breaking_step, first_correct, forgetting_events
-        if self.protocol != "noise":
-            raise StoreError(self.path, f"{self.path} is a {self.protocol} run; noise_fate reads a noise ramp")
-        ex = self.examples
-        ramp = self.correct(split, ex)
-        alpha = {m["epoch"]: m["alpha"] for m in self.dir.read_metrics()}
-        epochs = np.asarray(ex["epochs"])
-        step = breaking_step(ramp)
-        levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
-        broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
-        source = Run(self.config["source"])
-        trained = source.correct(split)
-        return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": ex[f"{split}_corrupted"],
-                             "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
-                             "first_learned": first_correct(trained)})
+    def table(self, name: str, **kwargs):
+        """A per-run table that the run's protocol provides (Protocol.tables), such as a noise ramp's
+        "noise_fate"; one clear error naming the tables there are when it has no such table."""
+        from .protocol import protocol_of
+        tables = protocol_of(self.dir).tables
+        if name not in tables:
+            have = ", ".join(sorted(tables)) or "none"
+            raise StoreError(self.path, f"{self.path} is a {self.protocol} run, which has no table {name!r} "
+                                        f"(its protocol's tables: {have})")
+        return tables[name](self, **kwargs)
 
     def __repr__(self):
         return f"Run({str(self.path)!r}, protocol={self.protocol!r}, state={self.status.get('state')!r})"

@@ -285,13 +285,13 @@ def ramp_config(cfg: MemorizeConfig):
 
 def breaking_alpha(out: Path, cfg: MemorizeConfig) -> np.ndarray:
     """Per training example, the alpha at which the whole-set run gets it wrong under the ramp
-    (Run.noise_fate: NaN where it was wrong from the first level, inf where it never broke); the ramp
+    (the ramp's noise_fate table: NaN where it was wrong from the first level, inf where it never broke); the ramp
     runs here, once (a derived run: it needs the whole-set run's final weights)."""
     from ..plan import execute, plan as plan_of
     from ..runs import Run
     p = plan_of("noise", ramp_config(cfg), out / RAMP, sources=[out / "full"])
     execute([p])   # nothing to do when it is done
-    return Run(p.runs[0].path).noise_fate("train")["breaking_alpha"].to_numpy()
+    return Run(p.runs[0].path).table("noise_fate", split="train")["breaking_alpha"].to_numpy()
 
 
 def per_example(out: Path, cfg: MemorizeConfig, est: dict, mats: dict):

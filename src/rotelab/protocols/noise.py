@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -363,18 +364,66 @@ def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: 
         f"reported ({start} nats, {per_doubling} per doubling by construction)", None
 
 
+def noise_fate(run, split: str = "train"):
+    """For a noise-ramp run: per example of the trained network's `split`, the alpha at which it
+    breaks (first wrong in the majority of the noisy passes; inf if never, NaN if wrong at the first
+    level), whether its label was corrupted, and from the training run's per-epoch record its
+    forgetting events and first-learned epoch. That record is the clean evaluation pass at each
+    epoch's end unless the run was made with --example-record presentation (Toneva et al. count
+    over presentations). A DataFrame, one row per example."""
+    import pandas as pd
+    from ..measures.examples import breaking_step, first_correct, forgetting_events
+    from ..runs import Run
+    ex = run.examples
+    ramp = run.correct(split, ex)
+    alpha = {m["epoch"]: m["alpha"] for m in run.dir.read_metrics()}
+    epochs = np.asarray(ex["epochs"])
+    step = breaking_step(ramp)
+    levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
+    broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
+    source = Run(run.config["source"])
+    trained = source.correct(split)
+    return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": ex[f"{split}_corrupted"],
+                         "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
+                         "first_learned": first_correct(trained)})
+
+
+def breaking_summary(fate) -> dict:
+    """Median breaking alpha of clean and corrupted examples (those right at the first noise level);
+    the effect size, P(a corrupted example breaks before a clean one) (ties half), with a two-sided
+    Mann-Whitney U test of the two; and, within each group and pooled, Spearman's correlation of the
+    breaking alpha with the training run's forgetting events and first-learned epoch (pooled, the
+    correlation mixes the groups' difference in with any within-group relation)."""
+    from scipy.stats import mannwhitneyu, spearmanr
+    right = fate[fate.breaking_alpha.notna()]
+    groups = {"clean": right[~right.corrupted.astype(bool)], "corrupted": right[right.corrupted.astype(bool)]}
+    parts = {name: g.breaking_alpha.to_numpy() for name, g in groups.items()}
+    out: dict[str, Any] = {name: {"examples": int(len(v)), "median_breaking_alpha": float(np.median(v)) if len(v) else None}
+           for name, v in parts.items()}
+    if all(len(v) for v in parts.values()):
+        test = mannwhitneyu(parts["corrupted"], parts["clean"], alternative="two-sided")
+        out["mann_whitney_p"] = float(test.pvalue)
+        out["prob_corrupted_first"] = 1 - float(test.statistic) / (len(parts["corrupted"]) * len(parts["clean"]))
+    for name, g in {**groups, "all": right}.items():
+        if len(g) > 2:
+            out.setdefault(name, {})
+            for col in ("forgetting_events", "first_learned"):
+                if col in g and g[col].nunique() > 1 and g.breaking_alpha.nunique() > 1:
+                    out[name][f"spearman_{col}"] = float(spearmanr(g.breaking_alpha, g[col]).statistic)
+    return out
+
+
 def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 3, level: float = 0.05,
                                 source: str = "rotelab threshold"):
     """In every ramp of a network trained with label corruption p (at least `networks` of them), the
     examples whose labels were corrupted break at a lower median alpha than the clean ones, and a
     two-sided Mann-Whitney U test of their breaking alphas gives p < `level`. Breaking: first wrong in
     the majority of the noisy passes, among examples right at the first noise level."""
-    from ..analysis import breaking_summary
     from ..runs import Run
     parts, ok = [], True
     ramps = [r for r in ctx.runs(step) if source_label_corruption(r.read_config()["source"]) == p]
     for r in ramps:
-        s = breaking_summary(Run(r.path).noise_fate())
+        s = breaking_summary(noise_fate(Run(r.path)))
         clean, bad = s["clean"]["median_breaking_alpha"], s["corrupted"]["median_breaking_alpha"]
         pval = s.get("mann_whitney_p", float("nan"))
         ok &= clean is not None and bad is not None and bad < clean and pval < level
@@ -419,6 +468,8 @@ PROTOCOL = register(Protocol(
     description="Freeze each trained run, wrap its weights in multiplicative log-normal noise and raise alpha every "
                 "--every epochs; each run's results go to OUT/<name>.",
     trains=False, report_lines=report_lines,
+    tables={"noise_fate": noise_fate},
+    examples_summary=lambda run: {"noise_fate": breaking_summary(noise_fate(run))},
     folder=Folder(figures=group_figures, legacy_plan=legacy_plan),
     derived=Derived(add_arguments=add_arguments, inputs=lambda args: {"sources": args.runs}, cli_skip=("source",)),
     study=StudyParts(figures={"noise_ramp": fig_noise_ramp},
