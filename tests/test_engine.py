@@ -104,7 +104,7 @@ def test_the_loop_runs_hooks_by_phase_whatever_order_they_are_given(tmp_path, sm
     loop = build_loop(small_cfg(epochs=1), run)
     hooks = list(reversed(loop.hooks)) + [Hook()]
     from rotelab.engine import Loop
-    again = Loop(loop.model, loop.splits, loop.cfg, hooks)
+    again = Loop(loop.model, loop.splits, loop.spec, hooks)
     names = [type(h).__name__ for h in again.hooks]
     assert names.index("Hook") < names.index("MetricsWriter") < names.index("Checkpointer") < names.index("StatusWriter")
     assert names[0] == "ExampleRecorder" and names[-1] == "ProgressBar"

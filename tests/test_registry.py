@@ -14,7 +14,7 @@ from rotelab.cli import main
 from rotelab.config import ConfigError, FitConfig, opt
 from rotelab.hook import Hook
 from rotelab.plan import one_run
-from rotelab.protocols.fit import build_loop
+from rotelab.training import build_fit_loop
 from rotelab.protocol import PROTOCOLS, Protocol, StudyParts, load_protocols, register
 from rotelab.store import RunDir
 
@@ -43,7 +43,7 @@ class Count(Hook):
 def count_loop(cfg, run, state=None):
     small = dataclasses.replace(cfg, epochs=cfg.steps, dataset="digits", widths=[8], subset=200,
                                 hist_every=0, checkpoint_every=0, progress=False)
-    return build_loop(small, run, state, extra_hooks=lambda data: [Count(cfg)])
+    return build_fit_loop(small, run, state, own_hooks=lambda data: [Count(cfg)])
 
 
 def count_example(tmp):
@@ -138,7 +138,7 @@ def import_graph() -> dict[str, set[str]]:
 def test_nothing_below_protocols_depends_on_a_protocol():
     graph = import_graph()
     below = [m for m in graph if m.split(".")[1:2] and m.split(".")[1] in ("engine", "hooks", "hook", "store", "runs", "config", "plots", "analysis",
-                                                     "seeding", "vectorized", "models", "data", "measures", "spec",
+                                                     "seeding", "vectorized", "models", "data", "measures", "spec", "training",
                                                      "errors", "registry")]
     for mod in below:
         seen, todo = set(), [mod]
@@ -147,7 +147,7 @@ def test_nothing_below_protocols_depends_on_a_protocol():
                 seen.add(d)
                 todo.append(d)
         assert not [d for d in seen if d.startswith("rotelab.protocols.")], f"{mod} depends on a protocol"
-    assert "rotelab.protocols.fit" in graph["rotelab.protocols.forget"]   # the graph sees imports at all
+    assert "rotelab.training" in graph["rotelab.protocols.forget"]   # the graph sees imports at all
 
 
 def test_store_errors_are_neutral_and_the_cli_names_the_option(tmp_path, small_cfg, capsys):

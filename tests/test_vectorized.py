@@ -121,7 +121,7 @@ def test_hooks_read_each_epochs_weights_from_a_stacked_run(tmp_path):
     class ReadWeights(Hook):
         def on_epoch_end(self, loop, result):
             if result.epoch % 2 == 0:
-                seen.setdefault(loop.cfg.seed, []).append(loop.model.state_dict()["head.weight"].clone())
+                seen.setdefault(loop.spec.seed, []).append(loop.model.state_dict()["head.weight"].clone())
 
     def with_reader(cfg, run):
         loop = build_loop(cfg, run)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
 from .hook import EpochResult, Evaluation, Hook  # noqa: F401  (re-exported: hooks subclass engine.Hook)
-from .models.noisy import noise_off
 from .seeding import derive_seed, generator, seed_global_streams
 
 
@@ -31,6 +31,44 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "CUDA is not available on this machine; use --device cpu or auto")
     return device
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What the training loop reads of a run's config, and nothing else: the optimizer and its
+    schedule, the epochs and when to stop, batches, what an epoch records, and when state is saved.
+    `TrainSpec.of(cfg, **changes)` takes these fields from any config that has them (FitConfig and
+    every protocol's config built on it); a protocol whose loop differs from its config (a noise
+    ramp over a trained run) names what differs."""
+    epochs: int
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    alpha_lr: float | None = None        # the learned log alphas' own lr (weight noise), None: lr
+    schedule: str = "constant"
+    lr_gamma: float = 0.95
+    lr_step: int = 30
+    loss_reduction: str = "mean"
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    eval_every: int = 1
+    until_train_acc: float | None = None
+    augment: bool = False
+    example_record: str = "evaluation"
+    example_margins: bool = False
+    seed: int = 0
+    save_epochs: tuple[int, ...] = ()
+    checkpoint_every: float = 30.0
+
+    @classmethod
+    def of(cls, cfg, **changes) -> "TrainSpec":
+        if isinstance(cfg, TrainSpec):
+            return cls(**{**cfg.__dict__, **changes})
+        picked = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
+        picked.update(changes)
+        picked["save_epochs"] = tuple(picked.get("save_epochs", ()))
+        return cls(**picked)
 
 
 # -- pure pieces ------------------------------------------------------------------------------
@@ -231,20 +269,20 @@ class Eager:
         return loop.evaluate_splits()
 
     def epoch(self, loop: "Loop") -> EpochShare:
-        cfg, e = loop.cfg, loop.epoch + 1
+        spec, e = loop.spec, loop.epoch + 1
         t0 = time.perf_counter()
-        seed_global_streams(derive_seed(cfg.seed, "torch", e))  # dropout, weight noise, any global draws
+        seed_global_streams(derive_seed(spec.seed, "torch", e))  # dropout, weight noise, any global draws
         loss = acc = presented = presented_margin = None
         if self.trains(loop):
-            aug = generator(cfg.seed, "augment", e) if cfg.augment else None
+            aug = generator(spec.seed, "augment", e) if spec.augment else None
             order = loop.epoch_order(e).to(loop.device)
             per_batch = [h for h in loop.hooks if hasattr(h, "on_backward")]
             after_backward = (lambda loss: [h.on_backward(loop, loss) for h in per_batch]) if per_batch else None
             loss, acc, presented, presented_margin = train_epoch(
-                loop.model, loop.opt, loop.fit_x, loop.fit_y, cfg.batch_size, order, aug,
-                record=cfg.example_record == "presentation", penalty=loop.penalty,
-                frozen_bn=self.frozen_bn, after_backward=after_backward, reduction=cfg.loss_reduction,
-                record_margins=cfg.example_margins)
+                loop.model, loop.opt, loop.fit_x, loop.fit_y, spec.batch_size, order, aug,
+                record=spec.example_record == "presentation", penalty=loop.penalty,
+                frozen_bn=self.frozen_bn, after_backward=after_backward, reduction=spec.loss_reduction,
+                record_margins=spec.example_margins)
         t_train = time.perf_counter() - t0
         evals, metrics = self.evaluate(loop) if loop.evaluates(e) else ({}, {})
         return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0,
@@ -266,17 +304,22 @@ class Eager:
 
 class Loop:
     """Train `model` on the union of the splits named in `fit_on`, evaluate every split each epoch,
-    call hooks. Splits are already on `device`. Runs until epoch `end_epoch` (default cfg.epochs)
-    or until every trained-on split reaches accuracy `until` (default cfg.until_train_acc)."""
+    call hooks. Splits are already on `device`. Runs until epoch `end_epoch` (default spec.epochs)
+    or until every trained-on split reaches accuracy `until` (default spec.until_train_acc). `spec`:
+    a TrainSpec, or a config it is taken from. `clean_pass(model)`: the context of a clean
+    evaluation (weight noise off), where the model needs one."""
 
-    def __init__(self, model, splits: dict, cfg, hooks=(), device="cpu", fit_on=("train",),
+    def __init__(self, model, splits: dict, spec, hooks=(), device="cpu", fit_on=("train",),
                  end_epoch: int | None = None, until: float | None = None, penalty=None, strategy=None,
-                 fit_subset: torch.Tensor | None = None):
+                 fit_subset: torch.Tensor | None = None,
+                 clean_pass: Callable[[torch.nn.Module], Any] | None = None):
+        spec = TrainSpec.of(spec)
         x = splits[fit_on[0]].x
-        if cfg.augment and x.dim() != 4:
-            raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); {cfg.dataset} has inputs "
+        if spec.augment and x.dim() != 4:
+            raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); these data have inputs "
                                            f"of shape {tuple(x.shape[1:])}; drop --augment")
-        self.model, self.splits, self.cfg = model, splits, cfg   # (model: a property, see there)
+        self.model, self.splits, self.spec = model, splits, spec   # (model: a property, see there)
+        self.clean_pass = clean_pass or (lambda model: contextlib.nullcontext())
         self.hooks = sorted(hooks, key=lambda h: h.phase)   # the order the run directory relies on
         self.penalty = penalty      # a callable added to each batch's loss
         # how an epoch is trained and evaluated: Eager, or vectorized.Stacked (several runs as one),
@@ -284,17 +327,17 @@ class Loop:
         self.strategy = strategy or Eager()
         self.fit_subset = fit_subset   # indices of the examples trained on (the rest held out), or None
         self.set_fit(fit_on)
-        self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
-        self.until = cfg.until_train_acc if until is None else until
+        self.end_epoch = spec.epochs if end_epoch is None else end_epoch
+        self.until = spec.until_train_acc if until is None else until
         self.device = torch.device(device)
-        self.opt = build_optimizer(model, cfg)
-        self.sched = build_scheduler(self.opt, cfg)
+        self.opt = build_optimizer(model, spec)
+        self.sched = build_scheduler(self.opt, spec)
         self.epoch = 0              # epochs completed
         self.saved_epoch = 0        # the epoch of the checkpoint on disk: where a resume starts
         self.fit_epoch: int | None = None       # first epoch at which every trained-on split reached `until`
         self.last_metrics: dict | None = None
         # Hooks that write state (checkpoint, examples.npz, status) do so only when `persist` is
-        # set: every cfg.checkpoint_every seconds, at chosen epochs and at the end, so that short
+        # set: every spec.checkpoint_every seconds, at chosen epochs and at the end, so that short
         # epochs are not dominated by writing files. metrics.jsonl is appended every epoch and cut
         # back to the checkpoint on resume.
         self.persist = False
@@ -353,26 +396,26 @@ class Loop:
 
     def evaluate_splits(self) -> tuple[dict[str, Evaluation], dict]:
         """A clean pass (weight noise off: the weights' means) over every split, and its metrics."""
-        cfg = self.cfg
+        spec = self.spec
         evals, metrics = {}, {}
-        with noise_off(self.model):
+        with self.clean_pass(self.model):
             for name, s in self.splits.items():
-                evals[name] = evaluate(self.model, s.x, s.y, cfg.eval_batch_size, cfg.example_margins)
+                evals[name] = evaluate(self.model, s.x, s.y, spec.eval_batch_size, spec.example_margins)
                 metrics.update(split_metrics(name, evals[name], s))
         return evals, metrics
 
     def evaluates(self, epoch: int) -> bool:
-        """Whether `epoch` ends with a clean pass over every split (cfg.eval_every; always the last)."""
-        every = self.cfg.eval_every
+        """Whether `epoch` ends with a clean pass over every split (spec.eval_every; always the last)."""
+        every = self.spec.eval_every
         return epoch >= self.end_epoch or (every > 0 and epoch % every == 0)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The permutation of the training examples in `epoch` (a stream of its own per epoch); of
         the subset trained on, where there is one."""
         if self.fit_subset is not None:
-            gen = generator(self.cfg.seed, "order", epoch)
+            gen = generator(self.spec.seed, "order", epoch)
             return self.fit_subset.cpu()[torch.randperm(len(self.fit_subset), generator=gen)]
-        return torch.randperm(len(self.fit_y), generator=generator(self.cfg.seed, "order", epoch))
+        return torch.randperm(len(self.fit_y), generator=generator(self.spec.seed, "order", epoch))
 
     def run_epoch(self) -> EpochResult:
         """Train one epoch, evaluate every split and step the schedule, the way the loop's strategy
@@ -410,8 +453,8 @@ class Loop:
         return EpochResult(e, metrics, share.evals, by_split, margin_by_split)
 
     def persist_due(self) -> bool:
-        return (self.done or self.epoch in self.cfg.save_epochs
-                or time.perf_counter() - self._last_persist >= self.cfg.checkpoint_every)
+        return (self.done or self.epoch in self.spec.save_epochs
+                or time.perf_counter() - self._last_persist >= self.spec.checkpoint_every)
 
     def start(self):
         for h in self.hooks:

@@ -157,7 +157,7 @@ class RunStack:
     def train_epoch(self) -> tuple[list[float], list[float]]:
         """One epoch of every run on its own permutation of its data; presented loss and accuracy."""
         first = self.loops[0]
-        e, bs = first.epoch + 1, first.cfg.batch_size
+        e, bs = first.epoch + 1, first.spec.batch_size
         for group, own in zip(self.opt.param_groups, first.opt.param_groups):   # the schedule's lrs
             group["lr"] = own["lr"]
         (name,) = first.fit_on
@@ -195,7 +195,7 @@ class RunStack:
     def epoch(self) -> list[EpochShare]:
         """Train and evaluate every run for one epoch; each run's share."""
         t0 = time.perf_counter()
-        cfg = self.loops[0].cfg
+        cfg = self.loops[0].spec
         loss, acc = self.train_epoch()
         t_train = (time.perf_counter() - t0) / self.k
         evals: dict[str, list] = {}
@@ -243,7 +243,7 @@ class MLPStack(RunStack):
         self.params, self.grads = self.views(self.flat.data), self.views(self.flat.grad)
         for i, v in enumerate(self.params):
             v.copy_(torch.stack([ps[i].detach() for ps in self.run_params]))
-        self.opt = build_optimizer(nn.ParameterList([self.flat]), loops[0].cfg)
+        self.opt = build_optimizer(nn.ParameterList([self.flat]), loops[0].spec)
         states: list[list[Any]] = [[l.opt.state.get(p) for p in ps] for l, ps in zip(loops, self.run_params)]
         if all(all(row) for row in states):
             template = states[0][0]
@@ -379,7 +379,7 @@ class FuncStack(RunStack):
         self.penalty = _Penalty(loops[0]) if loops[0].penalty is not None else None
         self.run_params = [dict(m.named_parameters()) for m in models]
         self.run_buffers = [dict(m.named_buffers()) for m in models]
-        self.opt = build_optimizer(self.params, loops[0].cfg)   # by name: the groups of each run's own
+        self.opt = build_optimizer(self.params, loops[0].spec)   # by name: the groups of each run's own
         for n in self.names:   # optimizer state where the runs have it (a fixed parameter has none)
             states: list[Any] = [l.opt.state.get(ps[n]) for l, ps in zip(loops, self.run_params)]
             if all(states):
@@ -442,7 +442,7 @@ class FuncStack(RunStack):
         if self.noisy:   # each run's stream of the epoch, as Eager seeds the global one for a run alone
             from .seeding import generator
             e, device = self.loops[0].epoch + 1, next(iter(self.y.values())).device
-            self.generators = [generator(l.cfg.seed, "torch", e, device=device) for l in self.loops]
+            self.generators = [generator(l.spec.seed, "torch", e, device=device) for l in self.loops]
         return super().train_epoch()
 
     def evaluate(self, *args) -> Evaluation:
@@ -489,14 +489,14 @@ class _Penalty(nn.Module):
         return vmap(one)(params, buffers)
 
 
-MLP_KERNEL_MODELS = ("mlp", "tishby")   # where the written-out kernel is measured faster (bench/vectorized_seeds.py)
-
-
 def stack_for(loops: list[Loop], kind: str | None = None):
-    """The written-out kernel for MLPs without weight noise, torch.func for every other model; `kind`
+    """The written-out kernel for MLPs without weight noise (the mlp and tishby models, where it is
+    measured faster: bench/vectorized_seeds.py), torch.func for every other model; `kind`
     ("kernel" or "func") forces one (the bench compares them)."""
-    cfg = loops[0].cfg
-    kernel = cfg.model in MLP_KERNEL_MODELS and getattr(cfg, "weight_noise", "none") == "none"
+    from .models.mlp import MLP
+    from .models.noisy import noisy_layers
+    model = loops[0].model
+    kernel = type(model) is MLP and not model.batch_norm and not noisy_layers(model)
     kind = kind or ("kernel" if kernel else "func")
     return (MLPStack if kind == "kernel" else FuncStack)(loops)
 

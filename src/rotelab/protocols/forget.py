@@ -20,7 +20,7 @@ from ..hook import EpochResult, Hook
 from ..plan import make, one_run
 from ..protocol import Protocol, StudyParts, register
 from ..store import RunDir, StoreError, examples_upto
-from .fit import information_penalty, standard_hooks
+from ..training import assemble, information_penalty, standard_hooks
 
 SPLITS = ("train", "val", "test")
 
@@ -142,7 +142,7 @@ def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
 def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
     """Data, model, hooks and the loop (in the stage the state says), before anything is written. A
     run with --stage2-from and no state of its own starts from the source's stage-1 checkpoint."""
-    from ..engine import Loop, resolve_device
+    from ..engine import resolve_device
     from ..models import build_model
     inherit = None
     if state is None and cfg.stage2_from:
@@ -154,8 +154,8 @@ def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
     switch = StageSwitch(run, cfg)
     hooks = standard_hooks(cfg, run, data, [switch], total_epochs=cfg.epochs + cfg.epochs2,
                            backfill_tb=inherit is not None)
-    loop = Loop(model, data.splits, cfg, hooks + ([inherit] if inherit else []), device, fit_on=("train", "val"),
-                penalty=information_penalty(cfg, model, len(data.train) + len(data.val)))
+    loop = assemble(cfg, model, data, hooks + ([inherit] if inherit else []), device, fit_on=("train", "val"),
+                    penalty=information_penalty(cfg, model, len(data.train) + len(data.val)))
     if state is not None:
         if "hooks" not in state and state.get("stage") == 2:   # a checkpoint of an earlier version
             switch.apply(loop, state["stage1_end"])

@@ -24,7 +24,7 @@ from ..registry import Registry
 from ..plan import Plan, PlannedRun, folder_record, make
 from ..protocol import Folder, Protocol, StudyParts, register
 from ..store import RunDir, runs_in, truncate_jsonl
-from . import fit as fit_protocol
+from ..training import build_fit_loop
 
 # name -> estimate(t, x_flat, x_ids, y, cfg) -> [{"estimator", "ixt", "ity"}] in bits, for one layer's activations
 ESTIMATORS = Registry("estimator", "--estimators")
@@ -257,14 +257,14 @@ class GradientSNR(Hook):
 
 
 def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None):
-    """fit's loop with the capture hook; any model that exposes `activations(x, output)` (its layers'
+    """A fit run's loop with the capture hook; any model that exposes `activations(x, output)` (its layers'
     outputs in order, the output layer last) can be captured."""
     def hooks(data):
         own = [InfoPlaneRecorder(run, evaluation_sets(data, cfg), cfg)]
         if cfg.grad_snr:
             own.append(GradientSNR(capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)))
         return own
-    loop = fit_protocol.build_loop(cfg, run, state, hooks)
+    loop = build_fit_loop(cfg, run, state, hooks)
     if not callable(getattr(loop.model, "activations", None)):
         raise ConfigError("--model", f"infoplane captures a model's layers through its activations(x, output) "
                                      f"method, which {cfg.model} does not have; use mlp or tishby")

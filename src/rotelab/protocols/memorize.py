@@ -33,7 +33,7 @@ from ..measures.examples import unpack
 from ..plan import Plan, PlannedRun, folder_record, make
 from ..protocol import Folder, Protocol, StudyParts, register
 from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json
-from .fit import build_loop as fit_loop
+from ..training import build_fit_loop
 
 
 @dataclass
@@ -110,7 +110,7 @@ def plan(cfg: MemorizeConfig, out: Path) -> Plan:
 
 
 def build_loop(cfg: MemorizeConfig, run: RunDir, state: dict | None = None):
-    return fit_loop(cfg, run, state)
+    return build_fit_loop(cfg, run, state)
 
 
 def memorize(cfg: MemorizeConfig, out, overwrite: bool = False) -> list[RunDir]:

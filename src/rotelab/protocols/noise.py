@@ -117,7 +117,7 @@ def noisy_evaluation(loop, samples: int) -> tuple[dict, dict]:
     from ..engine import Evaluation, evaluate, split_metrics
     evals, metrics = {}, {}
     for name, s in loop.splits.items():
-        draws = [evaluate(loop.model, s.x, s.y, loop.cfg.eval_batch_size) for _ in range(samples)]
+        draws = [evaluate(loop.model, s.x, s.y, loop.spec.eval_batch_size) for _ in range(samples)]
         right = torch.stack([d.correct for d in draws]).float().mean(0)
         evals[name] = Evaluation(draws[0].loss, draws[0].pred, right > 0.5)
         per_draw = [split_metrics(name, d, s) for d in draws]
@@ -158,19 +158,19 @@ def source_config(cfg: NoiseConfig):
 
 
 def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
-    """The source run's data and network (its last checkpoint), with noise, frozen unless train_means."""
+    """The source run's data and network (its last checkpoint), with noise, frozen unless train_means;
+    trained (with --train-means) as the source was, at the ramp's lr, epochs and seed, on a constant
+    schedule, recording per example through its own ExampleRecorder."""
     from ..data import load_data
-    from ..engine import Loop, resolve_device
-    from ..hooks import (Checkpointer, ExampleRecorder, MetricsWriter, ProgressBar, StatusWriter, TensorBoardWriter,
-                         WeightNoiseStats)
+    from ..engine import TrainSpec, resolve_device
+    from ..hooks import ExampleRecorder, WeightNoiseStats
     from ..models import build_model
     from ..models.noisy import add_weight_noise, noisy_layers
+    from ..training import assemble, writers
     src, proto, scfg = source_config(cfg)
-    lcfg = dataclasses.replace(scfg, epochs=cfg.epochs, until_train_acc=None, lr=cfg.lr or scfg.lr,
-                               schedule="constant", example_record="none", example_margins=False, augment=False,
-                               save_epochs=[], seed=cfg.seed, device=cfg.device, eval_batch_size=cfg.eval_batch_size,
-                               checkpoint_every=cfg.checkpoint_every, progress=cfg.progress, info_weight=0.0,
-                               learn_alpha=False, fisher_every=0)
+    spec = TrainSpec.of(scfg, epochs=cfg.epochs, until_train_acc=None, lr=cfg.lr or scfg.lr, schedule="constant",
+                        example_record="none", example_margins=False, augment=False, save_epochs=(), seed=cfg.seed,
+                        eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every)
     device = resolve_device(cfg.device)
     # a protocol whose data are not load_data's says how to get them
     data = proto.ramp_data(scfg) if proto.ramp_data else load_data(scfg)
@@ -189,13 +189,9 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
     model = model.to(device)
     # per example and noise level: right in the majority of the noisy passes (examples.npz)
     hooks = [ExampleRecorder(run, data.splits), NoiseFreeBaseline(run), WeightNoiseStats(cfg.alpha_ref),
-             AlphaRamp(cfg), MetricsWriter(run),
-             TensorBoardWriter(run, hist_every=0), Checkpointer(run), StatusWriter(run),
-             ProgressBar(cfg.epochs, cfg.progress, desc=Path(cfg.source).name)]
-    loop = Loop(model, data.splits, lcfg, hooks, device, strategy=noisy_strategy(cfg.noise_samples, cfg.train_means))
-    if state is not None:
-        loop.load_state_dict(state)
-    return loop
+             AlphaRamp(cfg), *writers(run, cfg.epochs, cfg.progress, desc=Path(cfg.source).name)]
+    return assemble(spec, model, data, hooks, device, state,
+                    strategy=noisy_strategy(cfg.noise_samples, cfg.train_means))
 
 
 def summarize(run: RunDir, cfg: NoiseConfig | None = None) -> dict:
