@@ -148,3 +148,68 @@ def test_a_point_another_process_runs_is_reported_as_running_not_failed(tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_writes_together_rename_in_order_at_the_end_and_stop_at_the_first_failure(tmp_path, monkeypatch):
+    """A block's atomic writes: nothing is in place until its end, reads through the store see them,
+    a nested block joins the outer one; at the end each file is renamed after its own fsync, in the
+    order written, and a failed fsync stops there as the writes one by one would have."""
+    import threading
+    from rotelab.store import atomic_write_bytes, atomic_write_json, current_text, writes_together
+    a, b, c = (tmp_path / n for n in ("a.json", "b.json", "c.json"))
+    atomic_write_json(a, {"v": 0})
+    with writes_together():
+        atomic_write_json(a, {"v": 1})
+        with writes_together():   # joins
+            atomic_write_json(b, {"v": 1})
+        atomic_write_json(a, {"v": 2})   # the same file twice: the later one wins
+        assert json.loads(a.read_text()) == {"v": 0} and not b.exists()   # nothing in place yet
+        assert json.loads(current_text(a)) == {"v": 2}                 # but the store reads it
+        other = threading.Thread(target=atomic_write_json, args=(c, {"v": 1}))   # another thread: at once
+        other.start()
+        other.join()
+        assert json.loads(c.read_text()) == {"v": 1}
+    assert json.loads(a.read_text()) == {"v": 2} and json.loads(b.read_text()) == {"v": 1}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd):   # b's data cannot be made durable
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(name)
+        if ".b.json." in name:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as caught:
+        with writes_together():
+            for path in (a, b, c):
+                atomic_write_bytes(path, b"3")
+    assert caught.value.errno == errno.EIO and caught.value.filename == str(b)
+    assert a.read_bytes() == b"3" and json.loads(b.read_text()) == {"v": 1} and json.loads(c.read_text()) == {"v": 1}
+    assert len(synced) == 3 and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_stack_makes_its_runs_durable_in_one_wait_per_epoch(tmp_path, monkeypatch):
+    """Four stacked runs: every file they write still ends in place (resume reads it), and the fsyncs
+    of one epoch's closing run side by side (one group per step, not one wait per file)."""
+    from rotelab.config import FitConfig
+    from rotelab.runner import start_stack
+    import rotelab.store as store
+    groups = []
+    real = store._WriteGroup.commit
+
+    def commit(self):
+        groups.append(len(self.pending))
+        return real(self)
+    monkeypatch.setattr(store._WriteGroup, "commit", commit)
+    cfgs = [FitConfig(dataset="digits", widths=[16], epochs=3, seed=s, progress=False, hist_every=0,
+                      checkpoint_every=0) for s in range(4)]
+    runs = start_stack(cfgs, [tmp_path / f"s{s}" for s in range(4)])
+    for r in runs:
+        assert r.read_status()["state"] == "done" and r.read_status()["epochs_completed"] == 3
+        assert r.load_checkpoint()["epoch"] == 3 and set(r.checkpoint_manifest()) == {"last.pt"}
+        assert [m["epoch"] for m in r.read_metrics()] == [1, 2, 3]
+    # creation (config and status of 4 runs), then 3 epochs each persisting 4 runs' files at once
+    assert groups[0] == 8 and len([g for g in groups if g >= 4 * 3]) == 3, groups
+    assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .config import ConfigError
 from .hook import EpochResult, Evaluation, Hook  # noqa: F401  (re-exported: hooks subclass engine.Hook)
 from .seeding import derive_seed, generator, seed_global_streams
+from .store import writes_together
 
 
 def resolve_device(name: str) -> torch.device:
@@ -480,15 +481,24 @@ class Loop:
         run() exhausts it; several loops of one stack advance theirs in turn (run_together)."""
         if not started:
             self.start()
+        finished = False
         while not self.done:
             self.close_epoch(self.run_epoch())
+            if self.done:   # in the same step as the last epoch: its files and the final status
+                self.finish()   # become durable together (writes_together)
+                finished = True
             yield self.epoch
-        self.finish()
+        if not finished:   # done before it began (a finished run resumed)
+            self.finish()
 
     def run(self):
         with frozen_heap():
-            for _ in self.epochs():
-                pass
+            self.start()   # outside any block: its hooks read and cut back files (resume)
+            steps = self.epochs(started=True)
+            while True:
+                with writes_together():   # an epoch's checkpoint, per-example bits and status at once
+                    if next(steps, None) is None:
+                        break
         return self
 
 
@@ -500,7 +510,8 @@ def run_together(loops: list["Loop"]) -> list["Loop"]:
             loop.start()
         running = [loop.epochs(started=True) for loop in loops]
         while running:
-            for g in list(running):
-                if next(g, None) is None:
-                    running.remove(g)
+            with writes_together():   # every run's files of the epoch wait for the disk once
+                for g in list(running):
+                    if next(g, None) is None:
+                        running.remove(g)
     return loops

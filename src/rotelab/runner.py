@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, StoreError
-from .store import RunDir, environment
+from .store import RunDir, environment, writes_together
 
 # Fields that change what is shown, never what is computed: a resume accepts them.
 DISPLAY_FIELDS = ("progress",)
@@ -231,7 +231,8 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
     try:
         if keep_existing and run.config_file.is_file():
             return [resume(out)]
-        run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol=proto.name)
+        with writes_together():   # config and status wait for the disk once
+            run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol=proto.name)
     except BaseException:
         run.unlock()
         raise
@@ -256,8 +257,9 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
         for r in runs:   # then look again under the locks: another process may have made one meanwhile
             r.lock()
             RunDir.check_new(r.path)
-        for c, r, loop in zip(cfgs, runs, loops):
-            r.create(c.to_dict(), environment(loop.device, loop.model), protocol=proto.name)
+        with writes_together():   # every run's config and status wait for the disk once
+            for c, r, loop in zip(cfgs, runs, loops):
+                r.create(c.to_dict(), environment(loop.device, loop.model), protocol=proto.name)
         Stacked(loops, stack)
     except BaseException:
         for r in runs:
