@@ -373,6 +373,10 @@ def test_publish_writes_the_docs_page_and_small_figures(tmp_path):
     # a study whose record_examples is false publishes no per-example bits, and says so
     lean = rp.publish_records(tmp_path / "o", tmp_path / "lean", examples=False)
     assert lean["files"] > 0 and not list((tmp_path / "lean").rglob("examples.npz"))
+    # a record republished (--finished on a copy of it, with runs added) keeps its packed metrics
+    again = rp.publish_records(records, tmp_path / "again")
+    assert again["files"] == results["records"]["files"]
+    assert rotelab.load(tmp_path / "again").final["test_acc"].tolist() == rotelab.load(records).final["test_acc"].tolist()
 
 
 @pytest.mark.slow

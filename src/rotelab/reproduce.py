@@ -409,6 +409,8 @@ def publish_records(out: Path, dst: Path, examples: bool = True) -> dict:
             continue
         if src.name in PACKED_FILES:
             target, data = dst / rel.parent / (src.name + ".gz"), gzip.compress(src.read_bytes(), mtime=0)
+        elif src.suffix == ".gz" and src.name[:-3] in PACKED_FILES:   # published already (a record folder
+            target, data = dst / rel, src.read_bytes()                  # republished with --finished)
         elif src.name in RECORD_FILES or src.name in ("matrices.npz", "gallery.npz") or (
                 src.name == "examples.npz" and examples and _keeps_examples(src)):
             target, data = dst / rel, src.read_bytes()

@@ -450,10 +450,13 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
     parts = []
     for g in ctx.groups(step):
         runs, gone = kept_runs([RunDir(d) for d in runs_in(g)])
-        names = {r["estimator"] for r in runs[0].read_info()} if runs else set()
+        records = runs[0].read_info() if runs else []
+        names = {r["estimator"] for r in records}
         est = estimator or next((e for e in ("binning", "binning-size") if e in names), "binning")
-        table, n = info_table(runs, "train", est)
+        splits = {r.get("split", "train") for r in records}   # the 12-bit task captures all its patterns
+        table, n = info_table(runs, "train" if "train" in splits or not splits else sorted(splits)[0], est)
         if not table:
+            parts.append(f"{g.name}: no {est} records")
             continue
         ceiling = math.log2(n)
         said = []
