@@ -38,8 +38,10 @@ def test_a_signal_ends_the_run_as_interrupted_and_it_resumes_equal(tmp_path, sig
     args = ["fit", *FAST, "--epochs", "60", "--save-epochs", "4"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
     cut = tmp_path / "cut"
+    # a suite started in the background (`cmd &`) ignores SIGINT, and so would the child: restore it
     proc = subprocess.Popen([sys.executable, "-m", "rotelab.cli", *args, "--checkpoint-every", "3600",
-                             "--out", str(cut)], env=ENV, stderr=subprocess.PIPE, text=True)
+                             "--out", str(cut)], env=ENV, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while epochs_written(cut) < 8 and time.time() - t0 < 120:
         time.sleep(0.01)
