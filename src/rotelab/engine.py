@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -42,34 +43,33 @@ class TrainSpec:
     every protocol's config built on it); a protocol whose loop differs from its config (a noise
     ramp over a trained run) names what differs."""
     epochs: int
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    alpha_lr: float | None = None        # the learned log alphas' own lr (weight noise), None: lr
-    schedule: str = "constant"
-    lr_gamma: float = 0.95
-    lr_step: int = 30
-    loss_reduction: str = "mean"
-    batch_size: int = 128
-    eval_batch_size: int = 1024
-    eval_every: int = 1
-    until_train_acc: float | None = None
-    augment: bool = False
-    example_record: str = "evaluation"
-    example_margins: bool = False
-    seed: int = 0
-    save_epochs: tuple[int, ...] = ()
-    checkpoint_every: float = 30.0
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    alpha_lr: float | None             # the learned log alphas' own lr (weight noise), None: lr
+    schedule: str
+    lr_gamma: float
+    lr_step: int
+    loss_reduction: str
+    batch_size: int
+    eval_batch_size: int
+    eval_every: int
+    until_train_acc: float | None
+    augment: bool
+    example_record: str
+    example_margins: bool
+    seed: int
+    save_epochs: tuple[int, ...]
+    checkpoint_every: float
 
     @classmethod
     def of(cls, cfg, **changes) -> "TrainSpec":
+        """Every field from `cfg` (no defaults here: they are the config's), `changes` over them."""
         if isinstance(cfg, TrainSpec):
-            return cls(**{**cfg.__dict__, **changes})
-        picked = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
-        picked.update(changes)
-        picked["save_epochs"] = tuple(picked.get("save_epochs", ()))
-        return cls(**picked)
+            return dataclasses.replace(cfg, **changes)
+        picked = {**{f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in changes}, **changes}
+        return cls(**{**picked, "save_epochs": tuple(picked["save_epochs"])})
 
 
 # -- pure pieces ------------------------------------------------------------------------------
