@@ -221,7 +221,8 @@ def cmd_reproduce(args) -> int:
         return 0
     if not args.name:
         raise ConfigError("NAME", "say which study, e.g. rotelab reproduce zhang-fig1 (rotelab reproduce --list)")
-    results = reproduce(args.name, args.scale, args.out, dry_run=args.dry_run, finished=args.finished, executor=args.executor,
+    results = reproduce(args.name, args.scale, args.out, dry_run=args.dry_run, finished=args.finished,
+                        steps_only=args.steps, executor=args.executor,
                         jobs=args.jobs, address=args.address, cpus_per_point=args.cpus_per_point,
                         gpus_per_point=args.gpus_per_point, data_root=args.data_root)
     if args.dry_run:
@@ -350,6 +351,9 @@ def make_parser() -> argparse.ArgumentParser:
     rr.add_argument("--dry-run", action="store_true", help="list the steps' runs and their state, run nothing")
     rr.add_argument("--finished", action="store_true",
                     help="run nothing: checks and figures from the runs that are done, the rest listed as not in them")
+    rr.add_argument("--steps", type=lambda v: [s.strip() for s in v.split(",") if s.strip()], default=None,
+                    help="run these steps alone (comma-separated names), then check and draw from the runs that "
+                         "are done, as --finished does")
     rr.add_argument("--publish", metavar="DOCS", default=None,
                     help="also copy the results and figures into DOCS and rewrite DOCS/reproductions.md")
     rr.add_argument("--data-root", default=None, help="folder of torchvision-format data (cifar10, ...)")

@@ -192,14 +192,21 @@ def not_done(plans, out: Path) -> list[str]:
 
 def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs: int | None = None,
               address=None, cpus_per_point: float = 1, gpus_per_point: float = 0, data_root: str | None = None,
-              dry_run: bool = False, notes: list | None = None, missing: list | None = None) -> list[dict]:
+              dry_run: bool = False, notes: list | None = None, missing: list | None = None,
+              only: list[str] | None = None) -> list[dict]:
     """Run (or skip, or resume) every step in order (plan.execute); returns the steps as run. With a
-    `missing` list, run nothing: each point that is not done is added to it as "path (state)"."""
+    `missing` list, run nothing: each point that is not done is added to it as "path (state)"; with
+    `only` (step names) as well, run those steps and add the other steps' points that are not done."""
     from .plan import execute, plan, plan_state
     from .sweep import point_plans, record_points, sweep_points
     notes = notes if notes is not None else []
     steps = study.steps(scale)
+    unknown = sorted(set(only or ()) - {s["name"] for s in steps})
+    if unknown:
+        raise ConfigError("--steps", f"study {study.name} has no step {', '.join(map(repr, unknown))}; its steps are "
+                                     f"{', '.join(s['name'] for s in steps)}")
     for step in steps:
+        run_it = (missing is None or only is not None) and (only is None or step["name"] in only)
         if data_root:
             step["base"]["data_root"] = data_root
         _resolve_data_file(step["base"], notes)
@@ -213,8 +220,9 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
                 continue
             cfg = get_protocol(step["protocol"]).config.from_dict({**step["base"], "progress": False})
             plans = [plan(step["protocol"], cfg, where, sources=sources)]
-            if missing is not None:
-                missing += not_done(plans, out)
+            if not run_it:
+                if missing is not None:
+                    missing += not_done(plans, out)
                 continue
         else:
             protocol, points = sweep_points({"protocol": step["protocol"], "out": str(where), "base": step["base"],
@@ -224,8 +232,9 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
                 print(f"{plan_state(p):8s} {p.out}")
             if dry_run:
                 continue
-            if missing is not None:
-                missing += not_done(plans, out)
+            if not run_it:
+                if missing is not None:
+                    missing += not_done(plans, out)
                 continue
             record_points(protocol, points)
         results = execute(plans, executor if executor == "ray" else "local", jobs or 1, address=address,
@@ -242,10 +251,11 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
 
 
 def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, finished: bool = False,
-              **run_options) -> dict:
+              steps_only: list[str] | None = None, **run_options) -> dict:
     """Run a study at a scale (default: cpu where the study has it, else its largest), then write its
     figures, results.json and report.html. With `finished`, run nothing: the checks and figures read
-    the runs that are done, and results.json lists the points of the design that are not."""
+    the runs that are done, and results.json lists the points of the design that are not. With
+    `steps_only` (step names), run those steps alone, then draw as with `finished`."""
     study = load_study(name)
     scale = scale or ("cpu" if "cpu" in study.scales else list(study.scales)[-1])
     if scale not in study.scales:
@@ -253,15 +263,16 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, f
     out = Path(out or f"runs/reproduce/{study.name}-{scale}")
     t0 = time.perf_counter()
     notes: list[str] = []
-    missing: list[str] | None = [] if finished else None
-    steps = run_steps(study, scale, out, dry_run=dry_run, notes=notes, missing=missing, **run_options)
+    missing: list[str] | None = [] if finished or steps_only else None
+    steps = run_steps(study, scale, out, dry_run=dry_run, notes=notes, missing=missing,
+                      only=None if finished else steps_only, **run_options)
     if dry_run:
         return {}
-    with finished_runs_only() if finished else contextlib.nullcontext():
+    with finished_runs_only() if missing is not None else contextlib.nullcontext():
         results, figures = _draw(study, scale, out, steps, notes, t0)
-    if finished:
+    if missing is not None:
         results["missing"] = missing
-        results["command"] += " --finished"
+        results["command"] += " --finished" if finished else f" --steps {','.join(steps_only or [])}"
     atomic_write_json(out / "results.json", results)
     write_study_page(results, figures, out / "report.html")
     return {**results, "out": str(out)}

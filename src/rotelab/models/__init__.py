@@ -52,12 +52,14 @@ def _inception(cfg, shape, k):
 
 
 @MODELS.register("wrn")
-def _wrn(cfg, shape, k):
+def _wrn(cfg, shape, k, *, zero_init_residual=False):
+    """Wide ResNet of --depth and --widen; zero_init_residual starts each residual branch at zero (what
+    lets the net without batch norm, --no-wrn-batch-norm, train)."""
     if (cfg.depth - 4) % 6 or cfg.depth < 10:
         raise ConfigError("--depth", f"a Wide ResNet has depth 6n+4 (10, 16, 22, 28, ...), got {cfg.depth}")
     if cfg.widen < 1:
         raise ConfigError("--widen", f"must be >= 1, got {cfg.widen}")
-    return WideResNet(_image_shape("wrn", shape)[0], k, cfg.depth, cfg.widen, cfg.wrn_batch_norm)
+    return WideResNet(_image_shape("wrn", shape)[0], k, cfg.depth, cfg.widen, cfg.wrn_batch_norm, zero_init_residual)
 
 
 

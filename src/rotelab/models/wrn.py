@@ -1,7 +1,10 @@
 """Wide ResNet (Zagoruyko & Komodakis 2016): pre-activation basic blocks, depth 6n+4, widen factor k.
 
 With batch_norm=False every BatchNorm becomes the identity and the convolutions get biases: the
-control that tells what batch norm does to training under weight decay."""
+control that tells what batch norm does to training under weight decay. Such a net does not train at
+SGD 0.1 from the usual initialization; zero_init_residual=True starts each block's last convolution
+at zero, so that every block starts as its shortcut (Fixup's and SkipInit's remedy: Zhang et al.
+2019, De & Smith 2020) and the net trains without normalization."""
 
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ class Block(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, depth: int = 16, widen: int = 4, batch_norm: bool = True):
+    def __init__(self, in_channels: int, num_classes: int, depth: int = 16, widen: int = 4, batch_norm: bool = True,
+                 zero_init_residual: bool = False):
         super().__init__()
         self.batch_norm = batch_norm
         n = (depth - 4) // 6
@@ -46,6 +50,10 @@ class WideResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Block):
+                    nn.init.zeros_(m.conv2.weight)
 
     def scale_invariant(self) -> list[str]:
         """Names of the weights whose joint scale the output ignores: with batch norm, every

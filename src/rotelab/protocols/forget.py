@@ -397,6 +397,19 @@ def report_collapses(ctx, step: str):
     return "; ".join(parts), "reported", None
 
 
+def report_end_state(ctx, step: str):
+    """Each run as it ended: train and val accuracy at the last epoch, the val part's best and its
+    epoch, and the weights' norm at the first and last epochs (weights decayed to nothing: no learning)."""
+    parts = []
+    for run in ctx.runs(step):
+        m = run.read_metrics()
+        best = max(m, key=lambda r: r["val_acc"])
+        norm = (f"; weights' norm {m[0]['weight_norm']:.3g} -> {m[-1]['weight_norm']:.3g}"
+                if m[0].get("weight_norm") is not None else "")
+        parts.append(f"{run.path.name}: epoch {m[-1]['epoch']}: train {m[-1]['train_acc']:.3f}, val "
+                     f"{m[-1]['val_acc']:.3f} (best {best['val_acc']:.3f} at epoch {best['epoch']}){norm}")
+    return "; ".join(parts), "reported", None
+
 
 def example(tmp) -> tuple[dict, list]:
     return dict(dataset="digits", widths=[64], epochs=15, until_train_acc=None, epochs2=15, val_size=200,
@@ -411,5 +424,5 @@ PROTOCOL = register(Protocol(
                 "checkpoint of another (only stage-2 options may be given then).",
     config_from_args=config_from_args, figures=figures, ramp_data=ramp_data, report_lines=report_lines,
     study=StudyParts(figures={"forget": fig_forget},
-                     checks={"collapses": report_collapses, "stage2_collapse": check_stage2_collapse,
+                     checks={"collapses": report_collapses, "end_state": report_end_state, "stage2_collapse": check_stage2_collapse,
                              "collapse_period": check_collapse_period})))
