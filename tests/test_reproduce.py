@@ -239,6 +239,15 @@ def test_compression_reads_saturation_from_where_the_curve_ends():
     assert not left["saturated"] and left["at_ceiling_from"] is None and left["fall"] == pytest.approx(2.0)
 
 
+def test_compression_says_by_when_most_of_the_fall_is_done():
+    from rotelab.measures.information import compression
+    # peak 9 at epoch 20, final 4: a fall of 5 bits; 80% of it (down to 5.0) is done at epoch 60, not at 40 (5.5)
+    c = compression([0, 20, 40, 60, 80, 100], [6, 9, 5.5, 5.0, 4.5, 4], ceiling=12)
+    assert c["fall"] == pytest.approx(5.0) and c["most_by"] == 60
+    assert compression([0, 20, 40, 60, 80, 100], [6, 9, 5.5, 5.0, 4.5, 4], ceiling=12, most=0.5)["most_by"] == 40
+    assert compression([0, 20], [3, 5], ceiling=12)["most_by"] is None   # ends at its peak: no fall
+
+
 def fake_forget(path: Path, train, val, stage1_end: int, lr2: float = 0.01, weight_decay: float = 0.0):
     run = RunDir(path)
     run.create({"corrupt": "labels=1.0", "val_corrupt": "labels=0.0", "epochs": stage1_end, "epochs2": len(train) - stage1_end,

@@ -263,13 +263,14 @@ def mixed_ksg_mi(t, y, k: int = 3, seed: int = 0) -> float:
     return float(max(mi, 0.0) / LOG2)
 
 
-def compression(epochs, ixt, ceiling: float, saturation: float = 0.1) -> dict:
+def compression(epochs, ixt, ceiling: float, saturation: float = 0.1, most: float = 0.8) -> dict:
     """How far a layer's I(X;T) curve falls from its peak by the last epoch: peak, its epoch, the
     final value and the fall (bits). `saturated` when the curve ends within `saturation` bits of the
     estimator's ceiling (log2 N for plug-in binning on N inputs), `at_ceiling_from` the epoch from
     which it stays there: once at the ceiling the estimate cannot show compression, which is not the
     same as finding none. Read it on a mean curve over runs: one run's peak minus final is biased
-    upward by its noise."""
+    upward by its noise. `most_by`: the first epoch after the peak by which `most` of the fall is
+    done (the curve at or below peak - most x fall): the fall's time scale."""
     epochs, ixt = np.asarray(epochs), np.asarray(ixt, dtype=float)
     order = np.argsort(epochs)
     epochs, ixt = epochs[order], ixt[order]
@@ -277,6 +278,8 @@ def compression(epochs, ixt, ceiling: float, saturation: float = 0.1) -> dict:
     near = ixt >= ceiling - saturation
     below = np.flatnonzero(~near)
     start = (below[-1] + 1) if len(below) else 0
+    fall = float(ixt[k] - ixt[-1])
+    done = np.flatnonzero(ixt[k:] <= ixt[k] - most * fall + 1e-12)
     return {"peak": float(ixt[k]), "peak_epoch": int(epochs[k]), "final": float(ixt[-1]),
-            "fall": float(ixt[k] - ixt[-1]), "saturated": bool(near[-1]),
+            "fall": fall, "most_by": int(epochs[k + done[0]]) if fall > 0 else None, "saturated": bool(near[-1]),
             "at_ceiling_from": int(epochs[start]) if near[-1] else None}

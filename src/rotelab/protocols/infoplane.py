@@ -372,8 +372,9 @@ def info_table(runs: list[RunDir], split: str = "train", estimator: str = "binni
 
 
 def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
-                      estimator: str = "binning-size") -> list[Path]:
-    """The Memorizing IB study's figure: `panels` maps a title to a group (a sweep point) of the step."""
+                      estimator: str = "binning-size", stem: str = "memorizing_ib") -> list[Path]:
+    """The Memorizing IB study's figure: `panels` maps a title to a group (a sweep point) of the step;
+    drawn to FIGURES/STEM_SPLIT[_ESTIMATOR].png."""
     from ..plots import plot_memorizing_ib
     by_name = {g.name: g for g in ctx.groups(step)}
     drawn, ceiling, widths = [], None, None
@@ -382,11 +383,11 @@ def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
             runs, gone = kept_runs([RunDir(d) for d in runs_in(by_name[group])])
             table, n = info_table(runs, split, estimator)
             left = f", {len(gone)} diverged left out" if gone else ""
-            drawn.append((f"{title}, {split} set\n({len(runs)} runs{left})", table))   # two lines: panels sit side by side
+            drawn.append((f"{title}, {split} set\n({len(runs)} run{'s' * (len(runs) != 1)}{left})", table))   # two lines: panels sit side by side
             ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
     if not drawn or ceiling is None:
         return []
-    name = f"memorizing_ib_{split}" + ("" if estimator == "binning-size" else f"_{estimator}")
+    name = f"{stem}_{split}" + ("" if estimator == "binning-size" else f"_{estimator}")
     return [plot_memorizing_ib(drawn, ceiling, ctx.figures / f"{name}.png", widths=widths)]
 
 
@@ -498,7 +499,9 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
         found += c["fall"] >= at_least
         falls = [compression(t[layer][0], t[layer][1], ceiling)["fall"] for t in own if layer in t]
         spread = f" (runs {min(falls):.2f}-{max(falls):.2f})" if len(falls) > 1 else ""
-        words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}{spread}")
+        most = f", 80% of it by epoch {c['most_by']}" if c["most_by"] is not None else ""
+        words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}"
+                     f"{spread}{most}")
     fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
     fitted = "; the runs fit (train accuracy >= 0.99) at epoch " + ", ".join("never" if e is None else str(e) for e in fits)
     value = f"{group}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)} ({split} set, N = {n}): " + \
