@@ -213,3 +213,16 @@ def test_group_titles_are_words_and_never_collide(tmp_path):
     titles = group_titles([tmp_path / n for n in "abc"])
     assert titles == {"a": "true labels, relu, hidden 8 (a)", "b": "true labels, relu, hidden 8 (b)",
                       "c": "random labels, relu, hidden 8"}
+
+
+def test_a_published_record_reads_as_the_runs(tmp_path):
+    """A record packs info.jsonl as info.jsonl.gz: the readers behind a republished study's figures
+    find the same rows in it."""
+    from rotelab.reproduce import publish_records
+    from rotelab.store import read_info
+    infoplane(cfg_of(epochs=3, captures=3, data_file=str(VAR_U), seeds="0-1"), tmp_path / "runs" / "p")
+    publish_records(tmp_path / "runs", tmp_path / "docs" / "records" / "s")
+    packed = tmp_path / "docs" / "records" / "s" / "p"
+    assert list(packed.rglob("info.jsonl.gz")) and not list(packed.rglob("info.jsonl"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "group"} for r in rows]   # noqa: E731
+    assert strip(read_info([packed])) == strip(read_info([tmp_path / "runs" / "p"])) != []

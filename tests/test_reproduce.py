@@ -12,6 +12,7 @@ from rotelab.protocols import fit_study as fitp
 from rotelab.protocols import infoplane as ipp
 from rotelab.protocols import noise as noisep
 from rotelab.cli import main
+from rotelab.errors import ConfigError
 from rotelab.store import RunDir
 
 STUDIES = [f.stem for f in rp.study_files()]
@@ -91,6 +92,21 @@ def test_finished_reads_the_done_runs_of_the_design_and_names_the_rest(tmp_path,
     docs = tmp_path / "docs"
     rp.publish(out, docs)
     assert "**Not yet run.** 1 points of the study's design are not in these results" in (docs / "reproductions.md").read_text()
+
+
+def test_steps_runs_the_named_steps_alone_and_draws_from_what_is_done(tmp_path, capsys):
+    out = tmp_path / "o"
+    with pytest.raises(ConfigError, match="--steps: study oscillation has no step 'nope'; its steps are runs, lr-step"):
+        rp.reproduce("oscillation", "smoke", out, steps_only=["nope"])
+    results = rp.reproduce("oscillation", "smoke", out, steps_only=["lr-step"])
+    assert (out / "lr-step").is_dir() and not (out / "runs").exists()   # the other step did not run
+    assert results["missing"] and all(m.startswith("runs/") for m in results["missing"])
+    assert results["command"].endswith("--steps lr-step")
+    settles = next(c for c in results["checks"] if c["name"].startswith("with a learning-rate step"))
+    assert "seed-0" in settles["value"]   # checks read the step that ran
+    capsys.readouterr()
+    assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out), "--steps", "runs"]) == 0
+    assert (out / "runs").is_dir() and "points not done" not in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -250,7 +250,7 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         norm = LogNorm(vmin=1, vmax=last + 1)
         mine_groups = [g for g in groups if any(r["group"] == g for r in sel)]   # groups with this estimator
         fig_p, axes_p = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups), 4.8), squeeze=False)
-        fig_x, axes_x = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups) + 1.6, 4.2), squeeze=False,
+        fig_x, axes_x = plt.subplots(1, len(mine_groups), figsize=(5.5 * len(mine_groups) + 2.8, 4.2), squeeze=False,
                                      sharey=True)
         saturated_any = False
         for ax_p, ax_x, g in zip(axes_p[0], axes_x[0], mine_groups):
@@ -301,7 +301,7 @@ def plot_infoplane(paths, folder=None) -> list[Path]:
         if saturated_any:
             handles.append(plt.Line2D([], [], color="black", lw=6, alpha=0.15))
             labels.append(SATURATED)
-        fig_x.tight_layout(rect=(0, 0, 1 - 1.5 / fig_x.get_figwidth(), 1))
+        fig_x.tight_layout(rect=(0, 0, 1 - 2.7 / fig_x.get_figwidth(), 1))   # the legend, beside the panels
         fig_x.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
         fig_p.text(0.01, -0.03, "each line: one captured epoch, its layers joined (mean over seeds); "
                                "L1, L2, ...: the hidden layers at the last epoch; out: the output layer",

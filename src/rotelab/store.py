@@ -577,7 +577,7 @@ def read_info(paths) -> list[dict]:
     """info.jsonl records of runs or of folders of runs, each tagged with the folder (`group`) it came from."""
     rows = []
     for p in map(Path, paths):
-        dirs = [d for d in runs_in(p) if (d / "info.jsonl").is_file()]
+        dirs = [d for d in runs_in(p) if (d / "info.jsonl").is_file() or (d / "info.jsonl.gz").is_file()]
         if not dirs:
             raise StoreError(p, f"{p} has no info.jsonl and no runs with one; give an infoplane run or folder")
         for d in dirs:

@@ -135,7 +135,8 @@ def fig_zhang(ctx, step: str) -> list[Path]:
 def fig_oscillation(ctx, step: str, split: str = "train") -> list[Path]:
     from ..plots import plot_overlap_runs
     name = f"oscillation_{split}.png" if step == "runs" else f"oscillation_{step}_{split}.png"
-    return [plot_overlap_runs(ctx.runs(step), ctx.figures / name, split)]
+    runs = ctx.runs(step)
+    return [plot_overlap_runs(runs, ctx.figures / name, split)] if runs else []   # no runs done: no figure
 
 
 def _label_level(run: RunDir) -> float | None:
