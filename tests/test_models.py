@@ -92,3 +92,20 @@ def test_channels_last_changes_the_layout_not_the_function():
     assert not a.features[1].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
+
+
+def test_wrn_zero_init_residual_starts_every_block_as_its_shortcut():
+    import torch
+    from rotelab.models.wrn import Block
+    cfg = FitConfig(model="wrn", depth=16, widen=2, wrn_batch_norm=False, model_args={"zero_init_residual": True})
+    net = build_model(cfg, (1, 8, 8), 5)
+    for block in (m for m in net.modules() if isinstance(m, Block)):
+        assert block.conv2.weight.abs().sum() == 0 and block.conv1.weight.abs().sum() > 0   # only the last conv
+        if block.shortcut is None:
+            x = torch.randn(3, block.conv1.in_channels, 8, 8)
+            assert torch.equal(block(x), x)          # the residual branch adds exactly nothing
+    plain = build_model(FitConfig(model="wrn", depth=16, widen=2, wrn_batch_norm=False), (1, 8, 8), 5)
+    assert all(m.conv2.weight.abs().sum() > 0 for m in plain.modules() if isinstance(m, Block))   # off by default
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    net(x).sum().backward()
+    assert all(m.conv2.weight.grad.abs().sum() > 0 for m in net.modules() if isinstance(m, Block))   # and it learns

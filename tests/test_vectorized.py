@@ -281,3 +281,14 @@ def test_func_stack_takes_each_runs_optimizer_state(tmp_path):
             own = l.opt.state[stack.run_params[j][n]]
             assert torch.equal(stack.opt.state[p]["exp_avg"][j], own["exp_avg"])
             assert torch.equal(stack.opt.state[p]["step"], own["step"])
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10])
+def test_class_argmax_is_max_indices_with_ties_and_nan(classes):
+    from rotelab.vectorized import class_argmax
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(-2, 3, (4, classes, 500), generator=g).float()   # many ties
+    nan = torch.rand(logits.shape, generator=g) < 0.05
+    logits[nan] = float("nan")
+    assert torch.equal(class_argmax(logits), logits.max(dim=1).indices)
+    assert torch.equal(class_argmax(logits[:, :, :0]), logits[:, :, :0].max(dim=1).indices)

@@ -78,6 +78,16 @@ def tanh_of_doubled_(z2: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid_(z2).mul_(2).sub_(1)
 
 
+def class_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """The predicted class of unit-major logits (K, C, B): what logits.max(dim=1).indices gives (the
+    first maximum on a tie, a NaN above every number). With two classes it is a comparison: on CPU a
+    reduction over an axis of 2 costs about five times as much (a 12-bit stack's evaluation)."""
+    if logits.shape[1] != 2:
+        return logits.max(dim=1).indices
+    a, b = logits[:, 0], logits[:, 1]
+    return ((b > a) | (b.isnan() & ~a.isnan())).long()
+
+
 def _tanh_backward(d: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return d.addcmul_(d * a, a, value=-1)     # d * (1 - a^2), a = tanh(z)
 
@@ -169,8 +179,7 @@ class RunStack:
         for i in range(0, n, bs):
             ce, logits = self.train_step(self._batch(name, order[:, i:i + bs]), y_epoch[:, i:i + bs])
             losses.append(ce)
-            # max(...).indices: argmax's first-maximum rule, much faster than argmax over dim 1
-            preds.append(logits.max(dim=1).indices)
+            preds.append(class_argmax(logits))   # argmax's first-maximum rule, much faster than argmax over dim 1
         loss = torch.cat(losses, 1).sum(1) / n
         acc = (torch.cat(preds, 1) == y_epoch).sum(1).double() / n
         return loss.tolist(), acc.tolist()
@@ -185,8 +194,9 @@ class RunStack:
             xb = x[i:i + batch_size] if shared else x[:, i:i + batch_size]
             yb = y[:, i:i + batch_size]
             logits = self.forward(xb, shared).float()
-            losses.append(F.cross_entropy(logits, yb, reduction="none"))
-            preds.append(logits.max(dim=1).indices)
+            # cross-entropy as log-softmax and a gather: the same numbers, faster on (K, C, B) than F.cross_entropy
+            losses.append(torch.log_softmax(logits, dim=1).gather(1, yb[:, None]).squeeze(1).neg_())
+            preds.append(class_argmax(logits))
             if with_margins:
                 margs.append(margins(logits, yb))
         pred = torch.cat(preds, 1)

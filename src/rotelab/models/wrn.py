@@ -54,6 +54,8 @@ class WideResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, Block):
                     nn.init.zeros_(m.conv2.weight)
+                    if m.conv2.bias is not None:
+                        nn.init.zeros_(m.conv2.bias)
 
     def scale_invariant(self) -> list[str]:
         """Names of the weights whose joint scale the output ignores: with batch norm, every
