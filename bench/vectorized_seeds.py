@@ -72,6 +72,19 @@ def compare(name: str, base: dict, seeds: int, tmp: Path, stack: str | None = No
 
 
 @contextlib.contextmanager
+def without_tensorboard():
+    """Runs that write no TensorBoard file (a measurement only: what the rest of a run costs)."""
+    import rotelab.hooks as hooks
+    from rotelab.hook import Hook
+    real = hooks.TensorBoardWriter
+    hooks.TensorBoardWriter = type("NoTensorBoard", (Hook,), {"__init__": lambda self, *a, **k: None})
+    try:
+        yield
+    finally:
+        hooks.TensorBoardWriter = real
+
+
+@contextlib.contextmanager
 def timed_tensorboard():
     """The TensorBoard hook with every call timed; yields [seconds spent in it] (a measurement only)."""
     import rotelab.hooks as hooks
@@ -99,18 +112,22 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--cases", nargs="+", default=["tishby", "tishby-func", "mlp512", "alexnet"],
-                    choices=["tishby", "tishby-func", "mlp512", "alexnet"])
+                    choices=["tishby", "tishby-no-tb", "tishby-func", "mlp512", "alexnet"])
     ap.add_argument("--convnet-seeds", type=int, default=4, help="seeds of the convnet case (torch.func stack)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the bench runs")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.epochs, args.cases = 2, 3, ["tishby"]
+        args.seeds, args.epochs, args.cases = 2, 3, ["tishby", "tishby-no-tb"]
     figures = {"seeds": args.seeds, "epochs": args.epochs}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "tishby" in args.cases:
             figures.update(compare("tishby", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
                                                   batch_size=512, epochs=args.epochs), args.seeds, tmp))
+        if "tishby-no-tb" in args.cases:   # the same runs writing no TensorBoard file: what it costs the ratio
+            with without_tensorboard():
+                figures.update(compare("tishby_no_tb", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
+                                                            batch_size=512, epochs=args.epochs), args.seeds, tmp))
         if "tishby-func" in args.cases:   # the same runs through the torch.func stack: is the kernel worth keeping?
             figures.update(compare("tishby_func", dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-4,
                                                        batch_size=512, epochs=args.epochs), args.seeds, tmp, stack="func"))
