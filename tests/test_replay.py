@@ -28,6 +28,29 @@ def test_a_run_replays_bit_for_bit_and_a_changed_value_is_named(tmp_path, small_
     assert "1 of" in capsys.readouterr().out
 
 
+def test_a_replay_names_the_conditions_that_round_differently(tmp_path, small_cfg, capsys):
+    import torch
+    run = fit(small_cfg(epochs=2), tmp_path / "run")
+    env = run.read_environment()
+    assert env["threads"] == torch.get_num_threads() and env["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    config = json.loads(run.config_file.read_text())   # as if trained on 8 threads, with one number off
+    config["environment"]["threads"] = 8
+    run.config_file.write_text(json.dumps(config))
+    lines = run.metrics_file.read_text().splitlines()
+    row = json.loads(lines[0])
+    row["test_acc"] += 2 ** -40
+    run.metrics_file.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+    assert replay(run.path, epochs=1)["unlike"] == [f"threads 8 then, {torch.get_num_threads()} now"]
+    assert main(["replay", str(run.path), "--epochs", "1"]) == 1
+    assert "trained with threads 8 then" in capsys.readouterr().out
+    del config["environment"]["threads"]   # a run from before it was recorded
+    run.config_file.write_text(json.dumps(config))
+    r = replay(run.path, epochs=1)
+    assert r["unlike"] == [] and not r["conditions_known"]
+    assert main(["replay", str(run.path), "--epochs", "1"]) == 1
+    assert "does not record its CPU kernels and threads" in capsys.readouterr().out
+
+
 def test_a_run_stopped_early_replays_the_epochs_it_has(tmp_path, small_cfg):
     run = fit(small_cfg(epochs=2), tmp_path / "run")
     assert replay(run.path, epochs=5)["epochs"] == 2

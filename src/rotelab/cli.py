@@ -269,8 +269,11 @@ def cmd_replay(args) -> int:
         if r["differences"]:
             bad += 1
             e, key, a, b = r["differences"][0]
+            why = ("; trained with " + ", ".join(r["unlike"]) + ": kernels round differently, so small differences "
+                   "are expected" if r["unlike"] else "" if r["conditions_known"] else
+                   "; the run does not record its CPU kernels and threads: if they differed, so does rounding")
             print(f"{path}: {len(r['differences'])} of {r['compared']} values differ in the first {r['epochs']} "
-                  f"epochs ({versions}); first: epoch {e} {key} {a!r} saved, {b!r} replayed")
+                  f"epochs ({versions}); first: epoch {e} {key} {a!r} saved, {b!r} replayed{why}")
         else:
             print(f"{path}: identical, {r['compared']} values in the first {r['epochs']} epochs ({versions})")
     return 1 if bad else 0

@@ -1,7 +1,7 @@
 """`rotelab replay RUN`: train a run's first epochs again with this code and compare their metrics.
 
-Every draw in a run comes from its seed, so on the same device and thread count a replay must give
-the same numbers bit for bit. A study whose runs were trained by an earlier version can show, this
+Every draw in a run comes from its seed, so on the same device, CPU kernels (instruction set) and
+thread count a replay must give the same numbers bit for bit; a run records them (its environment). A study whose runs were trained by an earlier version can show, this
 way, that the code it is published with still makes them.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import ConfigError, StoreError
 from .plan import make
 from .protocol import protocol_of
-from .store import RunDir, source_version
+from .store import RunDir, compute_conditions, source_version
 
 
 def _timing(key: str) -> bool:
@@ -55,6 +55,10 @@ def replay(path, epochs: int = 3) -> dict:
             compared += 1
             if saved[e][key] != again[e][key]:
                 differences.append((e, key, saved[e][key], again[e][key]))
+    env = run.read_environment()
+    now = compute_conditions()
+    # where the run recorded them: the conditions that differ (a difference there explains rounding)
+    unlike = [f"{k} {env[k]} then, {now[k]} now" for k in now if k in env and env[k] != now[k]]
     return {"epochs": n, "compared": compared, "differences": differences,
-            "trained_at": run.read_environment().get("git") or run.read_environment().get("rotelab"),
-            "replayed_at": source_version()}
+            "trained_at": env.get("git") or env.get("rotelab"), "replayed_at": source_version(),
+            "unlike": unlike, "conditions_known": all(k in env for k in now)}

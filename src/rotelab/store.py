@@ -180,11 +180,20 @@ def source_version() -> str | None:
         return None
 
 
+def compute_conditions() -> dict:
+    """What decides how this process's CPU arithmetic rounds: the instruction set torch's kernels
+    use (AVX2, AVX512, ...) and the thread count."""
+    import torch
+    return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
 def environment(device, model=None) -> dict:
-    """Versions and device, so a run says what produced it; with the model, its parameter count."""
+    """Versions, device, CPU kernels and threads, so a run says what produced it (the last two decide
+    how its products round: a replay is bit for bit only where they match); with the model, its
+    parameter count."""
     import torch
     env: dict[str, object] = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
-           "python": platform.python_version(), "device": str(device)}
+           "python": platform.python_version(), "device": str(device), **compute_conditions()}
     if model is not None:
         env["parameters"] = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
     if torch.device(device).type == "cuda":
