@@ -247,6 +247,24 @@ def test_a_run_that_diverged_is_left_out_of_compression_and_named(tmp_path):
     assert fitp.check_final_train_acc(ctx, "planes", "labels-random", at_least=0.99)[2] is False
 
 
+def test_time_scales_are_read_per_n_from_each_steps_mean_curve(tmp_path):
+    study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "small", "protocol": "infoplane"},
+                                                           {"name": "large", "protocol": "infoplane"}]})
+    ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))
+    # captures every 20 epochs; N = 1024: peaks at epoch 20, 80% of each fall done at epoch 40;
+    # N = 4096: the same layers peak later (epoch 40) and fall slower (80% done at epoch 80)
+    fake_infoplane(tmp_path / "small" / "labels-random" / "seed-0", {5: [5, 9, 5, 5, 5], 6: [4, 8, 4, 4, 4]},
+                   train_acc=[0.5, 1.0])
+    fake_infoplane(tmp_path / "large" / "labels-random" / "seed-0", {5: [5, 8, 9, 7, 5], 6: [4, 6, 8, 6, 4]},
+                   n=4096, train_acc=[0.5, 0.9, 0.995])
+    value, expected, passed = ipp.report_time_scales(ctx, ["small", "large"], "labels-random", layers=2)
+    assert expected == "reported" and passed is None
+    assert ("N = 1024 (1 run): fit at epoch 2; the last 2 layers peak at epochs 20, 20 and 80% of their falls "
+            "(4.00, 4.00 bits) is done by epochs 40, 40") in value
+    assert "N = 4096 (1 run): fit at epoch 3; the last 2 layers peak at epochs 40, 40" in value
+    assert "is done by epochs 80, 80" in value
+
+
 def test_compression_reads_saturation_from_where_the_curve_ends():
     from rotelab.measures.information import compression
     at = compression([0, 20, 40, 60], [5, 9.95, 9.98, 9.99], ceiling=10)   # reaches the ceiling at epoch 20

@@ -512,6 +512,31 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
 
 
 
+def report_time_scales(ctx, steps: list[str], group: str, layers: int = 3, estimator: str = "binning-size",
+                       split: str = "train"):
+    """The time scales of one group across steps that differ in N (reported): per step, N, the runs'
+    fit epochs (train accuracy >= 0.99), and on the mean curve of the last `layers` layers the epochs
+    of the peaks of I(X;T) and by which 80% of each fall is done. Diverged runs are left out, named."""
+    from ..measures.information import compression
+    parts = []
+    for step in steps:
+        runs, gone = kept_runs(ctx.group_runs(step, group))
+        if not runs:
+            parts.append(f"{step}: no runs")
+            continue
+        table, n = info_table(runs, split, estimator)
+        curves = [compression(*table[layer][:2], math.log2(n)) for layer in sorted(table)[-layers:]]
+        fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
+        peaks = ", ".join(str(c["peak_epoch"]) for c in curves)
+        most = ", ".join("-" if c["most_by"] is None else str(c["most_by"]) for c in curves)   # -: no fall
+        falls = ", ".join(f"{c['fall']:.2f}" for c in curves)
+        fitted = ", ".join("never" if e is None else str(e) for e in fits)
+        parts.append(f"N = {n} ({len(runs)} run{'s' * (len(runs) != 1)}): fit at epoch {fitted}; the last {layers} "
+                     f"layers peak at epochs {peaks} and 80% of their falls ({falls} bits) is done by epochs {most}"
+                     + said_left_out(gone))
+    return f"{group}: " + "; ".join(parts), "reported", None
+
+
 def example(tmp) -> tuple[dict, list]:
     return dict(dataset="tishby", model="tishby", optimizer="adam", lr=4e-3, batch_size=256, epochs=40,
                 seeds="0-1", captures=8, eval_size=512, hist_every=0, checkpoint_every=0, progress=False), []
@@ -524,6 +549,6 @@ PROTOCOL = register(Protocol(
                 "and estimating I(X;T) and I(T;Y) (Shwartz-Ziv & Tishby 2017; Saxe et al. 2018).",
     folder=Folder(figures=group_figures, legacy_plan=legacy_plan),
     study=StudyParts(figures={"infoplane": fig_infoplane, "memorizing_ib": fig_memorizing_ib},
-                     checks={"info_bounds": check_info_bounds, "output_ity": check_output_ity,
+                     checks={"time_scales": report_time_scales, "info_bounds": check_info_bounds, "output_ity": check_output_ity,
                              "ixt_fall": report_ixt_fall, "compression": check_compression},
                      report_section=report_section)))
