@@ -525,7 +525,7 @@ def report_time_scales(ctx, steps: list[str], group: str, layers: int = 3, estim
             parts.append(f"{step}: no runs")
             continue
         table, n = info_table(runs, split, estimator)
-        curves = [compression(*table[layer][:2], math.log2(n)) for layer in sorted(table)[-layers:]]
+        curves = [compression(table[layer][0], table[layer][1], math.log2(n)) for layer in sorted(table)[-layers:]]
         fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
         peaks = ", ".join(str(c["peak_epoch"]) for c in curves)
         most = ", ".join("-" if c["most_by"] is None else str(c["most_by"]) for c in curves)   # -: no fall
