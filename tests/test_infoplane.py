@@ -226,3 +226,5 @@ def test_a_published_record_reads_as_the_runs(tmp_path):
     assert list(packed.rglob("info.jsonl.gz")) and not list(packed.rglob("info.jsonl"))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "group"} for r in rows]   # noqa: E731
     assert strip(read_info([packed])) == strip(read_info([tmp_path / "runs" / "p"])) != []
+    from rotelab.report import run_figures   # and a run's own figures draw from its packed metrics
+    assert run_figures(packed / "seed-0", strict=True)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -67,7 +66,7 @@ class TrainSpec:
     def of(cls, cfg, **changes) -> "TrainSpec":
         """Every field from `cfg` (no defaults here: they are the config's), `changes` over them."""
         if isinstance(cfg, TrainSpec):
-            return dataclasses.replace(cfg, **changes)
+            return replace(cfg, **changes)
         picked = {**{f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in changes}, **changes}
         return cls(**{**picked, "save_epochs": tuple(picked["save_epochs"])})
 

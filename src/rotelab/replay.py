@@ -1,8 +1,9 @@
 """`rotelab replay RUN`: train a run's first epochs again with this code and compare their metrics.
 
 Every draw in a run comes from its seed, so on the same device, CPU kernels (instruction set) and
-thread count a replay must give the same numbers bit for bit; a run records them (its environment). A study whose runs were trained by an earlier version can show, this
-way, that the code it is published with still makes them.
+thread count a replay must give the same numbers bit for bit; a run records them (its environment).
+A study whose runs were trained by an earlier version can show, this way, that the code it is
+published with still makes them.
 """
 
 from __future__ import annotations

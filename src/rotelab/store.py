@@ -203,19 +203,26 @@ def environment(device, model=None) -> dict:
     return env
 
 
+def stored_jsonl(path: Path) -> Path | None:
+    """Where a JSONL file's lines are: the file, else its gzipped copy FILE.gz (a published record,
+    docs/records, is gzipped); None where neither is."""
+    path = Path(path)
+    packed = path.with_name(path.name + ".gz")
+    return path if path.is_file() else packed if packed.is_file() else None
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Every JSON line of a file (or of its gzipped copy, FILE.gz, where only that exists); [] if it is
     missing. A last line cut by a kill (no newline after it) is left out; a bad line anywhere else
     means the file is damaged (StoreError)."""
-    path = Path(path)
-    packed = path.with_name(path.name + ".gz")   # a published record (docs/records) is gzipped
-    if not path.is_file() and packed.is_file():
-        import gzip
-        path, raw = packed, gzip.decompress(packed.read_bytes())
-    elif not path.is_file():
+    found = stored_jsonl(path)
+    if found is None:
         return []
-    else:
-        raw = path.read_bytes()
+    raw = found.read_bytes()
+    if found != Path(path):   # the packed copy
+        import gzip
+        raw = gzip.decompress(raw)
+    path = found
     try:
         text = raw.decode()
     except UnicodeDecodeError:
@@ -586,7 +593,7 @@ def read_info(paths) -> list[dict]:
     """info.jsonl records of runs or of folders of runs, each tagged with the folder (`group`) it came from."""
     rows = []
     for p in map(Path, paths):
-        dirs = [d for d in runs_in(p) if (d / "info.jsonl").is_file() or (d / "info.jsonl.gz").is_file()]
+        dirs = [d for d in runs_in(p) if stored_jsonl(d / "info.jsonl")]
         if not dirs:
             raise StoreError(p, f"{p} has no info.jsonl and no runs with one; give an infoplane run or folder")
         for d in dirs:

@@ -472,6 +472,12 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
     return "; ".join(parts), "reported", None
 
 
+def fit_epochs(runs: list[RunDir]) -> str:
+    """Each run's first epoch with train accuracy >= 0.99 ("never" where it has none), comma-separated."""
+    fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
+    return ", ".join("never" if e is None else str(e) for e in fits)
+
+
 def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: float = 1.0, need: int = 2,
                       split: str = "train", estimator: str = "binning-size", min_runs: int = 3,
                       source: str = "rotelab threshold"):
@@ -502,8 +508,7 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
         most = f", 80% of it by epoch {c['most_by']}" if c["most_by"] is not None else ""
         words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}"
                      f"{spread}{most}")
-    fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
-    fitted = "; the runs fit (train accuracy >= 0.99) at epoch " + ", ".join("never" if e is None else str(e) for e in fits)
+    fitted = "; the runs fit (train accuracy >= 0.99) at epoch " + fit_epochs(runs)
     value = f"{group}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)} ({split} set, N = {n}): " + \
         "; ".join(words) + fitted + said_left_out(gone)
     expected = f">= {at_least} bit fall in {need} of the last {layers} layers of the mean curve, judged from " \
@@ -526,12 +531,10 @@ def report_time_scales(ctx, steps: list[str], group: str, layers: int = 3, estim
             continue
         table, n = info_table(runs, split, estimator)
         curves = [compression(table[layer][0], table[layer][1], math.log2(n)) for layer in sorted(table)[-layers:]]
-        fits = [next((m["epoch"] for m in r.read_metrics() if (m.get("train_acc") or 0) >= 0.99), None) for r in runs]
         peaks = ", ".join(str(c["peak_epoch"]) for c in curves)
         most = ", ".join("-" if c["most_by"] is None else str(c["most_by"]) for c in curves)   # -: no fall
         falls = ", ".join(f"{c['fall']:.2f}" for c in curves)
-        fitted = ", ".join("never" if e is None else str(e) for e in fits)
-        parts.append(f"N = {n} ({len(runs)} run{'s' * (len(runs) != 1)}): fit at epoch {fitted}; the last {layers} "
+        parts.append(f"N = {n} ({len(runs)} run{'s' * (len(runs) != 1)}): fit at epoch {fit_epochs(runs)}; the last {layers} "
                      f"layers peak at epochs {peaks} and 80% of their falls ({falls} bits) is done by epochs {most}"
                      + said_left_out(gone))
     return f"{group}: " + "; ".join(parts), "reported", None
