@@ -94,6 +94,25 @@ def test_finished_reads_the_done_runs_of_the_design_and_names_the_rest(tmp_path,
     assert "**Not yet run.** 1 points of the study's design are not in these results" in (docs / "reproductions.md").read_text()
 
 
+def test_finished_leaves_out_a_run_made_with_other_settings_and_says_how_it_differs(tmp_path, capsys):
+    out = tmp_path / "o"
+    rp.reproduce("oscillation", "smoke", out)
+    config = out / "lr-step" / "seed-2" / "config.json"   # as if made by an earlier design of the study
+    saved = json.loads(config.read_text())
+    config.write_text(json.dumps({**saved, "epochs": saved["epochs"] + 1}))
+    assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out), "--dry-run"]) == 0
+    assert "stale" in capsys.readouterr().out
+    assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out), "--finished"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["missing"] == [f"lr-step/seed-2 (stale: epochs = {saved['epochs'] + 1} (planned: {saved['epochs']}))"]
+    settles = next(c["value"] for c in results["checks"] if c["name"].startswith("with a learning-rate step"))
+    assert "seed-0" in settles and "seed-1" in settles and "seed-2" not in settles
+    # a run of the study refuses it (names it), and leaves it as it was
+    with pytest.raises(RuntimeError, match="seed-2 was made with epochs"):
+        rp.reproduce("oscillation", "smoke", out)
+    assert json.loads(config.read_text())["epochs"] == saved["epochs"] + 1
+
+
 def test_steps_runs_the_named_steps_alone_and_draws_from_what_is_done(tmp_path, capsys):
     out = tmp_path / "o"
     with pytest.raises(ConfigError, match="--steps: study oscillation has no step 'nope'; its steps are runs, lr-step"):

@@ -109,6 +109,42 @@ def test_dry_run_lists_points_with_their_state(tmp_path, capsys):
     assert not (tmp_path / "grid").exists()
 
 
+def test_config_differences_names_what_a_run_computes_differently():
+    from rotelab.config import FitConfig
+    from rotelab.plan import config_differences
+    planned = FitConfig(epochs=3, widths=[32], lr=0.1)
+    saved = {**json.loads(json.dumps(planned.to_dict())), "epochs": 2, "widths": [32], "data_root": "elsewhere",
+             "progress": False, "checkpoint_every": 0.0, "device": "cpu", "environment": {"torch": "x"}}
+    del saved["fisher_every"]   # a run of a version before a field existed: that field is not compared
+    assert config_differences(planned, saved) == ["epochs = 2 (planned: 3)"]
+    saved["epochs"] = 3
+    assert config_differences(planned, saved) == []
+
+
+def test_a_point_made_with_other_settings_is_stale_never_skipped_nor_resumed(tmp_path, capsys):
+    f = write(tmp_path, epochs=2)
+    sweep(f, jobs=1)
+    grid = tmp_path / "grid"
+    stamp = {p: p.read_bytes() for p in grid.rglob("metrics.jsonl")}
+    # bookkeeping (how often a run saves) is not a different run: the points stay done
+    f.write_text(f.read_text().replace("checkpoint_every = 0", "checkpoint_every = 5"))
+    assert [r["state"] for r in sweep(f, jobs=1)] == ["skipped"] * 4
+    # one more epoch in the design: every point is a run of the old design, and nothing of it is lost
+    f.write_text(f.read_text().replace("epochs = 2", "epochs = 3"))
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("stale ") == 4
+    results = sweep(f, jobs=1)
+    assert [r["state"] for r in results] == ["failed"] * 4
+    assert "was made with epochs = 2 (planned: 3): it is not the planned run; move it away" in results[0]["error"]
+    assert {p: p.read_bytes() for p in grid.rglob("metrics.jsonl")} == stamp
+    # moved away, the point is made as planned
+    first = Path(results[0]["path"])
+    first.rename(tmp_path / "old-point")
+    states = {Path(r["path"]).name: r["state"] for r in sweep(f, jobs=1)}
+    assert states[first.name] == "done" and len((first / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 @pytest.mark.slow
 def test_ray_executor_runs_a_two_point_grid(tmp_path):
     pytest.importorskip("ray")

@@ -11,6 +11,7 @@ does. Worker processes and their signals are handled here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -97,34 +98,65 @@ def folder_record(protocol: str, cfg, **inputs) -> dict:
 
 # -- the state of a planned run, and running one -------------------------------------------------
 
-def run_state(path: Path) -> str:
-    """done, running (another process holds its lock), partial (has files: resume it) or new."""
+# What a run's saved config may differ in from its plan's and still be the planned run: where things
+# are (data, source runs, a stage's checkpoint), where it ran, how it is shown, how often it saves,
+# and which other runs its folder holds (an infoplane group's seeds).
+BOOKKEEPING_FIELDS = frozenset({"data_root", "data_file", "download", "source", "stage2_from", "device",
+                                "progress", "checkpoint_every", "save_epochs", "hist_every", "seeds"})
+
+
+def config_differences(planned, saved: dict) -> list[str]:
+    """The fields in which a run's saved config differs from its plan's, as "name = saved value
+    (planned: value)": fields both have (a newer version's fields are not in older runs), values as
+    JSON stores them, bookkeeping left out."""
+    want = json.loads(json.dumps(planned.to_dict()))
+    return [f"{k} = {json.dumps(saved[k])} (planned: {json.dumps(v)})" for k, v in want.items()
+            if k in saved and k not in BOOKKEEPING_FIELDS and saved[k] != v]
+
+
+def run_state(path: Path, planned=None) -> str:
+    """done, running (another process holds its lock), partial (has files: resume it) or new; stale
+    when its saved config differs from `planned` (a config) in what it computes (config_differences)."""
     from .store import RunDir
     run = RunDir(path)
     if not run.config_file.is_file():
         return "running" if run.locked_by_other() else ("partial" if run.has_files() else "new")
     if run.locked_by_other():
         return "running"
+    if planned is not None and config_differences(planned, run.read_config()):
+        return "stale"
     return "done" if run.read_status().get("state") == "done" else "partial"
 
 
 def plan_state(p: Plan) -> str:
-    """done, running, partial or new for a whole plan (a sweep point)."""
-    states = [run_state(r.path) for r in p.runs]
-    if "running" in states:
-        return "running"
+    """done, running, stale, partial or new for a whole plan (a sweep point)."""
+    states = [run_state(r.path, r.config) for r in p.runs]
+    for state in ("running", "stale"):
+        if state in states:
+            return state
     if all(s == "done" for s in states):
         return "done"
     return "new" if all(s == "new" for s in states) else "partial"
 
 
+def check_not_stale(pr: PlannedRun):
+    """A run directory made with other settings than its plan's is never resumed nor counted done."""
+    from .store import RunDir
+    diffs = config_differences(pr.config, RunDir(pr.path).read_config())
+    if diffs:
+        more = f" and {len(diffs) - 1} more field{'s' * (len(diffs) > 2)}" if len(diffs) > 1 else ""
+        raise StoreError(pr.path, f"{pr.path} was made with {diffs[0]}{more}: it is not the planned run; "
+                                  f"move it away to make the planned one, or plan it as it was made")
+
+
 def start_or_resume(pr: PlannedRun) -> str:
     """Make one planned run: resume it if it has begun, leave it if it is done, else start it.
-    Returns "skipped" or "done"; raises what the run raises."""
+    Returns "skipped" or "done"; raises what the run raises (StoreError for a stale run)."""
     from .protocol import get_protocol
     from .runner import DISPLAY_FIELDS, resume, start_one
     from .store import RunDir
     if RunDir(pr.path).config_file.is_file():
+        check_not_stale(pr)
         if RunDir(pr.path).read_status().get("state") == "done":
             return "skipped"
         resume(pr.path, {k: getattr(pr.config, k) for k in DISPLAY_FIELDS if hasattr(pr.config, k)})
@@ -138,7 +170,7 @@ def start_stack_or_none(runs: list[PlannedRun]) -> bool:
     cannot be (another process took some of them after they were planned, or their checkpoints are
     of different epochs), so that each goes its own way. Raises what the stack raises."""
     from .runner import resume_stack, start_stack
-    states = {run_state(r.path) for r in runs}
+    states = {run_state(r.path, r.config) for r in runs}
     try:
         if states == {"new"}:
             start_stack([r.config for r in runs], [r.path for r in runs], protocol=runs[0].protocol)
@@ -191,7 +223,7 @@ def units(plans: list[Plan], vectorize: bool = False, workers: int = 1) -> list[
     for p in plans:
         keyed: dict[str, list[PlannedRun]] = {}
         for r in p.runs:
-            state = run_state(r.path)
+            state = run_state(r.path, r.config)
             new = state == "new"
             if r.stack is not None and state in ("new", "partial"):   # begun runs of a stack resume as one
                 keyed.setdefault(f"{state} {r.stack}", []).append(r)
@@ -264,7 +296,7 @@ def execute(plans: list[Plan], executor: str = "inline", jobs: int = 1, overwrit
     else:
         raise ConfigError("--executor", f"unknown executor {executor!r}; use local or ray")
     for p in plans:
-        if p.finish is not None and all(run_state(r.path) == "done" for r in p.runs):
+        if p.finish is not None and all(run_state(r.path, r.config) == "done" for r in p.runs):
             p.finish(p.out)
     return results
 

@@ -183,20 +183,29 @@ def study_tables() -> tuple[dict, dict]:
     return figures, checks
 
 
-def not_done(plans, out: Path) -> list[str]:
-    """Each planned run that is not done, as "path (state)" relative to the study's folder."""
-    from .plan import run_state
-    states = ((r.path, run_state(r.path)) for p in plans for r in p.runs)
-    return [f"{path.relative_to(out)} ({state})" for path, state in states if state != "done"]
+def not_done(plans, out: Path, stale: list[Path]) -> list[str]:
+    """Each planned run that is not done, as "path (state)" relative to the study's folder; a stale
+    one (made with other settings than the design's) says its first difference and joins `stale`."""
+    from .plan import config_differences, run_state
+    rows = []
+    for r in (r for p in plans for r in p.runs):
+        state = run_state(r.path, r.config)
+        if state == "stale":
+            stale.append(r.path)
+            state = f"stale: {config_differences(r.config, RunDir(r.path).read_config())[0]}"
+        if state != "done":
+            rows.append(f"{r.path.relative_to(out)} ({state})")
+    return rows
 
 
 def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs: int | None = None,
               address=None, cpus_per_point: float = 1, gpus_per_point: float = 0, data_root: str | None = None,
               dry_run: bool = False, notes: list | None = None, missing: list | None = None,
-              only: list[str] | None = None) -> list[dict]:
+              only: list[str] | None = None, stale: list | None = None) -> list[dict]:
     """Run (or skip, or resume) every step in order (plan.execute); returns the steps as run. With a
-    `missing` list, run nothing: each point that is not done is added to it as "path (state)"; with
-    `only` (step names) as well, run those steps and add the other steps' points that are not done."""
+    `missing` list, run nothing: each point that is not done is added to it as "path (state)", and
+    each stale run's path to `stale`; with `only` (step names) as well, run those steps and add the
+    other steps' points that are not done."""
     from .plan import execute, plan, plan_state
     from .sweep import point_plans, record_points, sweep_points
     notes = notes if notes is not None else []
@@ -222,7 +231,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
             plans = [plan(step["protocol"], cfg, where, sources=sources)]
             if not run_it:
                 if missing is not None:
-                    missing += not_done(plans, out)
+                    missing += not_done(plans, out, stale if stale is not None else [])
                 continue
         else:
             protocol, points = sweep_points({"protocol": step["protocol"], "out": str(where), "base": step["base"],
@@ -234,7 +243,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
                 continue
             if not run_it:
                 if missing is not None:
-                    missing += not_done(plans, out)
+                    missing += not_done(plans, out, stale if stale is not None else [])
                 continue
             record_points(protocol, points)
         results = execute(plans, executor if executor == "ray" else "local", jobs or 1, address=address,
@@ -264,11 +273,12 @@ def reproduce(name, scale: str | None = None, out=None, dry_run: bool = False, f
     t0 = time.perf_counter()
     notes: list[str] = []
     missing: list[str] | None = [] if finished or steps_only else None
+    stale: list[Path] = []   # runs made with other settings than the design's: never drawn
     steps = run_steps(study, scale, out, dry_run=dry_run, notes=notes, missing=missing,
-                      only=None if finished else steps_only, **run_options)
+                      only=None if finished else steps_only, stale=stale, **run_options)
     if dry_run:
         return {}
-    with finished_runs_only() if missing is not None else contextlib.nullcontext():
+    with finished_runs_only(leave_out=stale) if missing is not None else contextlib.nullcontext():
         results, figures = _draw(study, scale, out, steps, notes, t0)
     if missing is not None:
         results["missing"] = missing

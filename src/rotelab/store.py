@@ -527,15 +527,17 @@ def is_run(path) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
-_FINISHED_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("finished_only", default=False)
+# None: every run; else finished runs only, less these (resolved) run directories (finished_runs_only)
+_FINISHED_ONLY: contextvars.ContextVar[frozenset | None] = contextvars.ContextVar("finished_only", default=None)
 
 
 @contextlib.contextmanager
-def finished_runs_only():
-    """Within the block, runs_in sees finished runs only (state done): how a study's checks and
-    figures read a design whose runs are not all done (`rotelab reproduce --finished`), so that a
-    run still training never enters a mean curve or a count."""
-    token = _FINISHED_ONLY.set(True)
+def finished_runs_only(leave_out=()):
+    """Within the block, runs_in sees finished runs only (state done), and none of `leave_out` (run
+    directories made with other settings than a design's): how a study's checks and figures read a
+    design whose runs are not all done (`rotelab reproduce --finished`), so that a run still training,
+    or a stale one, never enters a mean curve or a count."""
+    token = _FINISHED_ONLY.set(frozenset(Path(p).resolve() for p in leave_out))
     try:
         yield
     finally:
@@ -550,8 +552,9 @@ def runs_in(path, protocol: str | None = None) -> list[Path]:
     dirs = [path] if is_run(path) else sorted((p.parent for p in path.glob("*/config.json")), key=_natural)
     if protocol is not None:
         dirs = [d for d in dirs if _protocol_of(d) == protocol]
-    if _FINISHED_ONLY.get():
-        dirs = [d for d in dirs if RunDir(d).read_status().get("state") == "done"]
+    leave_out = _FINISHED_ONLY.get()
+    if leave_out is not None:
+        dirs = [d for d in dirs if RunDir(d).read_status().get("state") == "done" and d.resolve() not in leave_out]
     return dirs
 
 

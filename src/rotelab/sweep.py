@@ -148,7 +148,8 @@ def point_plans(protocol: str, points: list[Point]) -> list:
 
 
 def point_state(protocol: str, point: Point) -> str:
-    """done, running (another process holds a run's lock), partial (has files: resume it) or new."""
+    """done, running (another process holds a run's lock), stale (a run made with other settings),
+    partial (has files: resume it) or new."""
     from .plan import plan_state
     return plan_state(point_plans(protocol, [point])[0])
 
