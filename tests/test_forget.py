@@ -178,3 +178,11 @@ def test_cli_forget_plot_and_examples(tmp_path, capsys):
     assert (out / "figures" / "examples.png").is_file()
     # --resume works from either command
     assert main(["forget", "--resume", str(out)]) == 0
+
+
+def test_the_figure_title_says_what_stage_2_was_or_that_there_was_none():
+    from rotelab.plots import forget_title
+    cfg = {**ForgetConfig(corrupt="labels=0.0", val_corrupt="labels=1.0", lr2=0.01).to_dict()}
+    assert forget_title(cfg).endswith("; stage 2 at lr 0.01, train only")
+    assert forget_title({**cfg, "lr2": None, "stage2_on": "train+val"}).endswith("; stage 2 at stage 1's last lr, train + val")
+    assert forget_title({**cfg, "epochs2": 0}).endswith("; no stage 2") and "stage 2 at" not in forget_title({**cfg, "epochs2": 0})

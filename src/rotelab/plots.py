@@ -118,12 +118,7 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
         a.grid(alpha=0.3)
     if any(summary["collapses"].values()):
         ax.plot([], [], "v", color="grey", ms=9, mec="k", label="collapse: lowest point (shaded: its epochs)")
-    cfg = run.read_config()
-    lr2 = cfg.get("lr2")
-    stage2 = f"stage 2 at lr {lr2:g}" if lr2 is not None else "stage 2 at stage 1's last lr"
-    parts = f"train ({describe_corruption(cfg.get('corrupt'))}) + val ({describe_corruption(cfg.get('val_corrupt'))})"
-    on = "train + val" if cfg.get("stage2_on") == "train+val" else "train only"
-    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=f"{describe_network(cfg)}\nstage 1: {parts}; {stage2}, {on}")
+    ax.set(ylabel="accuracy", ylim=(0, 1.02), title=forget_title(run.read_config()))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax_lr.plot(*_series(m, "lr"), color="k", lw=1, label="learning rate")
     x, eff = _series(m, "eff_lr")
@@ -139,6 +134,18 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
     ax_lr.set(xlabel="epoch", ylabel="learning rate", yscale="log")
     ax_lr.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0), frameon=False)
     return _save(fig, run, "forget")
+
+
+def forget_title(cfg: dict) -> str:
+    """A forget run's figure title: the network, what stage 1 trained on, and stage 2's lr and data
+    (or that it had none: --epochs2 0)."""
+    parts = f"train ({describe_corruption(cfg.get('corrupt'))}) + val ({describe_corruption(cfg.get('val_corrupt'))})"
+    if cfg.get("epochs2") == 0:
+        return f"{describe_network(cfg)}\nstage 1: {parts}; no stage 2"
+    lr2 = cfg.get("lr2")
+    stage2 = f"stage 2 at lr {lr2:g}" if lr2 is not None else "stage 2 at stage 1's last lr"
+    on = "train + val" if cfg.get("stage2_on") == "train+val" else "train only"
+    return f"{describe_network(cfg)}\nstage 1: {parts}; {stage2}, {on}"
 
 
 def plot_example_dynamics(run: RunDir) -> list[Path]:
