@@ -111,8 +111,9 @@ def plot_forget(run: RunDir, summary: dict) -> Path:
                         arrowprops=dict(arrowstyle="->", color=colors[split], lw=1.2))
             ax.plot([e["lowest_epoch"]], [e["lowest"]], "v", color=colors[split], ms=9, mec="k", zorder=5)
             ax.axvspan(e["epoch"] - 0.5, e["lowest_epoch"] + 0.5, color=colors[split], alpha=0.15)
+    stage2 = summary["stage1_end"] is not None and bool(m) and m[-1]["epoch"] > summary["stage1_end"]
     for a in (ax, ax_lr):
-        if summary["stage1_end"] is not None:
+        if stage2:   # no boundary where the run ends with stage 1 (--epochs2 0)
             a.axvline(summary["stage1_end"] + 0.5, color="k", ls="--", lw=1,
                       label="stage 1 | stage 2" if a is ax else None)
         a.grid(alpha=0.3)
