@@ -101,7 +101,7 @@ def test_finished_leaves_out_a_run_made_with_other_settings_and_says_how_it_diff
     saved = json.loads(config.read_text())
     config.write_text(json.dumps({**saved, "epochs": saved["epochs"] + 1}))
     assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out), "--dry-run"]) == 0
-    assert "stale" in capsys.readouterr().out
+    assert f"lr-step/seed-2  (epochs = {saved['epochs'] + 1} (planned: {saved['epochs']}))" in capsys.readouterr().out
     assert main(["reproduce", "oscillation", "--scale", "smoke", "--out", str(out), "--finished"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["missing"] == [f"lr-step/seed-2 (stale: epochs = {saved['epochs'] + 1} (planned: {saved['epochs']}))"]

@@ -133,7 +133,8 @@ def test_a_point_made_with_other_settings_is_stale_never_skipped_nor_resumed(tmp
     f.write_text(f.read_text().replace("epochs = 2", "epochs = 3"))
     capsys.readouterr()
     assert main(["sweep", str(f), "--dry-run"]) == 0
-    assert capsys.readouterr().out.count("stale ") == 4
+    printed = capsys.readouterr().out
+    assert printed.count("stale ") == 4 and printed.count("corrupt-labels=0.0__seed-0  (epochs = 2 (planned: 3))") == 1
     results = sweep(f, jobs=1)
     assert [r["state"] for r in results] == ["failed"] * 4
     assert "was made with epochs = 2 (planned: 3): it is not the planned run; move it away" in results[0]["error"]

@@ -190,11 +190,11 @@ def cmd_protocol(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import load_sweep, point_state, sweep
+    from .sweep import load_sweep, point_line, sweep
     if args.dry_run:
         protocol, points = load_sweep(args.file, args.out)
         for p in points:
-            print(f"{point_state(protocol, p):8s} {p.path}")
+            print(point_line(protocol, p))
         print(f"{len(points)} points ({protocol})")
         return 0
     results = sweep(args.file, args.out, args.executor, args.jobs, args.address, args.cpus_per_point,

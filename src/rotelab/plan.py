@@ -139,6 +139,18 @@ def plan_state(p: Plan) -> str:
     return "new" if all(s == "new" for s in states) else "partial"
 
 
+def described_state(p: Plan) -> str:
+    """plan_state, and for a stale plan the first field that differs (what --dry-run prints)."""
+    from .store import RunDir
+    state = plan_state(p)
+    if state == "stale":
+        for r in p.runs:
+            if run_state(r.path, r.config) == "stale":
+                which = "" if r.path == p.out else f"{r.path.name}: "
+                return f"stale    {p.out}  ({which}{config_differences(r.config, RunDir(r.path).read_config())[0]})"
+    return f"{state:8s} {p.out}"
+
+
 def check_not_stale(pr: PlannedRun):
     """A run directory made with other settings than its plan's is never resumed nor counted done."""
     from .store import RunDir

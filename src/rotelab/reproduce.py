@@ -206,7 +206,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
     `missing` list, run nothing: each point that is not done is added to it as "path (state)", and
     each stale run's path to `stale`; with `only` (step names) as well, run those steps and add the
     other steps' points that are not done."""
-    from .plan import execute, plan, plan_state
+    from .plan import described_state, execute, plan
     from .sweep import point_plans, record_points, sweep_points
     notes = notes if notes is not None else []
     steps = study.steps(scale)
@@ -238,7 +238,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
                                              "axes": step["axes"]})
             plans = point_plans(protocol, points)
             for p in plans:
-                print(f"{plan_state(p):8s} {p.out}")
+                print(described_state(p))
             if dry_run:
                 continue
             if not run_it:

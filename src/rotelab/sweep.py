@@ -147,11 +147,12 @@ def point_plans(protocol: str, points: list[Point]) -> list:
     return [plan(protocol, cls.from_dict(quiet(cls, p.config)), p.path) for p in points]
 
 
-def point_state(protocol: str, point: Point) -> str:
-    """done, running (another process holds a run's lock), stale (a run made with other settings),
-    partial (has files: resume it) or new."""
-    from .plan import plan_state
-    return plan_state(point_plans(protocol, [point])[0])
+def point_line(protocol: str, point: Point) -> str:
+    """The point's state and folder, as --dry-run prints them: done, running (another process holds a
+    run's lock), stale (a run made with other settings; the first field that differs), partial (has
+    files: resume it) or new."""
+    from .plan import described_state
+    return described_state(point_plans(protocol, [point])[0])
 
 
 def quiet(cls, config: dict) -> dict:
