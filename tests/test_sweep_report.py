@@ -136,9 +136,11 @@ def test_a_point_made_with_other_settings_is_stale_never_skipped_nor_resumed(tmp
     printed = capsys.readouterr().out
     assert printed.count("stale ") == 4 and printed.count("corrupt-labels=0.0__seed-0  (epochs = 2 (planned: 3))") == 1
     results = sweep(f, jobs=1)
-    assert [r["state"] for r in results] == ["failed"] * 4
+    assert [r["state"] for r in results] == ["stale"] * 4
     assert "was made with epochs = 2 (planned: 3): it is not the planned run; move it away" in results[0]["error"]
     assert {p: p.read_bytes() for p in grid.rglob("metrics.jsonl")} == stamp
+    assert main(["sweep", str(f), "--jobs", "1"]) == 1
+    assert "0 failed, 4 stale (made with other settings; left as they are)" in capsys.readouterr().out
     # moved away, the point is made as planned
     first = Path(results[0]["path"])
     first.rename(tmp_path / "old-point")

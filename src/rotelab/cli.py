@@ -202,15 +202,17 @@ def cmd_sweep(args) -> int:
     for r in results:
         print(f"{r['state']:8s} {r['path']}" + (f"  ({r['error']})" if r.get("error") else ""))
     failed = sum(r["state"] == "failed" for r in results)
+    stale = sum(r["state"] == "stale" for r in results)
     elsewhere = [r for r in results if r["state"] == "running"]
     print(f"{len(results)} points: {sum(r['state'] == 'done' for r in results)} run, "
           f"{sum(r['state'] == 'skipped' for r in results)} already done, {failed} failed"
+          + (f", {stale} stale (made with other settings; left as they are)" if stale else "")
           + (f", {len(elsewhere)} running in another process" if elsewhere else ""))
     if elsewhere:
         pids = sorted({r["pid"] for r in elsewhere})
         print(f"another process (PID {', '.join(pids)}) is running {len(elsewhere)} of these points; wait for it "
               f"(e.g. `tail --pid={pids[0]} -f /dev/null`), then run `{continue_command(args)}` again to check them")
-    return 1 if failed else 0
+    return 1 if failed or stale else 0
 
 
 def cmd_reproduce(args) -> int:

@@ -27,3 +27,8 @@ class RunLocked(StoreError):
     def __init__(self, path, message: str, holder: str = "unknown"):
         self.holder = holder
         super().__init__(path, message)
+
+
+class StaleRun(StoreError):
+    """A run directory made with other settings than its plan asks for (plan.config_differences): it
+    is neither resumed nor counted done."""

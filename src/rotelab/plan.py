@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ConfigError, RunLocked, StoreError
+from .errors import ConfigError, RunLocked, StaleRun, StoreError
 
 PLAN_FILE = "plan.json"
 
@@ -157,13 +157,13 @@ def check_not_stale(pr: PlannedRun):
     diffs = config_differences(pr.config, RunDir(pr.path).read_config())
     if diffs:
         more = f" and {len(diffs) - 1} more field{'s' * (len(diffs) > 2)}" if len(diffs) > 1 else ""
-        raise StoreError(pr.path, f"{pr.path} was made with {diffs[0]}{more}: it is not the planned run; "
-                                  f"move it away to make the planned one, or plan it as it was made")
+        raise StaleRun(pr.path, f"{pr.path} was made with {diffs[0]}{more}: it is not the planned run; "
+                                f"move it away to make the planned one, or plan it as it was made")
 
 
 def start_or_resume(pr: PlannedRun) -> str:
     """Make one planned run: resume it if it has begun, leave it if it is done, else start it.
-    Returns "skipped" or "done"; raises what the run raises (StoreError for a stale run)."""
+    Returns "skipped" or "done"; raises what the run raises (StaleRun for a stale one)."""
     from .protocol import get_protocol
     from .runner import DISPLAY_FIELDS, resume, start_one
     from .store import RunDir
@@ -199,7 +199,7 @@ def _failed(path, e: BaseException) -> dict:
 
 def run_unit(runs: list[PlannedRun], threads: int | None = None) -> list[dict]:
     """Make one unit of a plan: a run, or new runs trained as one stack. Never raises: each run's
-    result is a dict (path, state: done, skipped, running elsewhere or failed with its error)."""
+    result is a dict (path, state: done, skipped, running elsewhere, stale or failed with its error)."""
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -217,6 +217,8 @@ def run_unit(runs: list[PlannedRun], threads: int | None = None) -> list[dict]:
             out.append({"path": str(r.path), "state": start_or_resume(r)})
         except RunLocked as e:   # another sweep (or command) runs it: never both
             out.append({"path": str(r.path), "state": "running", "pid": e.holder})
+        except StaleRun as e:   # made with other settings: left as it is
+            out.append({"path": str(r.path), "state": "stale", "error": str(e)})
         except BaseException as e:   # a failing run must not stop the others
             if isinstance(e, KeyboardInterrupt):
                 interrupted(e)

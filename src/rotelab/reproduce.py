@@ -252,9 +252,9 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
         if busy:
             raise ConfigError("--out", f"points of step {step['name']} are being run by another process (PID "
                                        f"{', '.join(busy)}); wait for it to end, then run this study again")
-        failed = [r for r in results if r["state"] == "failed"]
+        failed = [r for r in results if r["state"] in ("failed", "stale")]
         if failed:
-            raise RuntimeError(f"{len(failed)} points of step {step['name']} failed; first: "
+            raise RuntimeError(f"{len(failed)} points of step {step['name']} failed or are stale; first: "
                                f"{failed[0]['path']}: {failed[0]['error']}")
     return steps
 
