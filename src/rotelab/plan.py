@@ -139,22 +139,26 @@ def plan_state(p: Plan) -> str:
     return "new" if all(s == "new" for s in states) else "partial"
 
 
+def stale_fields(pr: PlannedRun) -> list[str]:
+    """config_differences of a planned run and the config its directory saved ([] where it has none)."""
+    from .store import RunDir
+    run = RunDir(pr.path)
+    return config_differences(pr.config, run.read_config()) if run.config_file.is_file() else []
+
+
 def described_state(p: Plan) -> str:
     """plan_state, and for a stale plan the first field that differs (what --dry-run prints)."""
-    from .store import RunDir
     state = plan_state(p)
     if state == "stale":
-        for r in p.runs:
-            if run_state(r.path, r.config) == "stale":
-                which = "" if r.path == p.out else f"{r.path.name}: "
-                return f"stale    {p.out}  ({which}{config_differences(r.config, RunDir(r.path).read_config())[0]})"
+        r, diffs = next((r, d) for r in p.runs for d in [stale_fields(r)] if d)
+        which = "" if r.path == p.out else f"{r.path.name}: "
+        return f"stale    {p.out}  ({which}{diffs[0]})"
     return f"{state:8s} {p.out}"
 
 
 def check_not_stale(pr: PlannedRun):
     """A run directory made with other settings than its plan's is never resumed nor counted done."""
-    from .store import RunDir
-    diffs = config_differences(pr.config, RunDir(pr.path).read_config())
+    diffs = stale_fields(pr)
     if diffs:
         more = f" and {len(diffs) - 1} more field{'s' * (len(diffs) > 2)}" if len(diffs) > 1 else ""
         raise StaleRun(pr.path, f"{pr.path} was made with {diffs[0]}{more}: it is not the planned run; "

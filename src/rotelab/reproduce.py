@@ -186,13 +186,13 @@ def study_tables() -> tuple[dict, dict]:
 def not_done(plans, out: Path, stale: list[Path]) -> list[str]:
     """Each planned run that is not done, as "path (state)" relative to the study's folder; a stale
     one (made with other settings than the design's) says its first difference and joins `stale`."""
-    from .plan import config_differences, run_state
+    from .plan import run_state, stale_fields
     rows = []
     for r in (r for p in plans for r in p.runs):
         state = run_state(r.path, r.config)
         if state == "stale":
             stale.append(r.path)
-            state = f"stale: {config_differences(r.config, RunDir(r.path).read_config())[0]}"
+            state = f"stale: {stale_fields(r)[0]}"
         if state != "done":
             rows.append(f"{r.path.relative_to(out)} ({state})")
     return rows
@@ -209,6 +209,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
     from .plan import described_state, execute, plan
     from .sweep import point_plans, record_points, sweep_points
     notes = notes if notes is not None else []
+    stale = stale if stale is not None else []
     steps = study.steps(scale)
     unknown = sorted(set(only or ()) - {s["name"] for s in steps})
     if unknown:
@@ -231,7 +232,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
             plans = [plan(step["protocol"], cfg, where, sources=sources)]
             if not run_it:
                 if missing is not None:
-                    missing += not_done(plans, out, stale if stale is not None else [])
+                    missing += not_done(plans, out, stale)
                 continue
         else:
             protocol, points = sweep_points({"protocol": step["protocol"], "out": str(where), "base": step["base"],
@@ -243,7 +244,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
                 continue
             if not run_it:
                 if missing is not None:
-                    missing += not_done(plans, out, stale if stale is not None else [])
+                    missing += not_done(plans, out, stale)
                 continue
             record_points(protocol, points)
         results = execute(plans, executor if executor == "ray" else "local", jobs or 1, address=address,
