@@ -26,19 +26,49 @@ parse_ints = _comma_list(int, "integers", "512,512")
 parse_floats = _comma_list(float, "numbers", "0.3,0.5")
 
 
-def parse_kwargs(text: str) -> dict:
-    """An argparse type: NAME=VALUE pairs, comma-separated; values read as JSON where they are (numbers,
-    true, false), else as text ("" is no pair)."""
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """text split at `sep` outside brackets and quotes: "a=[1,2],b='x,y'" -> ["a=[1,2]", "b='x,y'"]."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def parse_value(text: str):
+    """A model argument's value: a Python or JSON literal (numbers, lists such as [512,512], tuples,
+    quoted text, True/False/None and JSON's true/false/null), else the text itself (relu)."""
+    import ast
     import json
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs such as hidden=64, got {item!r}")
+    text = text.strip()
+    for read in (ast.literal_eval, json.loads):
         try:
-            out[name.strip()] = json.loads(value)
-        except ValueError:
-            out[name.strip()] = value.strip()
+            return read(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass
+    return text
+
+
+def parse_kwargs(text: str) -> dict:
+    """An argparse type: NAME=VALUE pairs, comma-separated outside brackets and quotes, each value a
+    literal where it reads as one (parse_value): widths=[512,512],activation=tanh,dropout=0.1
+    ("" is no pair)."""
+    out = {}
+    for item in filter(None, (t.strip() for t in split_top_level(text))):
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip().isidentifier():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs such as widths=[64,64],dropout=0.1, got {item!r}")
+        out[name.strip()] = parse_value(value)
     return out
 
 
@@ -289,15 +319,23 @@ def cmd_plot(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """The registered names (plugins included), then the forms any other name may take."""
     if args.what == "datasets":
-        from .data.sources import SOURCES
-        for name, fn in sorted(SOURCES.items()):
-            print(f"{name:15s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        from .data.sources import SOURCES as reg
     else:
-        from .models import MODELS, model_arguments
-        for name in MODELS:   # with what --model-args may set
+        from .models import MODELS as reg, model_arguments
+    for name in reg.names():
+        obj = reg.get(name)
+        if args.what == "datasets":
+            doc = (obj.__doc__ or "").strip().splitlines()
+            print(f"{name:15s} {doc[0] if doc else ''}".rstrip())
+        else:   # with what --model-args may set
             args_ = ", ".join(f"{k}={v!r}" for k, v in model_arguments(name).items())
             print(f"{name:15s} {args_}".rstrip())
+    for prefix, factory in reg.schemes.items():
+        print(f"{prefix + ':NAME':15s} {factory.scheme_help}".rstrip())
+    if reg.import_paths:
+        print(f"{'MODULE:FUNCTION':15s} any importable builder returning an nn.Module (input_shape=, num_classes= where it declares them)")
     return 0
 
 

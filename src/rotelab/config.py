@@ -116,7 +116,11 @@ SCHEDULES = ("constant", "step", "exp", "cosine")
 @dataclass
 class FitConfig(Config):
     # data
-    dataset: str = opt("digits", "dataset name (see `rotelab datasets`)")
+    dataset: str = opt("digits", "dataset: a name (see `rotelab datasets`), npz:PATH, imagefolder:PATH or hf:NAME_OR_PATH")
+    labels_file: str | None = opt(None, "train on these labels: a file of one label per training example (.npy, .csv, or a .pt/.npz dict such as CIFAR-10N's CIFAR-10_human.pt); the dataset's own labels are the truth and the corruption mask is where they differ")
+    labels_key: str | None = opt(None, "which labels of a --labels-file dict (e.g. aggre_label, worse_label, random_label1) or csv column")
+    hf_image_key: str | None = opt(None, "hf: datasets: the input column (default: image, img, pixel_values or x)")
+    hf_label_key: str | None = opt(None, "hf: datasets: the label column (default: label, labels, fine_label or y)")
     data_root: str = opt("data", "folder with torchvision-format data (cifar10, cifar100, mnist, fashion-mnist)")
     data_file: str | None = opt(None, "tishby: path to var_u.mat; without it a generated 12-bit task is used")
     download: bool = opt(False, "download torchvision data sets into --data-root when missing")
@@ -129,8 +133,8 @@ class FitConfig(Config):
     center_crop: int | None = opt(None, "crop images (train and test) to their central N x N pixels, e.g. 28 for CIFAR-10 as Zhang et al.", ge=1)
     test_subset: int | None = opt(None, "evaluate on a fixed, class-balanced subset of this many test examples", ge=1)
     # model
-    model: str = opt("mlp", "model name (see `rotelab models`)")
-    model_args: dict = opt({}, "keyword arguments of the model's builder, NAME=VALUE comma-separated (a builder declares them as keyword-only parameters with defaults; `rotelab models` lists them)", flag_type="kwargs")
+    model: str = opt("mlp", "model: a name (see `rotelab models`), torchvision:NAME, timm:NAME or MODULE:FUNCTION")
+    model_args: dict = opt({}, "keyword arguments of the model's builder, NAME=VALUE comma-separated, values as literals, e.g. widths=[512,512],dropout=0.1 (`rotelab models` lists a model's)", flag_type="kwargs")
     widths: list[int] = opt([512], "mlp hidden widths, comma-separated, e.g. 512,512,512", flag_type="ints")
     activation: str | None = opt(None, "relu or tanh (default: the model's own, relu for mlp, tanh for tishby)", ("relu", "tanh"))
     batch_norm: bool = opt(False, "mlp, tishby: batch norm after each hidden linear layer, before the activation")
@@ -209,6 +213,13 @@ class FitConfig(Config):
         if self.alpha_lr is not None and not (self.learn_alpha and self.weight_noise != "none"):
             raise ConfigError("--alpha-lr", "is the learning rate of learned noise; add --weight-noise lognormal "
                                             "--learn-alpha, or drop --alpha-lr")
+        if self.labels_file is not None and parse_corruption(self.corrupt)[0] != "none":
+            raise ConfigError("--corrupt", "a --labels-file brings its own label noise; drop --corrupt, or drop the labels file")
+        if self.labels_key is not None and self.labels_file is None:
+            raise ConfigError("--labels-key", "picks the labels of a --labels-file; add one")
+        for name in ("hf_image_key", "hf_label_key"):
+            if getattr(self, name) is not None and not self.dataset.startswith("hf:"):
+                raise ConfigError(flag(name), "names a column of a Hugging Face dataset; use it with --dataset hf:NAME")
         if self.heldout_fold is not None:
             parse_fold(self.heldout_fold)
             if self.train_fraction is not None:

@@ -101,7 +101,7 @@ def folder_record(protocol: str, cfg, **inputs) -> dict:
 # What a run's saved config may differ in from its plan's and still be the planned run: where things
 # are (data, source runs, a stage's checkpoint), where it ran, how it is shown, how often it saves,
 # and which other runs its folder holds (an infoplane group's seeds).
-BOOKKEEPING_FIELDS = frozenset({"data_root", "data_file", "download", "source", "stage2_from", "device",
+BOOKKEEPING_FIELDS = frozenset({"data_root", "data_file", "labels_file", "download", "source", "stage2_from", "device",
                                 "progress", "checkpoint_every", "save_epochs", "hist_every", "seeds"})
 
 

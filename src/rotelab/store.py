@@ -301,8 +301,9 @@ class RunDir:
     def has_files(self) -> bool:
         return self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())
 
-    def create(self, config: dict, env: dict, overwrite: bool = False, protocol: str = "fit"):
-        """Lock the folder (if this process does not hold it yet) and write a fresh run into it."""
+    def create(self, config: dict, env: dict, overwrite: bool = False, protocol: str = "fit", data: dict | None = None):
+        """Lock the folder (if this process does not hold it yet) and write a fresh run into it; `data`
+        is what a file source read (config.json's "data")."""
         if overwrite:
             self.clear()
         else:
@@ -310,7 +311,8 @@ class RunDir:
         if self.has_files():
             raise StoreError(self.path, f"{self.path} is not empty")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.config_file, {"protocol": protocol, **config, "environment": env})
+        atomic_write_json(self.config_file, {"protocol": protocol, **config, "environment": env,
+                                             **({"data": data} if data else {})})
         self.write_status("running", epochs_completed=0)
 
     def clear(self):
@@ -392,7 +394,12 @@ class RunDir:
         cfg = self._config_json()
         cfg.pop("environment", None)
         cfg.pop("protocol", None)
+        cfg.pop("data", None)
         return cfg
+
+    def read_data_record(self) -> dict | None:
+        """What the run's data source read (a file source or labels file: path, sizes, hashes), or None."""
+        return self._config_json().get("data")
 
     def read_protocol(self) -> str:
         return self._config_json().get("protocol", "fit")

@@ -69,6 +69,7 @@ def assemble(spec, model, data, hooks, device, state: dict | None = None, **loop
     from .models.noisy import noise_off, noisy_layers
     loop = Loop(model, data.splits, spec, hooks, device, clean_pass=noise_off if noisy_layers(model) else None,
                 **loop_args)
+    loop.data_record = getattr(data, "record", None)   # what config.json keeps as "data"
     if state is not None:
         loop.load_state_dict(state)
     return loop

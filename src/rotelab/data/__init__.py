@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -37,6 +39,7 @@ class Data:
     num_classes: int
     val: Split | None = None  # a held-out part of the training set (the forget protocol's)
     train_subset: torch.Tensor | None = None   # indices of the training examples trained on (--train-fraction)
+    record: dict | None = None   # what a file source or labels file read (config.json's "data")
 
     @property
     def splits(self) -> dict[str, Split]:
@@ -54,7 +57,7 @@ class Data:
     def to(self, device) -> "Data":
         val = self.val.to(device) if self.val is not None else None
         subset = self.train_subset.to(device) if self.train_subset is not None else None
-        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes, val, subset)
+        return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes, val, subset, self.record)
 
 
 def balanced_subset(y: torch.Tensor, n: int, num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -90,7 +93,19 @@ def fold_of(y: torch.Tensor, folds: int, num_classes: int, seed: int) -> torch.T
 
 
 def load_source(cfg) -> Source:
-    return SOURCES.get(cfg.dataset)(cfg)
+    """The dataset's source; a plugin's (entry point group rotelab.datasets) may give a Source or a
+    dict of arrays as an npz file holds them (x_train, y_train, x_test, y_test, optional classes)."""
+    from .sources import arrays_source
+    out = SOURCES.get(cfg.dataset)(cfg)
+    if isinstance(out, dict):
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in out]
+        if missing:
+            raise ConfigError("--dataset", f"the dataset {cfg.dataset!r} gave no {missing[0]}")
+        return arrays_source(out["x_train"], out["y_train"], out["x_test"], out["y_test"], out.get("classes"),
+                             f"dataset {cfg.dataset}", {"source": "plugin", "name": cfg.dataset})
+    if not isinstance(out, Source):
+        raise ConfigError("--dataset", f"the dataset {cfg.dataset!r} gave a {type(out).__name__}, not arrays")
+    return out
 
 
 def corrupt_split(x, y, num_classes, kind, p, gen, label_mode, perm=None, stats=None):
@@ -118,16 +133,92 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[:, :, top:top + size, left:left + size].contiguous()
 
 
+def read_labels_file(path: str, key: str | None, n: int, num_classes: int) -> tuple[np.ndarray, dict]:
+    """The N training labels of a labels file (--labels-file): .npy, .csv/.txt (one column, or the
+    column --labels-key names), or a dict in .pt/.npz/.json (CIFAR-10N's CIFAR-10_human.pt holds
+    aggre_label, worse_label, random_label1, ...: --labels-key picks one). With its record."""
+    from .sources import file_digest, labels_digest
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError("--labels-file", f"no such file {path!r}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            found = np.load(p, allow_pickle=False)
+        elif suffix in (".csv", ".txt", ".tsv"):
+            import pandas as pd
+            table = pd.read_csv(p, sep=None, engine="python", header=None if key is None else "infer")
+            if key is None and table.shape[1] == 1 and not np.issubdtype(table.iloc[:, 0].dtype, np.number):
+                table = pd.read_csv(p)   # one column with a header line
+            found = table[key].to_numpy() if key is not None else table.to_numpy()
+            if key is None and found.ndim == 2:
+                if found.shape[1] != 1:
+                    raise ConfigError("--labels-key", f"{path} has {found.shape[1]} columns; name the labels' "
+                                                      "column (its header) with --labels-key")
+                found = found[:, 0]
+        elif suffix == ".npz":
+            with np.load(p, allow_pickle=False) as f:
+                found = {k: f[k] for k in f.files}
+        elif suffix in (".pt", ".pth"):
+            import torch
+            found = torch.load(p, map_location="cpu", weights_only=False)
+        elif suffix == ".json":
+            import json
+            found = json.loads(p.read_text())
+        else:
+            raise ConfigError("--labels-file", f"{path}: read .npy, .csv, .npz, .pt or .json files of labels")
+    except ConfigError:
+        raise
+    except KeyError:
+        raise ConfigError("--labels-key", f"{path} has no column {key!r}") from None
+    except Exception as e:
+        raise ConfigError("--labels-file", f"cannot read {path} ({type(e).__name__}: {e})") from None
+    if isinstance(found, dict):
+        keys = sorted(str(k) for k in found)
+        if key is None and len(found) != 1:
+            raise ConfigError("--labels-key", f"{path} holds {', '.join(keys)}; pick the labels with --labels-key")
+        key = key if key is not None else keys[0]
+        if key not in found:
+            raise ConfigError("--labels-key", f"{path} has no {key!r}; it holds {', '.join(keys)}")
+        found = found[key]
+    elif key is not None and suffix not in (".csv", ".txt", ".tsv"):
+        raise ConfigError("--labels-key", f"{path} holds one array of labels; drop --labels-key")
+    y = np.asarray(found.numpy() if hasattr(found, "numpy") else found)
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                                  and np.all(np.mod(y, 1) == 0))):
+        raise ConfigError("--labels-file", f"{path}{f' [{key}]' if key else ''} needs one whole-number class per "
+                                           f"training example, got {y.dtype} of shape {y.shape}")
+    if len(y) != n:
+        raise ConfigError("--labels-file", f"{path}{f' [{key}]' if key else ''} has {len(y)} labels but the training "
+                                           f"set has {n} examples (before --subset); give one label per training example")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ConfigError("--labels-file", f"{path} has a label {int(y.max() if y.max() >= num_classes else y.min())} "
+                                           f"outside the dataset's classes 0..{num_classes - 1}")
+    y = y.astype(np.int64)
+    return y, {"path": str(p.resolve()), "key": key, "bytes": p.stat().st_size, "file_sha256": file_digest([p]),
+               "labels_sha256": labels_digest(y)}
+
+
 @functools.lru_cache(maxsize=2)
-def _prepared(dataset, data_root, data_file, download, test_fraction, crop, normalize, subset, test_subset):
+def _prepared(dataset, data_root, data_file, download, test_fraction, crop, normalize, subset, test_subset,
+              hf_keys=(None, None), labels=(None, None)):
     """A source's inputs and labels cropped, standardized and subset: the part of load_data that
     depends on no seed, kept for the next run in this process (the runs of a stack, a memorize
     folder's models: reading and standardizing Fashion-MNIST took 0.8 s a run). Nothing downstream
-    writes into these tensors (corruptions and subsets make new ones)."""
+    writes into these tensors (corruptions and subsets make new ones). With a labels file, the labels
+    used in training (y_given) are the file's and the source's are the truth; what a file source read
+    is its record (config.json's "data")."""
     cfg = types.SimpleNamespace(dataset=dataset, data_root=data_root, data_file=data_file, download=download,
-                                test_fraction=test_fraction)
+                                test_fraction=test_fraction, hf_image_key=hf_keys[0], hf_label_key=hf_keys[1])
     src = load_source(cfg)
     x_train, y_train, x_test, y_test = src.x_train, src.y_train, src.x_test, src.y_test
+    record = dict(src.record) if src.record else None
+    y_given = y_train
+    if labels[0] is not None:
+        given, labels_record = read_labels_file(labels[0], labels[1], len(y_train), src.num_classes)
+        y_given = torch.from_numpy(given)
+        record = {**(record or {"source": dataset}), "labels_file": labels_record,
+                  "labels_differ": int((y_given != y_train).sum())}
     if crop is not None:
         x_train, x_test = center_crop(x_train, crop), center_crop(x_test, crop)
     if src.normalize and normalize == "standard":
@@ -138,13 +229,27 @@ def _prepared(dataset, data_root, data_file, download, test_fraction, crop, norm
         x_test = (x_test - mean.reshape(shape)) / std.reshape(shape)
     if subset is not None:
         idx = balanced_subset(y_train, subset, src.num_classes)
-        x_train, y_train = x_train[idx], y_train[idx]
+        x_train, y_train, y_given = x_train[idx], y_train[idx], y_given[idx]
     if test_subset is not None:
         if test_subset > len(y_test):
             raise ConfigError("--test-subset", f"asks for {test_subset} examples but the test set has {len(y_test)}")
         idx = balanced_subset(y_test, test_subset, src.num_classes, seed=derive_seed(0, "test-subset"))
         x_test, y_test = x_test[idx], y_test[idx]
-    return x_train, y_train, x_test, y_test, src.num_classes, corruption.channel_stats(x_train)
+    return (x_train, y_train, x_test, y_test, src.num_classes, corruption.channel_stats(x_train), y_given, record)
+
+
+def data_record(cfg) -> dict | None:
+    """What the config's data source read (path, sizes, hashes of its files and labels), or None for
+    the built-in data sets: what config.json keeps as "data"."""
+    return prepared(cfg)[7]
+
+
+def prepared(cfg):
+    return _prepared(cfg.dataset, getattr(cfg, "data_root", None), getattr(cfg, "data_file", None),
+                     getattr(cfg, "download", False), getattr(cfg, "test_fraction", None), cfg.center_crop,
+                     cfg.normalize, cfg.subset, cfg.test_subset,
+                     (getattr(cfg, "hf_image_key", None), getattr(cfg, "hf_label_key", None)),
+                     (getattr(cfg, "labels_file", None), getattr(cfg, "labels_key", None)))
 
 
 def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none") -> Data:
@@ -155,13 +260,13 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     from the seed is split off as `val`, corrupted by `val_corrupt` with its own random stream. With
     cfg.train_fraction, `train_subset` holds a class-balanced draw (by the labels used) of that
     fraction of the training set, from cfg.seed: what the run trains on (the rest is held out)."""
-    x_train, y_train, x_test, y_test, k, stats = _prepared(
-        cfg.dataset, getattr(cfg, "data_root", None), getattr(cfg, "data_file", None), getattr(cfg, "download", False),
-        getattr(cfg, "test_fraction", None), cfg.center_crop, cfg.normalize, cfg.subset, cfg.test_subset)
+    x_train, y_train, x_test, y_test, k, stats, y_given, record = prepared(cfg)
     seed = cfg.seed if getattr(cfg, "data_seed", None) is None else cfg.data_seed
     perm = corruption.pixel_permutation(x_train, generator(seed, "pixel-permutation"))
 
-    def split(x, y, spec, stream):
+    def split(x, y, spec, stream, given=None):
+        if given is not None and getattr(cfg, "labels_file", None):   # a labels file's noise, not ours
+            return Split(x, given, y, given != y)
         kind, p = parse_corruption(spec)
         xc, yc, mask = corrupt_split(x, y, k, kind, p, generator(seed, "corrupt", stream),
                                      cfg.label_noise_mode, perm, stats)
@@ -177,9 +282,9 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
         val_idx = balanced_subset(y_train, val_size, k, seed=derive_seed(seed, "val-split"))
         keep = torch.ones(len(y_train), dtype=torch.bool)
         keep[val_idx] = False
-        val = split(x_train[val_idx], y_train[val_idx], val_corrupt, "val")
-        x_train, y_train = x_train[keep], y_train[keep]
-    train = split(x_train, y_train, cfg.corrupt, "train")
+        val = split(x_train[val_idx], y_train[val_idx], val_corrupt, "val", y_given[val_idx])
+        x_train, y_train, y_given = x_train[keep], y_train[keep], y_given[keep]
+    train = split(x_train, y_train, cfg.corrupt, "train", y_given)
     kind, p = parse_corruption(cfg.corrupt)
     if cfg.corrupt_test:
         test = split(x_test, y_test, cfg.corrupt, "test")
@@ -200,4 +305,4 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
                                                   f"it must leave at least one example out and give each of the {k} "
                                                   "classes one; raise --subset or change the fraction")
         subset = balanced_subset(train.y, n, k, seed=derive_seed(cfg.seed, "train-subset", cfg.train_fraction))
-    return Data(cfg.dataset, train, test, k, val, subset)
+    return Data(cfg.dataset, train, test, k, val, subset, record)

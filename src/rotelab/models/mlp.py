@@ -15,11 +15,13 @@ class MLP(nn.Module):
     With batch_norm the hidden weights become scale-invariant (what weight decay then shrinks).
     """
 
-    def __init__(self, input_shape, widths, num_classes, activation=nn.ReLU, batch_norm: bool = False):
+    def __init__(self, input_shape, widths, num_classes, activation=nn.ReLU, batch_norm: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
         dims = [math.prod(input_shape), *widths]
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batch_norm else []), activation())
+            nn.Sequential(nn.Linear(a, b), *([nn.BatchNorm1d(b)] if batch_norm else []), activation(),
+                          *([nn.Dropout(dropout)] if dropout else []))
             for a, b in zip(dims[:-1], dims[1:]))
         self.head = nn.Linear(dims[-1], num_classes)
         self.batch_norm = batch_norm

@@ -59,7 +59,8 @@ class ForgetConfig(FitConfig):
 
     def validate(self) -> "ForgetConfig":
         super().validate()
-        parse_corruption(self.val_corrupt, "--val-corrupt")
+        if parse_corruption(self.val_corrupt, "--val-corrupt")[0] != "none" and self.labels_file is not None:
+            raise ConfigError("--val-corrupt", "a --labels-file labels the val part too; drop --val-corrupt")
         for name in ("train_fraction", "heldout_fold"):
             if getattr(self, name) is not None:
                 flag = "--" + name.replace("_", "-")
