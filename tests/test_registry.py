@@ -210,8 +210,8 @@ def test_a_model_with_a_hyperparameter_is_one_builder(tmp_path, capsys):
     from rotelab.store import RunDir
 
     @MODELS.register("toy-hidden")
-    def toy(cfg, shape, num_classes, *, hidden: int = 8):
-        n = int(torch.tensor(shape).prod())
+    def toy(*, input_shape, num_classes, hidden: int = 8):
+        n = int(torch.tensor(input_shape).prod())
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n, hidden), torch.nn.ReLU(),
                                    torch.nn.Linear(hidden, num_classes))
     try:

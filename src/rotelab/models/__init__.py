@@ -203,14 +203,18 @@ def call_builder(builder, input_shape: tuple, num_classes: int, kwargs: dict) ->
     return builder(**{k: v for k, v in data.items() if k in params}, **kwargs)
 
 
-def _refused(name: str, kwargs: dict, e: Exception) -> ConfigError:
-    """What a builder's exception says, as one line naming the argument it most likely refuses."""
+def _refused(cfg, kwargs: dict, e: Exception) -> ConfigError:
+    """What a builder's exception says, as one line naming the argument it most likely refuses, by
+    the flag that gave it (--model-args, or an older spelling such as --depth)."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     named = [k for k in kwargs if k in msg] or list(kwargs)
     if not named:
-        return ConfigError("--model", f"{name} cannot be built: {type(e).__name__}: {msg}")
+        return ConfigError("--model", f"{cfg.model} cannot be built: {type(e).__name__}: {msg}")
     given = ", ".join(f"{k}={kwargs[k]!r}" for k in named)
-    return ConfigError("--model-args", f"{name} refuses {given}: {msg}")
+    spelled = {arg: field for field, (models, arg) in CONFIG_SPELLINGS.items() if cfg.model in models}
+    option = ("--" + spelled[named[0]].replace("_", "-") if len(named) == 1 and named[0] in spelled
+              and named[0] not in getattr(cfg, "model_args", {}) else "--model-args")
+    return ConfigError(option, f"{cfg.model} refuses {given}: {msg}")
 
 
 _fits_data: set = set()   # (model, args, shape, classes) already tried on a batch in this process
@@ -255,7 +259,7 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn
         except ConfigError:
             raise
         except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, NotImplementedError) as e:
-            raise _refused(cfg.model, kwargs, e) from None
+            raise _refused(cfg, kwargs, e) from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("--model", f"{cfg.model} returned a {type(model).__name__}, not a torch.nn.Module")
     check_fits(model, cfg.model, tuple(input_shape), num_classes,
