@@ -263,7 +263,7 @@ def units(plans: list[Plan], vectorize: bool = False, workers: int = 1) -> list[
     return out
 
 
-def prepare(plans: list[Plan], overwrite: bool = False, keep_existing: bool = True):
+def prepare(plans: list[Plan], overwrite: bool = False, keep_existing: bool = True, vectorize: bool = False):
     """Before any run starts: a new output must be empty (or is cleared with `overwrite`); every
     distinct config of a folder's new runs is built once, so bad input writes nothing; each folder's
     plan.json is written."""
@@ -274,14 +274,17 @@ def prepare(plans: list[Plan], overwrite: bool = False, keep_existing: bool = Tr
             RunDir.check_new(p.out, overwrite=True)
         elif not keep_existing:
             RunDir.check_new(p.out)
-        if not p.is_folder:
-            continue
         proto = get_protocol(p.protocol)
+        if not p.is_folder and not (vectorize and proto.stackable):
+            continue
         built = set()
         for r in p.runs:
             key = repr(sorted((k, repr(v)) for k, v in r.config.to_dict().items() if k != "seed"))
             if key not in built and run_state(r.path) == "new":
-                proto.build_loop(r.config, RunDir(p.out / "probe"))   # bad data, model or source raise here
+                loop = proto.build_loop(r.config, RunDir(p.out / "probe"))   # bad data, model or source raise here
+                if (vectorize and proto.stackable) or r.stack is not None:
+                    from .vectorized import check_stackable_model
+                    check_stackable_model(loop)   # a model with dropout is refused before any run starts
                 built.add(key)
     for p in plans:
         if overwrite and p.out.is_dir():
@@ -298,7 +301,7 @@ def execute(plans: list[Plan], executor: str = "inline", jobs: int = 1, overwrit
     command); `local` runs units in up to `jobs` processes and `ray` as Ray tasks, where a failed
     run is reported in its result and the others go on (sweeps, studies). Returns one result per
     run: path and state (done, skipped, running elsewhere, failed with its error)."""
-    prepare(plans, overwrite, keep_existing)
+    prepare(plans, overwrite, keep_existing, vectorize)
     work = units(plans, vectorize, jobs if executor == "local" else 1)
     if executor == "inline":
         results = []

@@ -245,7 +245,7 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
     each gets its own ordinary run directory, status and summary. `build_loop` replaces the
     protocol's; `stack` picks the stack's kind (vectorized.Stacked)."""
     from .protocol import get_protocol
-    from .vectorized import Stacked, check_vectorizable
+    from .vectorized import Stacked, check_stackable_model, check_vectorizable
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if build_loop is not None:
         proto = dataclasses.replace(proto, build_loop=build_loop)
@@ -254,6 +254,7 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
     check_vectorizable(cfgs)
     runs = [RunDir.check_new(p) for p in paths]
     loops = [proto.build_loop(c, r) for c, r in zip(cfgs, runs)]
+    check_stackable_model(loops[0])
     try:
         for r in runs:   # then look again under the locks: another process may have made one meanwhile
             r.lock()

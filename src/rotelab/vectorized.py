@@ -59,6 +59,18 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
                                                "--loss-reduction sum")
 
 
+def check_stackable_model(loop) -> None:
+    """A stack's runs must each equal their separate run, so a model that draws random numbers in a
+    training pass (dropout, drop-path: found from the model itself, random_in_training) is refused in
+    one line before anything is written."""
+    from .models import random_in_training
+    x = next(iter(loop.splits.values())).x
+    if random_in_training(loop.model, tuple(x.shape[1:]), x.device):
+        raise ConfigError("--vectorize-seeds", "the model draws random numbers in training (dropout or the like), "
+                                               "so its runs cannot be stacked; train them one by one (drop "
+                                               "--vectorize-seeds, --vectorize or --stack), or set its dropout to 0")
+
+
 def _per_run(v) -> bool:
     """Optimizer-state entries with a value per weight (momentum, moments) are stacked per run;
     scalar ones (Adam's step count) are the same for every run and shared."""

@@ -147,9 +147,10 @@ def read_labels_file(path: str, key: str | None, n: int, num_classes: int) -> tu
             found = np.load(p, allow_pickle=False)
         elif suffix in (".csv", ".txt", ".tsv"):
             import pandas as pd
-            table = pd.read_csv(p, sep=None, engine="python", header=None if key is None else "infer")
-            if key is None and table.shape[1] == 1 and not np.issubdtype(table.iloc[:, 0].dtype, np.number):
-                table = pd.read_csv(p)   # one column with a header line
+            sep = "\t" if suffix == ".tsv" else ","
+            table = pd.read_csv(p, sep=sep, header=None)
+            if not all(np.issubdtype(t, np.number) for t in table.dtypes):
+                table = pd.read_csv(p, sep=sep)   # a header line names the columns
             found = table[key].to_numpy() if key is not None else table.to_numpy()
             if key is None and found.ndim == 2:
                 if found.shape[1] != 1:

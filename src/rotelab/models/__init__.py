@@ -271,13 +271,14 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn
     return model
 
 
-def random_in_training(model: torch.nn.Module, input_shape: tuple) -> bool:
+def random_in_training(model: torch.nn.Module, input_shape: tuple, device=None) -> bool:
     """Whether the model draws random numbers in a training forward pass (dropout, drop-path,
     stochastic depth...), found by the model itself: two training passes of a copy on one input
     differ. Such a model cannot be stacked (a stack's runs must each equal their separate run)."""
     import copy
     trial = copy.deepcopy(model).train()
-    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0)).to(device or "cpu")
+    with torch.no_grad(), torch.random.fork_rng(devices=[] if device is None or torch.device(device).type == "cpu"
+                                                 else [torch.device(device)]):
         a, b = trial(x), trial(x)
     return not torch.equal(a, b)

@@ -74,6 +74,7 @@ class InfoPlaneConfig(FitConfig):
     info_sets: str = opt("sample", "sample: one evaluation set (--eval-size); splits: the whole training set and the whole test set, each on its own, with the labels each carries", ("sample", "splits"))
     eval_size: int | None = opt(None, "evaluation samples: default all data for tishby (train and test), else 2000 class-balanced training examples", ge=10)
     output_layer: str = opt("softmax", "the last information layer: softmax probabilities or the raw logits", ("softmax", "logits"))
+    layers: str | None = opt(None, "modules to capture, comma-separated names as model.named_modules() gives them (e.g. layer1,layer2,layer3,layer4); their outputs, flattened, are the layers, the model's output last (default: the model's own activations(), as mlp and tishby have)")
     estimators: str = opt("binning", "comma-separated estimators: binning, kde, ksg")
     bin_range: str = opt("-1,1", "lo,hi of the fixed binning edges")
     n_bins: int = opt(30, "number of fixed edges, np.linspace(lo, hi, n_bins)", ge=2)
@@ -192,7 +193,7 @@ class InfoPlaneRecorder(Hook):
         lines, saved = [], {}
         for name, (x, y, x_flat, x_ids) in self.sets.items():
             with torch.no_grad():
-                acts = [a.float().cpu().numpy() for a in model.activations(x, self.cfg.output_layer)]
+                acts = [a.float().cpu().numpy() for a in layer_outputs(model, x, self.cfg.output_layer, self.cfg.layers)]
             for layer, t in enumerate(acts):
                 for row in layer_estimates(t.astype(np.float64), x_flat, x_ids, y, self.cfg):
                     lines.append({"epoch": epoch, "seed": self.cfg.seed, "layer": layer, "split": name,
@@ -256,18 +257,62 @@ class GradientSNR(Hook):
         self.sums = None
 
 
+def layer_names(cfg_layers: str | None) -> list[str] | None:
+    return [n.strip() for n in cfg_layers.split(",") if n.strip()] if cfg_layers else None
+
+
+def layer_outputs(model, x, output: str = "softmax", layers: str | None = None) -> list:
+    """The layers of an information plane: with `layers`, the outputs of those modules (forward hooks;
+    each flattened to (N, d)) in the order named, then the model's output as softmax probabilities or
+    logits; without, the model's own activations(x, output)."""
+    import torch
+    names = layer_names(layers)
+    if names is None:
+        return model.activations(x, output)
+    modules = dict(model.named_modules())
+    caught: dict = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: caught.__setitem__(n, o)) for n in names]
+    try:
+        logits = model(x).float()
+    finally:
+        for h in handles:
+            h.remove()
+    out = [caught[n].flatten(1) for n in names]
+    return [*out, logits if output == "logits" else torch.softmax(logits, dim=1)]
+
+
+def check_layers(model, cfg: InfoPlaneConfig) -> None:
+    """One error for a model infoplane cannot capture: named modules it does not have, or no names for
+    a model without activations()."""
+    names = layer_names(cfg.layers)
+    if cfg.grad_snr and not (hasattr(model, "layers") and hasattr(model, "head")):
+        raise ConfigError("--grad-snr", f"reads the weights of an MLP's layers, which {cfg.model} does not have; "
+                                        "drop --grad-snr")
+    if names is None:
+        if not callable(getattr(model, "activations", None)):
+            children = ",".join(n for n, _ in model.named_children())
+            raise ConfigError("--layers", f"{cfg.model} has no default layers to capture; name its modules, "
+                                          f"e.g. --layers {children}")
+        return
+    known = dict(model.named_modules())
+    missing = [n for n in names if n not in known]
+    if missing:
+        children = ", ".join(n for n, _ in model.named_children())
+        raise ConfigError("--layers", f"{cfg.model} has no module {missing[0]!r}; its top-level modules are "
+                                      f"{children} (dotted names reach inside them)")
+
+
 def build_loop(cfg: InfoPlaneConfig, run: RunDir, state: dict | None = None):
-    """A fit run's loop with the capture hook; any model that exposes `activations(x, output)` (its layers'
-    outputs in order, the output layer last) can be captured."""
+    """A fit run's loop with the capture hook; a model is captured through forward hooks on the modules
+    --layers names, or through its own `activations(x, output)` (its layers' outputs in order, the
+    output layer last)."""
     def hooks(data):
         own = [InfoPlaneRecorder(run, evaluation_sets(data, cfg), cfg)]
         if cfg.grad_snr:
             own.append(GradientSNR(capture_epochs(cfg.epochs, cfg.captures, cfg.capture_every)))
         return own
     loop = build_fit_loop(cfg, run, state, hooks)
-    if not callable(getattr(loop.model, "activations", None)):
-        raise ConfigError("--model", f"infoplane captures a model's layers through its activations(x, output) "
-                                     f"method, which {cfg.model} does not have; use mlp or tishby")
+    check_layers(loop.model, cfg)
     return loop
 
 
