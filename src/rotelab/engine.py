@@ -341,6 +341,7 @@ class Loop:
         # epochs are not dominated by writing files. metrics.jsonl is appended every epoch and cut
         # back to the checkpoint on resume.
         self.persist = False
+        self.data_record: dict | None = None   # what a file source read (config.json's "data"), set by its assembly
         self._last_persist = time.perf_counter()
 
     @property

@@ -193,7 +193,7 @@ def _field_default(cfg, field: str):
     f = {f.name: f for f in dataclasses.fields(cfg)}.get(field)
     if f is None:
         return getattr(cfg, field)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
 
 
 def call_builder(builder, input_shape: tuple, num_classes: int, kwargs: dict) -> torch.nn.Module:
