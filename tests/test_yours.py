@@ -249,3 +249,40 @@ def test_plugins_register_through_entry_points(tmp_path, monkeypatch, capsys):
     finally:
         for reg, name in ((MODELS, "toy-linear"), (SOURCES, "toy-blobs")):
             reg.pop(name, None)
+
+
+def test_a_run_whose_data_file_changed_is_stale(own, tmp_path, capsys):
+    """config.json keeps a hash of what a file source read: a sweep's point whose file changed since is
+    stale (named, left as it is), not skipped as done."""
+    root, (xtr, ytr, xte, yte) = own
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    labels = tmp_path / "l.npy"
+    np.save(labels, ytr)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'protocol = "fit"\n[base]\ndataset = "npz:{data}"\nlabels_file = "{labels}"\nepochs = 1\n'
+                     'progress = false\nhist_every = 0\nmodel_args = {widths = [8]}\n[axes]\nseed = [0]\n')
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("done")
+    y2 = ytr.copy()
+    y2[0] = (y2[0] + 1) % K
+    np.save(labels, y2)
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("stale") and "labels_file" in line and "changed" in line
+    np.save(labels, ytr)
+    np.savez(data, x_train=xtr[::-1], y_train=ytr[::-1], x_test=xte, y_test=yte)
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "data = npz:" in capsys.readouterr().out
+
+
+def test_without_the_extras_timm_and_hf_say_what_to_install(monkeypatch):
+    from rotelab.data import load_data
+    monkeypatch.setitem(sys.modules, "timm", None)
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ConfigError, match=r"pip install 'rotelab\[timm\]'"):
+        FitConfig(model="timm:resnet18").validate()
+    with pytest.raises(ConfigError, match=r"pip install 'rotelab\[hf\]'"):
+        load_data(FitConfig(dataset="hf:some/name"))

@@ -123,7 +123,7 @@ def run_state(path: Path, planned=None) -> str:
         return "running" if run.locked_by_other() else ("partial" if run.has_files() else "new")
     if run.locked_by_other():
         return "running"
-    if planned is not None and config_differences(planned, run.read_config()):
+    if planned is not None and (config_differences(planned, run.read_config()) or changed_data(planned, run)):
         return "stale"
     return "done" if run.read_status().get("state") == "done" else "partial"
 
@@ -143,7 +143,16 @@ def stale_fields(pr: PlannedRun) -> list[str]:
     """config_differences of a planned run and the config its directory saved ([] where it has none)."""
     from .store import RunDir
     run = RunDir(pr.path)
-    return config_differences(pr.config, run.read_config()) if run.config_file.is_file() else []
+    return config_differences(pr.config, run.read_config()) + changed_data(pr.config, run) if run.config_file.is_file() else []
+
+
+def changed_data(planned, run) -> list[str]:
+    """The files a run read (a file source, a labels file) as they differ now from its record."""
+    recorded = run.read_data_record()
+    if not recorded:
+        return []
+    from .data import data_differences
+    return data_differences(planned, recorded)
 
 
 def described_state(p: Plan) -> str:

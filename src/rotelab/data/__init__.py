@@ -307,3 +307,44 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
                                                   "classes one; raise --subset or change the fraction")
         subset = balanced_subset(train.y, n, k, seed=derive_seed(cfg.seed, "train-subset", cfg.train_fraction))
     return Data(cfg.dataset, train, test, k, val, subset, record)
+
+
+_digests: dict = {}   # (path, size, mtime) -> digest: a sweep asks about the same files many times
+
+
+def _cached_digest(paths: list[Path], names=None) -> str:
+    from .sources import file_digest
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    if key not in _digests:
+        _digests[key] = file_digest(paths, names)
+    return _digests[key]
+
+
+def data_differences(cfg, recorded: dict | None) -> list[str]:
+    """Where the files a run read (its config.json "data") no longer hold what they held: the npz file,
+    the ImageFolder's files or the labels file hash otherwise now, or are gone. Read without decoding
+    (a hash of the bytes), so a sweep can ask of every run."""
+    if not recorded:
+        return []
+    out = []
+    try:
+        if recorded.get("source") == "npz" and "file_sha256" in recorded:
+            now = _cached_digest([Path(cfg.dataset.partition(":")[2]).expanduser()])
+            if now != recorded["file_sha256"]:
+                out.append(f"data = {cfg.dataset} changed (sha256 {now}, recorded {recorded['file_sha256']})")
+        elif recorded.get("source") == "imagefolder" and "file_sha256" in recorded:
+            from .sources import IMAGE_SUFFIXES
+            root = Path(cfg.dataset.partition(":")[2]).expanduser()
+            files = [f for s in ("train", "test") for c in sorted(d for d in (root / s).iterdir() if d.is_dir())
+                     for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+            now = _cached_digest(files, [str(f.relative_to(root)) for f in files])
+            if now != recorded["file_sha256"]:
+                out.append(f"data = {cfg.dataset} changed (its images hash {now}, recorded {recorded['file_sha256']})")
+        labels = recorded.get("labels_file")
+        if labels and getattr(cfg, "labels_file", None):
+            now = _cached_digest([Path(cfg.labels_file).expanduser()])
+            if now != labels["file_sha256"]:
+                out.append(f"labels_file = {cfg.labels_file} changed (sha256 {now}, recorded {labels['file_sha256']})")
+    except OSError as e:
+        out.append(f"data = {cfg.dataset} cannot be read now ({e.strerror or e})")
+    return out
