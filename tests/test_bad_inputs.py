@@ -180,7 +180,7 @@ CASES = [
     ("--ksg-k", [*IP, "--ksg-k", "0", "--out", "{root}/o"]),
     ("--batch-norm", [*IP, "--vectorize", "--batch-norm", "--out", "{root}/o"]),
     ("--batch-scalars", [*IP, "--vectorize", "--batch-scalars", "--out", "{root}/o"]),
-    ("--model", ["infoplane", "--dataset", "digits", "--model", "alexnet-small", "--out", "{root}/o"]),
+    ("--layers", ["infoplane", "--dataset", "digits", "--model", "alexnet-small", "--out", "{root}/o"]),
     ("--out", [*IP, "--out", R + "/ip"]),
     ("--resume", ["infoplane", "--resume", R + "/fit"]),
     # noise

@@ -64,8 +64,11 @@ def check_stackable_model(loop) -> None:
     training pass (dropout, drop-path: found from the model itself, random_in_training) is refused in
     one line before anything is written."""
     from .models import random_in_training
+    from .models.noisy import noise_off
     x = next(iter(loop.splits.values())).x
-    if random_in_training(loop.model, tuple(x.shape[1:]), x.device):
+    with noise_off(loop.model):   # learned weight noise is drawn per run by the stack itself
+        random = random_in_training(loop.model, tuple(x.shape[1:]), x.device)
+    if random:
         raise ConfigError("--vectorize-seeds", "the model draws random numbers in training (dropout or the like), "
                                                "so its runs cannot be stacked; train them one by one (drop "
                                                "--vectorize-seeds, --vectorize or --stack), or set its dropout to 0")
