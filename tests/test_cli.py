@@ -35,7 +35,7 @@ def test_fit_writes_a_run_and_config_file_is_overridden_by_flags(tmp_path, capsy
     assert main(["fit", "--config", str(conf), "--epochs", "2", "--no-progress", "--hist-every", "0",
                  "--out", str(tmp_path / "r")]) == 0
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["epochs"] == 2 and cfg["lr"] == 0.2 and cfg["widths"] == [32, 16]
+    assert cfg["epochs"] == 2 and cfg["lr"] == 0.2 and cfg["model_args"]["widths"] == [32, 16]
     assert "done after 2 epochs" in capsys.readouterr().out
 
 

@@ -46,7 +46,7 @@ def test_run_fields_are_numbers_and_axes(grid):
     assert run.axes == {"corrupt": "shuffled-pixels=0.25", "variant": "wide"}
     half = rotelab.load(grid / "corrupt-labels=0.5__variant-narrow")
     assert (half.label_corruption, half.pixel_corruption, half.pixel_fraction) == (0.5, "none", 0.0)
-    assert half.config["widths"] == [8]
+    assert half.config["model_args"]["widths"] == [8]
     # digits are 8 x 8: 64*8 + 8 + 8*10 + 10 and 64*32 + 32 + 32*10 + 10 parameters
     assert (half.parameters, run.parameters) == (610, 2410)
 

@@ -124,9 +124,28 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
                                 metavar=f.name.upper() if not f.metadata.get("choices") else None, **kwargs)
 
 
+def add_spelling_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """The older flags that spell a model argument (--widths, --depth, ...), for configs that take them."""
+    from .config import SPELLING_FLAGS, config_spellings
+    for name in sorted(config_spellings(cls) - set(skip), key=list(SPELLING_FLAGS).index):
+        kind, help_ = SPELLING_FLAGS[name]
+        kwargs: dict = dict(dest=name, default=argparse.SUPPRESS, help=help_)
+        if kind == "bool":
+            parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+        elif isinstance(kind, tuple):
+            parser.add_argument(flag(name), choices=kind, **kwargs)
+        else:
+            parser.add_argument(flag(name), type=parse_ints if kind == "ints" else kind, metavar=name.upper(), **kwargs)
+
+
+def config_names(cls) -> set[str]:
+    from .config import config_spellings
+    return {f.name for f in dataclasses.fields(cls)} | config_spellings(cls)
+
+
 def config_from_args(args: argparse.Namespace, cls):
     """defaults < --config file < flags given on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = config_names(cls)
     values = {}
     if getattr(args, "config", None):
         values.update(load_config_file(args.config))
@@ -135,7 +154,7 @@ def config_from_args(args: argparse.Namespace, cls):
 
 
 def given_config_flags(args: argparse.Namespace, cls) -> list[str]:
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = config_names(cls)
     return [flag(k) for k in vars(args) if k in names]
 
 
@@ -364,6 +383,7 @@ def make_parser() -> argparse.ArgumentParser:
         f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
         f.add_argument("--config", help="TOML or JSON file of config fields; flags given here override it")
         add_config_flags(f, proto.config, skip=proto.derived.cli_skip if proto.derived else ())
+        add_spelling_flags(f, proto.config, skip=proto.derived.cli_skip if proto.derived else ())
         f.set_defaults(func=cmd_protocol, protocol=proto.name)
 
     sw = sub.add_parser("sweep", help="run a grid of points from a sweep file (TOML), skipping finished ones",

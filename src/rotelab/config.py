@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 
 from .errors import ConfigError  # noqa: F401  (re-exported: `from rotelab.config import ConfigError`)
 from .spec import CORRUPTIONS, flag, parse_corruption, parse_fold, parse_seeds  # noqa: F401  (re-exported)
+from .spec import MODEL_SPELLINGS, full_model_args
 
 
 def opt(default, help: str, choices=None, flag_type=None, aliases=(), **bounds):
@@ -87,11 +88,28 @@ def config_from_dict(cls, d: dict):
     """A config dataclass from a dict, naming the first unknown field."""
     if not isinstance(d, dict):
         raise ConfigError("--config", f"expected a table of config fields, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} | config_spellings(cls)
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(flag(unknown[0]), f"unknown config field; known fields: {', '.join(sorted(names))}")
     return cls(**d)
+
+
+# The older spellings' flags: type ("ints", "bool", int, or choices) and help
+SPELLING_FLAGS = {
+    "widths": ("ints", "mlp's hidden widths, comma-separated, e.g. 512,512,512 (= --model-args widths=[512,512,512])"),
+    "activation": (("relu", "tanh"), "mlp, tishby: relu or tanh (= --model-args activation=NAME; default: relu for mlp, tanh for tishby)"),
+    "batch_norm": ("bool", "mlp, tishby: batch norm after each hidden linear layer, before the activation (= --model-args batch_norm=true)"),
+    "depth": (int, "wrn's depth, 6n+4 (= --model-args depth=N; default 16)"),
+    "widen": (int, "wrn's widen factor (= --model-args widen=K; default 4)"),
+    "wrn_batch_norm": ("bool", "wrn: batch norm in every block (off: identity, with conv biases; a control) (= --model-args batch_norm=false)"),
+}
+
+
+def config_spellings(cls) -> set[str]:
+    """Keys a config class takes besides its fields: its InitVars (older spellings folded into a field)."""
+    return {name for name, f in getattr(cls, "__dataclass_fields__", {}).items()
+            if f._field_type is dataclasses._FIELD_INITVAR}   # type: ignore[attr-defined]
 
 
 class Config:
@@ -135,12 +153,14 @@ class FitConfig(Config):
     # model
     model: str = opt("mlp", "model: a name (see `rotelab models`), torchvision:NAME, timm:NAME or MODULE:FUNCTION")
     model_args: dict = opt({}, "keyword arguments of the model's builder, NAME=VALUE comma-separated, values as literals, e.g. widths=[512,512],dropout=0.1 (`rotelab models` lists a model's)", flag_type="kwargs")
-    widths: list[int] = opt([512], "mlp hidden widths, comma-separated, e.g. 512,512,512", flag_type="ints")
-    activation: str | None = opt(None, "relu or tanh (default: the model's own, relu for mlp, tanh for tishby)", ("relu", "tanh"))
-    batch_norm: bool = opt(False, "mlp, tishby: batch norm after each hidden linear layer, before the activation")
-    depth: int = opt(16, "wrn depth (6n+4)", ge=10)
-    widen: int = opt(4, "wrn widen factor", ge=1)
-    wrn_batch_norm: bool = opt(True, "wrn: batch norm in every block (off: identity, with conv biases; a control)")
+    # older spellings of model arguments (flags and config-file keys; folded into model_args, never stored):
+    # mlp's widths, activation, batch_norm; tishby's activation, batch_norm; wrn's depth, widen, batch_norm
+    widths: InitVar[list[int] | str | int | None] = None
+    activation: InitVar[str | None] = None
+    batch_norm: InitVar[bool | None] = None
+    depth: InitVar[int | None] = None
+    widen: InitVar[int | None] = None
+    wrn_batch_norm: InitVar[bool | None] = None
     # optimisation
     epochs: int = opt(100, "maximum number of epochs", ge=1)
     until_train_acc: float | None = opt(None, "stop once train accuracy (clean pass) reaches this value, e.g. 1.0", gt=0, le=1)
@@ -183,16 +203,29 @@ class FitConfig(Config):
     checkpoint_every: float = opt(30.0, "seconds between checkpoints (with examples.npz and status.json); the last epoch is always saved; 0: every epoch", ge=0)
     progress: bool = opt(True, "show a progress bar")
 
-    def __post_init__(self):
-        for name in ("widths", "save_epochs"):  # config files may write "512,512"
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    setattr(self, name, [int(v) for v in value.split(",") if v.strip()])
-                except ValueError:
-                    pass   # left as it is: check_fields names the field
-            elif isinstance(value, int):
-                setattr(self, name, [value])
+    def __post_init__(self, widths=None, activation=None, batch_norm=None, depth=None, widen=None,
+                      wrn_batch_norm=None):
+        if isinstance(self.save_epochs, str):  # config files may write "10,20"
+            try:
+                self.save_epochs = [int(v) for v in self.save_epochs.split(",") if v.strip()]
+            except ValueError:
+                pass   # left as it is: check_fields names the field
+        elif isinstance(self.save_epochs, int):
+            self.save_epochs = [self.save_epochs]
+        if isinstance(widths, str):   # "512,512"
+            try:
+                widths = [int(v) for v in widths.split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError("--widths", f"needs positive widths such as 512 or 512,512, got {widths!r}") from None
+        elif isinstance(widths, int):
+            widths = [widths]
+        spelled = dict(widths=widths, activation=activation, batch_norm=batch_norm, depth=depth, widen=widen,
+                       wrn_batch_norm=wrn_batch_norm)
+        given = {k for k, v in spelled.items() if v is not None}
+        # which model arguments came from an older flag, so that an error names the flag that was typed
+        self._spelled = {MODEL_SPELLINGS[k][1]: k for k in given if k not in (self.model_args or {})}
+        if isinstance(self.model_args, dict) and isinstance(self.model, str):
+            self.model_args = full_model_args(self.model, self.model_args, spelled)
 
     # -- derived views -------------------------------------------------
     @property
@@ -203,8 +236,10 @@ class FitConfig(Config):
         """Every field against its declaration, then what involves several fields or names."""
         super().validate()
         parse_corruption(self.corrupt)
-        if not self.widths or min(self.widths) < 1:
-            raise ConfigError("--widths", f"needs positive widths such as 512 or 512,512, got {self.widths}")
+        widths = self.model_args.get("widths") if self.model in ("mlp",) else None
+        if widths is not None and (not isinstance(widths, list) or not widths
+                                   or not all(isinstance(w, int) and w >= 1 for w in widths)):
+            raise ConfigError(self.model_flag("widths"), f"needs positive widths such as 512 or 512,512, got {widths}")
         if any(e < 1 for e in self.save_epochs):
             raise ConfigError("--save-epochs", f"needs epochs >= 1, got {self.save_epochs}")
         self.check_names()
@@ -229,6 +264,11 @@ class FitConfig(Config):
                                                   "use --example-record evaluation")
         return self
 
+    def model_flag(self, arg: str) -> str:
+        """The option that gave a model argument: its older flag (--widths) or --model-args."""
+        field_ = getattr(self, "_spelled", {}).get(arg)
+        return flag(field_) if field_ else "--model-args"
+
     def check_names(self):
         """Model and dataset names against their registries (these import torch, so only here)."""
         from .data.sources import SOURCES
@@ -236,7 +276,7 @@ class FitConfig(Config):
         from .models import check_model_args
         SOURCES.get(self.dataset)
         MODELS.get(self.model)
-        check_model_args(self.model, self.model_args)
+        check_model_args(self.model, self.model_args, self.model_flag)
 
 
 def load_config_file(path: str | Path) -> dict:

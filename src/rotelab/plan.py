@@ -109,7 +109,10 @@ def config_differences(planned, saved: dict) -> list[str]:
     """The fields in which a run's saved config differs from its plan's, as "name = saved value
     (planned: value)": fields both have (a newer version's fields are not in older runs), values as
     JSON stores them, bookkeeping left out."""
+    from .spec import read_model_fields
     want = json.loads(json.dumps(planned.to_dict()))
+    if "model_args" in want:   # a run saved before models owned their arguments: read in today's form
+        saved = read_model_fields(saved)
     return [f"{k} = {json.dumps(saved[k])} (planned: {json.dumps(v)})" for k, v in want.items()
             if k in saved and k not in BOOKKEEPING_FIELDS and saved[k] != v]
 

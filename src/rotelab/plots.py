@@ -74,21 +74,27 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def model_args_of(cfg: dict) -> dict:
+    """A saved config's model arguments in today's form (older configs spelled them as fields)."""
+    from .spec import read_model_fields
+    return read_model_fields(cfg).get("model_args", {})
+
+
 def hidden_widths(cfg: dict) -> list[int] | None:
     """An MLP run's hidden widths (the tishby net's own), None for other models."""
     from .spec import TISHBY_WIDTHS
     model = cfg.get("model", "mlp")
-    return list(TISHBY_WIDTHS) if model == "tishby" else cfg.get("widths") if model == "mlp" else None
+    return list(TISHBY_WIDTHS) if model == "tishby" else model_args_of(cfg).get("widths") if model == "mlp" else None
 
 
 def describe_network(cfg: dict) -> str:
     """A run's network and regularization in words, e.g. 'WRN-10-1 (batch norm), weight decay 0.005'."""
-    model = cfg.get("model", "mlp")
+    model, args = cfg.get("model", "mlp"), model_args_of(cfg)
     if model == "wrn":
-        net = f"WRN-{cfg.get('depth')}-{cfg.get('widen')} " + \
-            ("(batch norm)" if cfg.get("wrn_batch_norm", True) else "(no batch norm)")
+        net = f"WRN-{args.get('depth')}-{args.get('widen')} " + \
+            ("(batch norm)" if args.get("batch_norm", True) else "(no batch norm)")
     elif model in ("mlp", "tishby"):
-        net = "MLP " + "-".join(map(str, hidden_widths(cfg) or [])) + (" with batch norm" if cfg.get("batch_norm") else "")
+        net = "MLP " + "-".join(map(str, hidden_widths(cfg) or [])) + (" with batch norm" if args.get("batch_norm") else "")
     else:
         net = model
     wd = cfg.get("weight_decay") or 0
@@ -221,7 +227,7 @@ def describe_run(cfg: dict) -> str:
     """A run's labels, activation and hidden widths in words, e.g. 'true labels, tanh, hidden 10-7-5-4-3'
     (figure titles)."""
     labels = describe_corruption(cfg.get("corrupt", "none"))
-    activation = cfg.get("activation") or ("tanh" if cfg.get("model") == "tishby" else "relu")
+    activation = model_args_of(cfg).get("activation") or ("tanh" if cfg.get("model") == "tishby" else "relu")
     widths = hidden_widths(cfg)
     return f"{labels}, {activation}" + (f", hidden {'-'.join(map(str, widths))}" if widths else "")
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, StoreError
-from .plan import make
+from .plan import execute, one_run
 from .protocol import protocol_of
 from .store import RunDir, compute_conditions, source_version
 
@@ -46,8 +46,9 @@ def replay(path, epochs: int = 3) -> dict:
         cfg["seeds"] = str(cfg.get("seed", 0))
     config = proto.config.from_dict(cfg).validate()
     with tempfile.TemporaryDirectory() as tmp:
-        made = make(proto.name, config, Path(tmp) / "replay")
-        again = {m["epoch"]: m for m in made[0].read_metrics()}
+        # the run alone, not the folder its protocol would plan around it (a memorize fold, one seed)
+        execute([one_run(proto.name, config, Path(tmp) / "replay")], keep_existing=False)
+        again = {m["epoch"]: m for m in RunDir(Path(tmp) / "replay").read_metrics()}
     compared, differences = 0, []
     for e in range(1, n + 1):
         for key in sorted(set(saved.get(e, {})) & set(again.get(e, {}))):

@@ -58,3 +58,70 @@ def parse_fold(text: str) -> tuple[int, int]:
     if k < 2 or not 0 <= f < k:
         raise ConfigError("--heldout-fold", f"needs K >= 2 folds and 0 <= F < K, got {text!r}")
     return f, k
+
+
+# The built-in models' keyword arguments and their defaults (what `rotelab.models` builders declare:
+# tests/test_model_checks.py holds the two equal), here without torch, so that a saved config can be
+# read into its full form (and compared, plotted) by code that never builds a model.
+BUILT_IN_MODEL_ARGS: dict[str, dict] = {
+    "mlp": {"widths": [512], "activation": "relu", "batch_norm": False, "dropout": 0.0},
+    "tishby": {"activation": "tanh", "batch_norm": False},
+    "alexnet-small": {},
+    "inception-small": {},
+    "wrn": {"depth": 16, "widen": 4, "batch_norm": True, "zero_init_residual": False},
+}
+
+# Older config fields that spell a model argument (still flags and config-file keys): field ->
+# (the models that read it, the argument it sets)
+MODEL_SPELLINGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "widths": (("mlp",), "widths"),
+    "activation": (("mlp", "tishby"), "activation"),
+    "batch_norm": (("mlp", "tishby"), "batch_norm"),
+    "depth": (("wrn",), "depth"),
+    "widen": (("wrn",), "widen"),
+    "wrn_batch_norm": (("wrn",), "batch_norm"),
+}
+
+
+def full_model_args(model: str, model_args: dict | None, spelled: dict | None = None) -> dict:
+    """A model's keyword arguments in their one stored form: the spelled fields that model reads
+    (--widths for mlp, --depth for wrn, ...; None: not given), then --model-args over them, and for
+    a built-in model every argument it declares, defaults filled in (so that a run made before an
+    argument existed compares equal). A spelled field given for a model of a scheme, plugin or import
+    path, which would ignore it, is one error; a built-in model ignores another's (a sweep over
+    models shares one base)."""
+    import json
+    out: dict = {}
+    defaults = BUILT_IN_MODEL_ARGS.get(model)
+    for field, value in (spelled or {}).items():
+        if value is None:
+            continue
+        readers, arg = MODEL_SPELLINGS[field]
+        if model in readers:
+            out[arg] = list(value) if isinstance(value, tuple) else value
+        elif defaults is None:
+            raise ConfigError(flag(field), f"is an argument of {' and '.join(readers)}; for {model} give its "
+                                           "own arguments with --model-args NAME=VALUE")
+    out.update(model_args or {})
+    if defaults is not None:
+        out = {**defaults, **out}
+        if out.get("activation") is None and "activation" in defaults:   # older configs: None = the model's own
+            out["activation"] = defaults["activation"]
+    try:   # lists, not tuples: as JSON stores them
+        return json.loads(json.dumps(out))
+    except (TypeError, ValueError):
+        return out
+
+
+def read_model_fields(config: dict) -> dict:
+    """A config dict (a saved config.json, a study step, a sweep point) in the current form: older
+    model fields (widths, depth, ...) folded into model_args, which is filled in for built-in models."""
+    if "model" not in config and "model_args" not in config and not any(k in config for k in MODEL_SPELLINGS):
+        return dict(config)
+    out = {k: v for k, v in config.items() if k not in MODEL_SPELLINGS}
+    spelled = {k: config[k] for k in MODEL_SPELLINGS if k in config}
+    try:
+        out["model_args"] = full_model_args(config.get("model", "mlp"), config.get("model_args") or {}, spelled)
+    except ConfigError:
+        out["model_args"] = dict(config.get("model_args") or {})
+    return out

@@ -95,7 +95,8 @@ def sweep_points(spec: dict, out=None) -> tuple[str, list[Point]]:
     cls = proto.config
     base = spec.get("base", {})
     axes = {k: axis_values(k, v) for k, v in spec.get("axes", {}).items()}
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # every Config is a dataclass
+    from .config import config_spellings
+    names = {f.name for f in dataclasses.fields(cls)} | config_spellings(cls)  # type: ignore[arg-type]  # every Config is a dataclass
     # An axis whose values are tables sets several fields together (a "variant"): the table's `name`
     # names the point, its other keys are config fields.
     grouped = {k for k, v in axes.items() if all(isinstance(x, dict) for x in v)}

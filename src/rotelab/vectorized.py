@@ -33,11 +33,17 @@ from .engine import EpochShare, Evaluation, Loop, build_optimizer, margins, spli
 PER_RUN_FIELDS = {"seed", "corrupt", "label_noise_mode", "corrupt_test", "progress", "save_epochs", "checkpoint_every"}
 # what a stack cannot give a run: per-batch hooks (the stack trains every run in one pass) and batch
 # norm in the written-out MLP kernel; points that ask for them are trained one by one
-UNSTACKABLE_FIELDS = ("norms", "batch_scalars", "batch_norm")
+UNSTACKABLE_FIELDS = ("norms", "batch_scalars")
+
+
+def mlp_batch_norm(config: dict) -> bool:
+    from .spec import read_model_fields
+    return config.get("model", "mlp") in ("mlp", "tishby") and \
+        bool(read_model_fields(config).get("model_args", {}).get("batch_norm"))
 
 
 def stackable(config: dict) -> bool:
-    return not any(config.get(k) for k in UNSTACKABLE_FIELDS)
+    return not any(config.get(k) for k in UNSTACKABLE_FIELDS) and not mlp_batch_norm(config)
 
 
 def check_vectorizable(cfgs: list[FitConfig]) -> None:

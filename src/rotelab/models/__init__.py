@@ -130,7 +130,7 @@ def takes_any_keyword(name: str) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(MODELS.get(name)).parameters.values())
 
 
-def check_model_args(name: str, given: dict):
+def check_model_args(name: str, given: dict, option=lambda arg: "--model-args"):
     """One ConfigError naming the model's arguments where `given` holds one it does not declare, or a
     value of another kind than its default's. A builder that takes **kwargs (torchvision, timm)
     checks its own when it is built."""
@@ -142,7 +142,7 @@ def check_model_args(name: str, given: dict):
             if takes_any_keyword(name):
                 continue
             takes = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "no arguments"
-            raise ConfigError("--model-args", f"{name} takes {takes}; got {key!r}")
+            raise ConfigError(option(key), f"{name} takes {takes}; got {key!r}")
         default = known[key]
         number = (int, float)
         sequence = (list, tuple)
@@ -151,49 +151,13 @@ def check_model_args(name: str, given: dict):
                                     isinstance(default, sequence) != isinstance(value, sequence) or
                                     isinstance(default, str) != isinstance(value, str) or
                                     (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float))):
-            raise ConfigError("--model-args", f"{name}'s {key} takes values like its default {default!r}; got {value!r}")
-
-
-BUILT_IN = frozenset(MODELS)   # the models registered above (plugins and schemes come later)
-
-# FitConfig's older spellings of model arguments: field -> (the models that read it, their argument)
-CONFIG_SPELLINGS = {
-    "widths": ({"mlp"}, "widths"),
-    "activation": ({"mlp", "tishby"}, "activation"),
-    "batch_norm": ({"mlp", "tishby"}, "batch_norm"),
-    "depth": ({"wrn"}, "depth"),
-    "widen": ({"wrn"}, "widen"),
-    "wrn_batch_norm": ({"wrn"}, "batch_norm"),
-}
+            raise ConfigError(option(key), f"{name}'s {key} takes values like its default {default!r}; got {value!r}")
 
 
 def model_kwargs(cfg) -> dict:
-    """The model's keyword arguments from a config: the flags that spell one of its arguments
-    (--widths for mlp, --depth for wrn, ...) where given, then --model-args. A model-family flag
-    given to a model of a scheme, plugin or import path, which does not read it, is one error (it
-    would be ignored silently)."""
-    out = {}
-    for field, (models, arg) in CONFIG_SPELLINGS.items():
-        if not hasattr(cfg, field):
-            continue
-        value = getattr(cfg, field)
-        if cfg.model in models:
-            if value is not None:
-                out[arg] = list(value) if isinstance(value, (list, tuple)) else value
-        elif value is not None and value != _field_default(cfg, field) and cfg.model not in BUILT_IN:
-            # (the built-in models ignore each other's flags: a sweep over models shares one base)
-            readers = " and ".join(sorted(models))
-            raise ConfigError("--" + field.replace("_", "-"), f"is an argument of {readers}; for {cfg.model} give its "
-                                                              "own arguments with --model-args NAME=VALUE")
-    return {**out, **getattr(cfg, "model_args", {})}
-
-
-def _field_default(cfg, field: str):
-    import dataclasses
-    f = {f.name: f for f in dataclasses.fields(cfg)}.get(field)
-    if f is None:
-        return getattr(cfg, field)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+    """The model's keyword arguments: the config's model_args, which its config filled in from the older
+    flags (--widths for mlp, --depth for wrn, ...) and, for a built-in model, its defaults."""
+    return dict(getattr(cfg, "model_args", {}))
 
 
 def call_builder(builder, input_shape: tuple, num_classes: int, kwargs: dict) -> torch.nn.Module:
@@ -211,9 +175,7 @@ def _refused(cfg, kwargs: dict, e: Exception) -> ConfigError:
     if not named:
         return ConfigError("--model", f"{cfg.model} cannot be built: {type(e).__name__}: {msg}")
     given = ", ".join(f"{k}={kwargs[k]!r}" for k in named)
-    spelled = {arg: field for field, (models, arg) in CONFIG_SPELLINGS.items() if cfg.model in models}
-    option = ("--" + spelled[named[0]].replace("_", "-") if len(named) == 1 and named[0] in spelled
-              and named[0] not in getattr(cfg, "model_args", {}) else "--model-args")
+    option = cfg.model_flag(named[0]) if len(named) == 1 and hasattr(cfg, "model_flag") else "--model-args"
     return ConfigError(option, f"{cfg.model} refuses {given}: {msg}")
 
 

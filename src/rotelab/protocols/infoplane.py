@@ -121,8 +121,9 @@ class InfoPlaneConfig(FitConfig):
         if self.vectorize and self.grad_snr:
             raise ConfigError("--grad-snr", "reads each run's gradients batch by batch, which a stack of runs "
                                             "does not expose; drop --vectorize or --grad-snr")
-        if self.vectorize and (self.batch_norm or self.batch_scalars):
-            flag = "--batch-norm" if self.batch_norm else "--batch-scalars"
+        batch_norm = self.model in ("mlp", "tishby") and self.model_args.get("batch_norm")
+        if self.vectorize and (batch_norm or self.batch_scalars):
+            flag = self.model_flag("batch_norm") if batch_norm else "--batch-scalars"
             raise ConfigError(flag, "is not supported by a stack of runs (the stacked kernel has no batch norm "
                                     "and exposes no single run's batches); drop --vectorize or " + flag)
         return self
@@ -429,7 +430,8 @@ def fig_memorizing_ib(ctx, step: str, panels: dict, split: str = "train",
             table, n = info_table(runs, split, estimator)
             left = f", {len(gone)} diverged left out" if gone else ""
             drawn.append((f"{title}, {split} set\n({len(runs)} run{'s' * (len(runs) != 1)}{left})", table))   # two lines: panels sit side by side
-            ceiling, widths = math.log2(n), runs[0].read_config().get("widths")
+            from ..plots import hidden_widths
+            ceiling, widths = math.log2(n), hidden_widths(runs[0].read_config())
     if not drawn or ceiling is None:
         return []
     name = f"{stem}_{split}" + ("" if estimator == "binning-size" else f"_{estimator}")
