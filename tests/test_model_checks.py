@@ -92,3 +92,27 @@ def test_random_in_training_is_found_from_the_model():
     assert not random_in_training(lin, (4,))
     assert random_in_training(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)), (4,))
     assert not random_in_training(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.0)), (4,))
+
+
+def test_the_built_in_models_arguments_are_their_builders_own():
+    """spec.BUILT_IN_MODEL_ARGS (read without torch, to fill and compare saved configs) is what each
+    builder declares."""
+    import json
+    from rotelab.models import model_arguments
+    from rotelab.spec import BUILT_IN_MODEL_ARGS
+    for name, args in BUILT_IN_MODEL_ARGS.items():
+        assert json.loads(json.dumps(model_arguments(name))) == args, name
+    assert set(BUILT_IN_MODEL_ARGS) == {n for n in MODELS.names() if ":" not in n and n in MODELS
+                                        and MODELS[n].__module__ == "rotelab.models"}
+
+
+def test_older_spellings_fold_into_the_models_arguments():
+    cfg = FitConfig(model="mlp", widths=[64, 8], batch_norm=True)
+    assert cfg.model_args == {"widths": [64, 8], "activation": "relu", "batch_norm": True, "dropout": 0.0}
+    assert FitConfig(model="tishby").model_args == {"activation": "tanh", "batch_norm": False}
+    wrn = FitConfig.from_dict({"model": "wrn", "depth": 10, "widen": 1, "wrn_batch_norm": False, "widths": [512]})
+    assert wrn.model_args == {"depth": 10, "widen": 1, "batch_norm": False, "zero_init_residual": False}
+    assert "widths" not in wrn.to_dict() and "depth" not in wrn.to_dict()
+    assert FitConfig(model="mlp", widths=[8], model_args={"widths": [16]}).model_args["widths"] == [16]   # --model-args wins
+    with pytest.raises(ConfigError, match="--widths.*--model-args"):
+        FitConfig(model="torchvision:resnet18", widths=[64])

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, flag, load_config_file
 
@@ -129,13 +130,14 @@ def add_spelling_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     from .config import SPELLING_FLAGS, config_spellings
     for name in sorted(config_spellings(cls) - set(skip), key=list(SPELLING_FLAGS).index):
         kind, help_ = SPELLING_FLAGS[name]
+        kind_: Any = kind
         kwargs: dict = dict(dest=name, default=argparse.SUPPRESS, help=help_)
-        if kind == "bool":
+        if kind_ == "bool":
             parser.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kwargs)
-        elif isinstance(kind, tuple):
-            parser.add_argument(flag(name), choices=kind, **kwargs)
+        elif isinstance(kind_, tuple):
+            parser.add_argument(flag(name), choices=kind_, **kwargs)
         else:
-            parser.add_argument(flag(name), type=parse_ints if kind == "ints" else kind, metavar=name.upper(), **kwargs)
+            parser.add_argument(flag(name), type=parse_ints if kind_ == "ints" else kind_, metavar=name.upper(), **kwargs)
 
 
 def config_names(cls) -> set[str]:

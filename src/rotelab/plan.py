@@ -152,7 +152,7 @@ def stale_fields(pr: PlannedRun) -> list[str]:
 def changed_data(planned, run) -> list[str]:
     """The files a run read (a file source, a labels file) as they differ now from its record."""
     recorded = run.read_data_record()
-    if not recorded:
+    if not recorded or not hasattr(planned, "dataset"):   # a noise ramp reads its source run's data
         return []
     from .data import data_differences
     return data_differences(planned, recorded)
