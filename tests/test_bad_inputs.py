@@ -124,7 +124,7 @@ CASES = [
     ("--hist-every", [*FIT, "--hist-every", "-1", "--out", "{root}/o"]),
     ("--save-epochs", [*FIT, "--save-epochs", "0", "--out", "{root}/o"]),
     ("--seed", [*FIT, "--seed", "-1", "--out", "{root}/o"]),
-    ("--depth", [*FIT, "--depth", "3", "--out", "{root}/o"]),
+    ("--depth", [*FIT, "--model", "wrn", "--depth", "3", "--out", "{root}/o"]),
     ("--device", [*FIT, "--device", "tpu", "--out", "{root}/o"]),
     ("--augment", ["fit", "--dataset", "tishby", "--augment", "--out", "{root}/o"]),
     ("--model", ["fit", "--dataset", "tishby", "--model", "alexnet-small", "--out", "{root}/o"]),

@@ -221,3 +221,15 @@ def test_examples_by_any_signal(folder, tmp_path, capsys):
         for row, c in zip(g["class_index"], g["classes"]):
             best = np.nanmax(np.where(clean & (table["label_used"].to_numpy() == c), mem, np.nan))
             assert mem[row[0]] == best and clean[row].all()
+
+
+def test_a_folder_whose_finish_was_cut_short_is_finished_on_resume(tmp_path, capsys):
+    """Every model done but the estimates never written (the finish failed or was killed): --resume
+    writes them instead of calling the folder finished."""
+    out = tmp_path / "m"
+    memorize(cfg_of(models=2, stack=1, epochs=3, signals=False, cscore_fractions=[]), out)
+    written = json.loads((out / "memorization.json").read_text())
+    (out / "memorization.json").unlink()
+    assert main(["memorize", "--resume", str(out)]) == 0
+    assert "finishing the folder again" in capsys.readouterr().out
+    assert json.loads((out / "memorization.json").read_text()) == written

@@ -116,3 +116,11 @@ def test_older_spellings_fold_into_the_models_arguments():
     assert FitConfig(model="mlp", widths=[8], model_args={"widths": [16]}).model_args["widths"] == [16]   # --model-args wins
     with pytest.raises(ConfigError, match="--widths.*--model-args"):
         FitConfig(model="torchvision:resnet18", widths=[64])
+
+
+def test_an_older_config_of_another_kind_of_model_loads():
+    """Configs saved before models owned their arguments hold every older field at its default: those
+    are no choice of the user's and do not refuse a torchvision model."""
+    old = {"model": "torchvision:resnet18", "widths": [512], "activation": None, "batch_norm": False, "depth": 16,
+           "widen": 4, "wrn_batch_norm": True, "model_args": {}}
+    assert FitConfig.from_dict(old).model_args == {}

@@ -223,7 +223,11 @@ def cmd_protocol(args) -> int:
             raise ConfigError("--resume", f"{args.resume} is a {p.protocol} run; continue it with "
                                           f"`rotelab {p.protocol} --resume {args.resume}`")
         if plan_state(p) == "done":
-            print(f"{args.resume}: already finished; nothing to do")
+            if p.finish is None:
+                print(f"{args.resume}: already finished; nothing to do")
+                return 0
+            print(f"{args.resume}: every run is done; finishing the folder again")   # a finish cut short redone
+            p.finish(p.out)
             return 0
         display = {k: v for k, v in vars(args).items() if k in DISPLAY_FIELDS}
         p.runs = [replace_config(r, **display) for r in p.runs]

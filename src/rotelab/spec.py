@@ -83,6 +83,11 @@ MODEL_SPELLINGS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+# what the older fields held when not given (older configs store every field): not a choice of the user
+SPELLING_DEFAULTS = {"widths": [512], "activation": None, "batch_norm": False, "depth": 16, "widen": 4,
+                     "wrn_batch_norm": True}
+
+
 def full_model_args(model: str, model_args: dict | None, spelled: dict | None = None) -> dict:
     """A model's keyword arguments in their one stored form: the spelled fields that model reads
     (--widths for mlp, --depth for wrn, ...; None: not given), then --model-args over them, and for
@@ -99,7 +104,7 @@ def full_model_args(model: str, model_args: dict | None, spelled: dict | None = 
         readers, arg = MODEL_SPELLINGS[field]
         if model in readers:
             out[arg] = list(value) if isinstance(value, tuple) else value
-        elif defaults is None:
+        elif defaults is None and value != SPELLING_DEFAULTS[field]:
             raise ConfigError(flag(field), f"is an argument of {' and '.join(readers)}; for {model} give its "
                                            "own arguments with --model-args NAME=VALUE")
     out.update(model_args or {})
