@@ -191,3 +191,17 @@ def test_center_crop_keeps_the_central_pixels_and_refuses_flat_data():
         center_crop(x, 7)
     with pytest.raises(ConfigError, match="--center-crop"):
         center_crop(torch.zeros(4, 64), 2)
+
+
+def test_runs_share_one_device_copy_of_their_inputs():
+    """The prepared inputs move to a device once per process (not once a run): two seeds' label
+    corruptions keep their own labels and share the inputs' one copy ('meta' stands in for an
+    accelerator: moving there makes a new tensor, as moving to CUDA does)."""
+    from rotelab.data import load_data
+    a = load_data(FitConfig(dataset="digits", corrupt="labels=0.5", seed=0)).to("meta")
+    b = load_data(FitConfig(dataset="digits", corrupt="labels=0.5", seed=1)).to("meta")
+    assert a.train.x.device.type == "meta"
+    assert a.train.x is b.train.x and a.test.x is b.test.x
+    assert a.train.y is not b.train.y   # each run's own labels
+    c = load_data(FitConfig(dataset="digits", corrupt="random-pixels=0.5", seed=0)).to("meta")
+    assert c.train.x is not a.train.x and c.test.x is a.test.x   # its own corrupted inputs, the shared test set

@@ -110,3 +110,15 @@ def test_the_loop_runs_hooks_by_phase_whatever_order_they_are_given(tmp_path, sm
     assert names[0] == "ExampleRecorder" and names[-1] == "ProgressBar"
     assert [h.phase for h in again.hooks] == sorted(h.phase for h in again.hooks)
     assert {MetricsWriter.phase, Checkpointer.phase, StatusWriter.phase} <= {h.phase for h in again.hooks}
+
+
+@pytest.mark.parametrize("n, batch", [(10, 4), (12, 4), (7, 7)])
+def test_an_epochs_crops_drawn_once_equal_the_batch_by_batch_draws(n, batch):
+    """--augment moves its draws to the device once an epoch; the numbers are those the batches drew."""
+    from rotelab.engine import crop_flip_draws
+    x = torch.randn(n, 3, 6, 6)
+    per_batch = torch.cat([crop_flip(x[i:i + batch], g) for g in [torch.Generator().manual_seed(5)]
+                           for i in range(0, n, batch)])
+    draws = crop_flip_draws(n, batch, torch.Generator().manual_seed(5))
+    once = torch.cat([crop_flip(x[i:i + batch], tuple(t[i:i + batch] for t in draws)) for i in range(0, n, batch)])
+    assert torch.equal(per_batch, once)

@@ -114,14 +114,26 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg):
     raise ConfigError("--schedule", f"unknown schedule {cfg.schedule!r}; use constant, step, exp or cosine")
 
 
-def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+def crop_flip_draws(n: int, batch_size: int, gen: torch.Generator, pad: int = 4) -> tuple[torch.Tensor, ...]:
+    """An epoch's crop offsets and flips for n examples in batches of batch_size, drawn on the host
+    from `gen` batch by batch (the numbers crop_flip drew batch by batch before), so that they move to
+    the device once an epoch instead of three times a batch."""
+    dys, dxs, flips = [], [], []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        dys.append(torch.randint(0, 2 * pad + 1, (b, 1), generator=gen))
+        dxs.append(torch.randint(0, 2 * pad + 1, (b, 1), generator=gen))
+        flips.append(torch.rand(b, 1, generator=gen) < 0.5)
+    return torch.cat(dys), torch.cat(dxs), torch.cat(flips)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator | tuple, pad: int = 4) -> torch.Tensor:
     """Random crop after zero padding by `pad`, and random horizontal flip, for a batch (N, C, H, W)
-    in one gather: the flip is folded into the column indices."""
+    in one gather: the flip is folded into the column indices. `gen` is a generator, or the batch's
+    (dy, dx, flip) from crop_flip_draws, already on the device."""
     n, c, h, w = x.shape
     dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen).to(dev)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen).to(dev)
-    flip = (torch.rand(n, 1, generator=gen) < 0.5).to(dev)
+    dy, dx, flip = gen if isinstance(gen, tuple) else (t.to(dev) for t in crop_flip_draws(n, n, gen, pad))
     rows = dy + torch.arange(h, device=dev)
     cols = dx + torch.arange(w, device=dev)
     cols = torch.where(flip, cols.flip(1), cols)
@@ -175,11 +187,12 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
     hits = torch.zeros((), device=x.device, dtype=torch.long)
     presented = torch.zeros(len(y), dtype=torch.bool, device=x.device) if record else None
     presented_margin = torch.zeros(len(y), device=x.device) if record and record_margins else None
+    draws = None if augment_gen is None else [t.to(x.device) for t in crop_flip_draws(n, batch_size, augment_gen)]
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         xb, yb = x[idx], y[idx]
-        if augment_gen is not None:
-            xb = crop_flip(xb, augment_gen)
+        if draws is not None:
+            xb = crop_flip(xb, tuple(t[i:i + batch_size] for t in draws))
         logits = model(xb)
         ce = F.cross_entropy(logits, yb, reduction=reduction)
         loss = ce if penalty is None else ce + penalty()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import types
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,27 @@ from . import corruption
 from .sources import SOURCES, Source
 
 
+_device_copies: dict[int, tuple] = {}   # id(host tensor) -> (a weak reference to it, {device: copy})
+
+
+def on_device(t: torch.Tensor, device) -> torch.Tensor:
+    """t on `device`, one copy per host tensor and device for as long as the host tensor lives: the runs
+    of a stack (and a memorize folder's models) read the same prepared inputs, which then lie on the
+    accelerator once instead of once a run (16 runs of Fashion-MNIST: 3.5 GB). Nothing writes into
+    these tensors (corruptions and subsets make new ones)."""
+    device = torch.device(device)
+    if t.device == device:
+        return t
+    entry = _device_copies.get(id(t))
+    if entry is None or entry[0]() is not t:
+        entry = (weakref.ref(t), {})
+        _device_copies[id(t)] = entry
+        weakref.finalize(t, _device_copies.pop, id(t), None)
+    if device not in entry[1]:
+        entry[1][device] = t.to(device)
+    return entry[1][device]
+
+
 @dataclass
 class Split:
     x: torch.Tensor          # inputs as used (possibly corrupted)
@@ -28,7 +50,7 @@ class Split:
         return len(self.y)
 
     def to(self, device) -> "Split":
-        return Split(*(t.to(device) for t in (self.x, self.y, self.y_true, self.corrupted)))
+        return Split(*(on_device(t, device) for t in (self.x, self.y, self.y_true, self.corrupted)))
 
 
 @dataclass
@@ -56,7 +78,7 @@ class Data:
 
     def to(self, device) -> "Data":
         val = self.val.to(device) if self.val is not None else None
-        subset = self.train_subset.to(device) if self.train_subset is not None else None
+        subset = on_device(self.train_subset, device) if self.train_subset is not None else None
         return Data(self.name, self.train.to(device), self.test.to(device), self.num_classes, val, subset, self.record)
 
 
