@@ -253,7 +253,7 @@ def cmd_sweep(args) -> int:
         print(f"{len(points)} points ({protocol})")
         return 0
     results = sweep(args.file, args.out, args.executor, args.jobs, args.address, args.cpus_per_point,
-                    args.gpus_per_point, args.vectorize_seeds)
+                    args.gpus_per_point, args.vectorize_seeds, args.device)
     for r in results:
         print(f"{r['state']:8s} {r['path']}" + (f"  ({r['error']})" if r.get("error") else ""))
     failed = sum(r["state"] == "failed" for r in results)
@@ -281,7 +281,7 @@ def cmd_reproduce(args) -> int:
     results = reproduce(args.name, args.scale, args.out, dry_run=args.dry_run, finished=args.finished,
                         steps_only=args.steps, executor=args.executor,
                         jobs=args.jobs, address=args.address, cpus_per_point=args.cpus_per_point,
-                        gpus_per_point=args.gpus_per_point, data_root=args.data_root)
+                        gpus_per_point=args.gpus_per_point, data_root=args.data_root, device=args.device)
     if args.dry_run:
         return 0
     if args.publish:
@@ -403,7 +403,8 @@ def make_parser() -> argparse.ArgumentParser:
                     help="local: points at a time (default: one per core, at most one per 2 GiB free memory)")
     sw.add_argument("--address", default=None, help="ray: cluster address, e.g. auto (default: start a local Ray)")
     sw.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs of each point's task (default: 1)")
-    sw.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs of each point's task (default: 0)")
+    sw.add_argument("--gpus-per-point", type=float, default=None, help="ray: GPUs of each point's task (default: 1 where the cluster has GPUs and the device is not cpu, else 0; a fraction shares a GPU)")
+    sw.add_argument("--device", default=None, help="where every point trains (auto, cpu, cuda, cuda:N), over the sweep file's")
     sw.add_argument("--vectorize-seeds", action="store_true",
                     help="train new fit points that differ only in seed or corruption as one batched model "
                          "(any model; each still gets its own run directory)")
@@ -430,7 +431,8 @@ def make_parser() -> argparse.ArgumentParser:
     rr.add_argument("--jobs", type=positive_int, default=None, help="local: runs at a time (default: 1)")
     rr.add_argument("--address", default=None, help="ray: cluster address")
     rr.add_argument("--cpus-per-point", type=float, default=1, help="ray: CPUs per run (default: 1)")
-    rr.add_argument("--gpus-per-point", type=float, default=0, help="ray: GPUs per run (default: 0)")
+    rr.add_argument("--gpus-per-point", type=float, default=None, help="ray: GPUs of each point's task (default: 1 where the cluster has GPUs and the device is not cpu, else 0; a fraction shares a GPU)")
+    rr.add_argument("--device", default=None, help="where every run trains (auto, cpu, cuda, cuda:N), over the study's")
     rr.set_defaults(func=cmd_reproduce)
 
     rp = sub.add_parser("report", help="an HTML report (figures embedded), PNGs and a CSV from finished runs")

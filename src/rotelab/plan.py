@@ -308,7 +308,7 @@ def prepare(plans: list[Plan], overwrite: bool = False, keep_existing: bool = Tr
 
 def execute(plans: list[Plan], executor: str = "inline", jobs: int = 1, overwrite: bool = False,
             keep_existing: bool = True, vectorize: bool = False, address: str | None = None,
-            cpus: float = 1, gpus: float = 0) -> list[dict]:
+            cpus: float = 1, gpus: float | None = None) -> list[dict]:
     """Make every planned run. `inline` runs in this process and raises what a run raises (a
     command); `local` runs units in up to `jobs` processes and `ray` as Ray tasks, where a failed
     run is reported in its result and the others go on (sweeps, studies). Returns one result per
@@ -421,8 +421,27 @@ def run_local(work: list[list[PlannedRun]], jobs: int) -> list[dict]:
             raise
 
 
-def run_ray(work: list[list[PlannedRun]], address: str | None, cpus: float, gpus: float) -> list[dict]:
-    """One Ray task per unit with the given resources; `address` joins a cluster, None starts a local one."""
+def gpu_share(requested: float | None, devices: set[str], cluster_gpus: float) -> float:
+    """The GPUs each point's Ray task asks for. Ray hides the GPUs from a task that asks for none
+    (CUDA_VISIBLE_DEVICES=""), and --device auto then trains on the CPU without a word; so by default
+    (requested None) a point gets one GPU wherever the cluster has GPUs and its device is not cpu. A
+    point that must run on CUDA with no GPU share, or on a cluster without GPUs, is one error."""
+    cuda = any(d.startswith("cuda") for d in devices)
+    if requested is None:
+        if cuda and cluster_gpus <= 0:
+            raise ConfigError("--device", "the Ray cluster has no GPUs for --device cuda; use --device auto or cpu, "
+                                          "or start the cluster's nodes with their GPUs")
+        return 1.0 if cluster_gpus > 0 and any(d != "cpu" for d in devices) else 0.0
+    if requested <= 0 and cuda:
+        raise ConfigError("--gpus-per-point", "--device cuda needs a GPU share for each point (Ray hides the GPUs "
+                                              "from a task without one); give --gpus-per-point 1, or a fraction "
+                                              "such as 0.25 to share a GPU")
+    return requested
+
+
+def run_ray(work: list[list[PlannedRun]], address: str | None, cpus: float, gpus: float | None) -> list[dict]:
+    """One Ray task per unit with the given resources (`gpus` None: gpu_share's default); `address`
+    joins a cluster, None starts a local one."""
     try:
         import ray
     except ModuleNotFoundError:
@@ -432,6 +451,8 @@ def run_ray(work: list[list[PlannedRun]], address: str | None, cpus: float, gpus
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:
+        devices = {str(getattr(r.config, "device", "auto")) for unit in work for r in unit}
+        gpus = gpu_share(gpus, devices, float(ray.cluster_resources().get("GPU", 0)))
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_unit)
         return _flatten(ray.get([remote.remote(u, max(1, int(cpus))) for u in work]))
     finally:

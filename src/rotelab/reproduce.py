@@ -199,7 +199,8 @@ def not_done(plans, out: Path, stale: list[Path]) -> list[str]:
 
 
 def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs: int | None = None,
-              address=None, cpus_per_point: float = 1, gpus_per_point: float = 0, data_root: str | None = None,
+              address=None, cpus_per_point: float = 1, gpus_per_point: float | None = None,
+              data_root: str | None = None, device: str | None = None,
               dry_run: bool = False, notes: list | None = None, missing: list | None = None,
               only: list[str] | None = None, stale: list | None = None) -> list[dict]:
     """Run (or skip, or resume) every step in order (plan.execute); returns the steps as run. With a
@@ -219,6 +220,8 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
         run_it = (missing is None or only is not None) and (only is None or step["name"] in only)
         if data_root:
             step["base"]["data_root"] = data_root
+        if device:   # where runs train is bookkeeping: a run made on another device is not stale
+            step["base"]["device"] = device
         _resolve_data_file(step["base"], notes)
         where = out / step["name"]
         if step.get("sources"):   # a protocol run over an earlier step's runs (a noise ramp): one folder

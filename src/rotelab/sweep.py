@@ -163,11 +163,14 @@ def quiet(cls, config: dict) -> dict:
 
 
 def sweep(path, out: str | None = None, executor: str = "local", jobs: int | None = None,
-          address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float = 0,
-          vectorize_seeds: bool = False) -> list[dict]:
+          address: str | None = None, cpus_per_point: float = 1, gpus_per_point: float | None = None,
+          vectorize_seeds: bool = False, device: str | None = None) -> list[dict]:
     """Make every point of a sweep file (plan.execute): finished points are skipped, broken ones resumed."""
     from .plan import default_jobs, execute
     protocol, points = load_sweep(path, out)
+    if device:   # where the points train (bookkeeping: a point made on another device is not stale)
+        for p in points:
+            p.config["device"] = device
     record_points(protocol, points)
     if executor not in ("local", "ray"):
         raise ConfigError("--executor", f"unknown executor {executor!r}; use local or ray")
