@@ -196,6 +196,9 @@ class FitConfig(Config):
     # bookkeeping
     seed: int = opt(0, "one seed for corruption, init, batch order and augmentation", ge=0)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = opt("fp32", "arithmetic of training and evaluation: fp32; tf32 (TF32 matmuls and convolutions on NVIDIA GPUs); bf16 (autocast; losses, per-example records and estimators read float32)", ("fp32", "tf32", "bf16"))
+    compile: bool = opt(False, "compile the model with torch.compile (in place: checkpoints keep their keys); not with stacks")
+    deterministic: bool = opt(False, "torch's deterministic algorithms (a warning where one has none), cuBLAS's fixed workspace, no cuDNN autotuning: equal runs on one GPU")
     example_record: str = opt("evaluation", "source of per-example correctness: a clean evaluation pass, the training forward passes (presentation), or none", ("evaluation", "presentation", "none"))
     example_margins: bool = opt(False, "also store each example's margin (true logit minus largest other) and the probability of its label per epoch, float16 (AUM, data maps)")
     hist_every: int = opt(10, "TensorBoard weight histograms every N epochs (and at the first and last); 0 disables", ge=0)

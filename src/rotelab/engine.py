@@ -61,14 +61,47 @@ class TrainSpec:
     seed: int
     save_epochs: tuple[int, ...]
     checkpoint_every: float
+    # how the arithmetic runs (a GPU user's options; configs without them run fp32, eager, as torch picks)
+    precision: str = "fp32"
+    compile: bool = False
+    deterministic: bool = False
 
     @classmethod
     def of(cls, cfg, **changes) -> "TrainSpec":
-        """Every field from `cfg` (no defaults here: they are the config's), `changes` over them."""
+        """Every field from `cfg` (no defaults here but how the arithmetic runs: they are the config's),
+        `changes` over them."""
         if isinstance(cfg, TrainSpec):
             return replace(cfg, **changes)
-        picked = {**{f.name: getattr(cfg, f.name) for f in fields(cls) if f.name not in changes}, **changes}
+        optional = {"precision", "compile", "deterministic"}
+        picked = {**{f.name: getattr(cfg, f.name) for f in fields(cls)
+                     if f.name not in changes and (f.name not in optional or hasattr(cfg, f.name))}, **changes}
         return cls(**{**picked, "save_epochs": tuple(picked["save_epochs"])})
+
+
+def apply_arithmetic(spec: TrainSpec) -> None:
+    """Process-wide flags of how a run's arithmetic goes, set when its loop is made (each run sets
+    them all, so a worker's next run does not inherit them): TF32 matmuls and convolutions only with
+    --precision tf32 (torch would let cuDNN use TF32 by default), and with --deterministic torch's
+    deterministic algorithms (warning where one has none), cuBLAS's fixed workspace and no cuDNN
+    autotuning."""
+    import os
+    tf32 = spec.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if spec.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(spec.deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = spec.deterministic
+    torch.backends.cudnn.benchmark = False
+
+
+def forward_precision(spec: TrainSpec, device) -> Callable[[], Any]:
+    """The context of a forward pass: bf16 autocast with --precision bf16 (losses, per-example records
+    and every measurement read float32 logits and activations), else nothing."""
+    if spec.precision == "bf16":
+        kind = torch.device(device).type
+        return lambda: torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 # -- pure pieces ------------------------------------------------------------------------------
@@ -151,12 +184,14 @@ def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evaluation:
-    """A clean pass (eval mode) over (x, y), per example."""
+def evaluate(model, x, y, batch_size: int, with_margins: bool = False, forward=contextlib.nullcontext) -> Evaluation:
+    """A clean pass (eval mode) over (x, y), per example; `forward`: the context of each forward pass."""
     model.eval()
     losses, preds, margs = [], [], []
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size]).float()
+        with forward():
+            logits = model(x[i:i + batch_size])
+        logits = logits.float()
         yb = y[i:i + batch_size]
         losses.append(F.cross_entropy(logits, yb, reduction="none"))
         preds.append(logits.argmax(dim=1))
@@ -168,7 +203,8 @@ def evaluate(model, x, y, batch_size: int, with_margins: bool = False) -> Evalua
 
 def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
                 augment_gen: torch.Generator | None = None, record: bool = False, penalty=None,
-                frozen_bn: bool = False, after_backward=None, reduction: str = "mean", record_margins: bool = False):
+                frozen_bn: bool = False, after_backward=None, reduction: str = "mean", record_margins: bool = False,
+                forward=contextlib.nullcontext):
     """One pass of SGD over x in the given order, minimizing cross-entropy + penalty() if given.
     Returns (presented cross-entropy, presented accuracy, per-example correctness at presentation
     or None, per-example margins at presentation or None: recorded with `record`, margins with
@@ -193,7 +229,9 @@ def train_epoch(model, opt, x, y, batch_size: int, order: torch.Tensor,
         xb, yb = x[idx], y[idx]
         if draws is not None:
             xb = crop_flip(xb, tuple(t[i:i + batch_size] for t in draws))
-        logits = model(xb)
+        with forward():   # bf16 autocast, where asked: the loss and what is recorded read float32 logits
+            logits = model(xb)
+        logits = logits.float()
         ce = F.cross_entropy(logits, yb, reduction=reduction)
         loss = ce if penalty is None else ce + penalty()
         opt.zero_grad(set_to_none=True)
@@ -295,7 +333,7 @@ class Eager:
                 loop.model, loop.opt, loop.fit_x, loop.fit_y, spec.batch_size, order, aug,
                 record=spec.example_record == "presentation", penalty=loop.penalty,
                 frozen_bn=self.frozen_bn, after_backward=after_backward, reduction=spec.loss_reduction,
-                record_margins=spec.example_margins)
+                record_margins=spec.example_margins, forward=forward_precision(spec, loop.device))
         t_train = time.perf_counter() - t0
         evals, metrics = self.evaluate(loop) if loop.evaluates(e) else ({}, {})
         return EpochShare(loss, acc, presented, evals, metrics, t_train, time.perf_counter() - t0,
@@ -327,6 +365,7 @@ class Loop:
                  fit_subset: torch.Tensor | None = None,
                  clean_pass: Callable[[torch.nn.Module], Any] | None = None):
         spec = TrainSpec.of(spec)
+        apply_arithmetic(spec)
         x = splits[fit_on[0]].x
         if spec.augment and x.dim() != 4:
             raise ConfigError("--augment", f"crop and flip need images (N, C, H, W); these data have inputs "
@@ -414,7 +453,8 @@ class Loop:
         evals, metrics = {}, {}
         with self.clean_pass(self.model):
             for name, s in self.splits.items():
-                evals[name] = evaluate(self.model, s.x, s.y, spec.eval_batch_size, spec.example_margins)
+                evals[name] = evaluate(self.model, s.x, s.y, spec.eval_batch_size, spec.example_margins,
+                                       forward_precision(spec, self.device))
                 metrics.update(split_metrics(name, evals[name], s))
         return evals, metrics
 

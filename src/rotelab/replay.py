@@ -61,6 +61,15 @@ def replay(path, epochs: int = 3) -> dict:
     now = compute_conditions()
     # where the run recorded them: the conditions that differ (a difference there explains rounding)
     unlike = [f"{k} {env[k]} then, {now[k]} now" for k in now if k in env and env[k] != now[k]]
+    # a GPU run replayed on the CPU (or another kind of device) rounds otherwise at every step
+    if env.get("device") and getattr(config, "device", None):
+        from .engine import resolve_device
+        here = resolve_device(config.device)
+        if here.type != str(env["device"]).split(":")[0]:
+            unlike.insert(0, f"device {env['device']} then, {here} now")
+    for key in ("precision", "deterministic"):
+        if key in env and getattr(config, key, env[key]) != env[key]:
+            unlike.insert(0, f"{key} {env[key]} then, {getattr(config, key)} now")
     return {"epochs": n, "compared": compared, "differences": differences,
             "trained_at": env.get("git") or env.get("rotelab"), "replayed_at": source_version(),
             "unlike": unlike, "conditions_known": all(k in env for k in now)}

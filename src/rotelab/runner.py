@@ -232,7 +232,7 @@ def start_one(proto, cfg, out, overwrite: bool = False, keep_existing: bool = Fa
         if keep_existing and run.config_file.is_file():
             return [resume(out)]
         with writes_together():   # config and status wait for the disk once
-            run.create(cfg.to_dict(), environment(loop.device, loop.model), overwrite, protocol=proto.name,
+            run.create(cfg.to_dict(), environment(loop.device, loop.model, loop.spec), overwrite, protocol=proto.name,
                        data=getattr(loop, "data_record", None))
     except BaseException:
         run.unlock()
@@ -261,7 +261,7 @@ def start_stack(cfgs: list, paths: list, build_loop=None, protocol="fit", stack:
             RunDir.check_new(r.path)
         with writes_together():   # every run's config and status wait for the disk once
             for c, r, loop in zip(cfgs, runs, loops):
-                r.create(c.to_dict(), environment(loop.device, loop.model), protocol=proto.name,
+                r.create(c.to_dict(), environment(loop.device, loop.model, loop.spec), protocol=proto.name,
                          data=getattr(loop, "data_record", None))
         Stacked(loops, stack)
     except BaseException:

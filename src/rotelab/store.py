@@ -187,17 +187,22 @@ def compute_conditions() -> dict:
     return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
 
 
-def environment(device, model=None) -> dict:
+def environment(device, model=None, spec=None) -> dict:
     """Versions, device, CPU kernels and threads, so a run says what produced it (the last two decide
     how its products round: a replay is bit for bit only where they match); with the model, its
-    parameter count."""
+    parameter count; on CUDA, the CUDA and cuDNN versions; with the loop's spec, the arithmetic it
+    asked for (precision, compile, deterministic)."""
     import torch
     env: dict[str, object] = {"rotelab": __version__, "torch": torch.__version__, "numpy": np.__version__,
            "python": platform.python_version(), "device": str(device), **compute_conditions()}
+    if spec is not None:
+        env.update(precision=spec.precision, compile=spec.compile, deterministic=spec.deterministic)
     if model is not None:
         env["parameters"] = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
     if source_version():
         env["git"] = source_version()
     return env

@@ -65,8 +65,10 @@ def assemble(spec, model, data, hooks, device, state: dict | None = None, **loop
     taken from) says, with `hooks`; its clean passes switch weight noise off where the model has any;
     at the checkpoint `state` if given. `loop_args`: the Loop's other arguments (fit_on, penalty,
     strategy, fit_subset, end_epoch, until)."""
-    from .engine import Loop
+    from .engine import Loop, TrainSpec
     from .models.noisy import noise_off, noisy_layers
+    if TrainSpec.of(spec).compile:
+        model.compile()   # in place: the module keeps its parameters' names (checkpoints load either way)
     loop = Loop(model, data.splits, spec, hooks, device, clean_pass=noise_off if noisy_layers(model) else None,
                 **loop_args)
     loop.data_record = getattr(data, "record", None)   # what config.json keeps as "data"

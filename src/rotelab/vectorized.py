@@ -60,6 +60,9 @@ def check_vectorizable(cfgs: list[FitConfig]) -> None:
         raise ConfigError("--vectorize-seeds", "cannot stack runs with --norms, --batch-scalars or --batch-norm "
                                                "(they need each run's own batches); a sweep trains such points "
                                                "one by one")
+    if getattr(c, "precision", "fp32") == "bf16" or getattr(c, "compile", False):
+        raise ConfigError("--vectorize-seeds", "a stack computes in float32 without torch.compile; drop "
+                                               "--precision bf16 and --compile, or train the runs one by one")
     if c.augment or c.example_record == "presentation" or c.loss_reduction != "mean":
         raise ConfigError("--vectorize-seeds", "works without --augment, --example-record presentation and "
                                                "--loss-reduction sum")

@@ -6,6 +6,25 @@ import torch
 from torch import nn
 
 
+class LocalResponseNorm(nn.Module):
+    """torch's LocalResponseNorm, x / (k + alpha/size * sum of x^2 over `size` neighbouring channels)^beta,
+    with the channel window summed from shifted slices instead of an average pool: the same values (to
+    float rounding, tested against nn.LocalResponseNorm) and a backward of slices and adds, which is
+    deterministic on CUDA, where the pool's backward is not (and raises under deterministic mode)."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        sq = torch.nn.functional.pad((x * x).unsqueeze(1), (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2)).squeeze(1)
+        window = sq[:, 0:c]
+        for j in range(1, self.size):
+            window = window + sq[:, j:j + c]
+        return x / (window * (self.alpha / self.size) + self.k).pow(self.beta)
+
+
 class AlexNetSmall(nn.Module):
     """Two (conv 5x5, 64 channels -> max-pool 3x3 stride 2 -> local response norm) modules,
     then fully connected layers of 384 and 192 units and a linear classifier."""
@@ -17,7 +36,7 @@ class AlexNetSmall(nn.Module):
             # LRN as in the TensorFlow CIFAR-10 model: radius 4, bias 1, alpha 0.001/9 per element.
             return nn.Sequential(nn.Conv2d(c_in, 64, 5, padding=2), nn.ReLU(),
                                  nn.MaxPool2d(3, stride=2, padding=1),
-                                 nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0))
+                                 LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0))
 
         self.features = nn.Sequential(module(in_channels), module(64))
         self.classifier = nn.Sequential(nn.Flatten(), nn.LazyLinear(384), nn.ReLU(),
