@@ -484,3 +484,12 @@ def test_learned_noise_checks_on_hand_made_runs(tmp_path):
     assert passed is None and expected == "reported"
     png = wi.fig_weight_information(ctx, "beta")
     assert png and png[0].is_file()
+
+
+def test_memorizing_ibs_n_series_has_its_own_n_at_every_scale():
+    """The n-series step compares N with the planes' N: at no scale may the two be the same runs."""
+    from rotelab.reproduce import load_study
+    study = load_study("memorizing-ib")
+    for scale in study.scales:
+        steps = {s["name"]: s["base"] for s in study.steps(scale)}
+        assert steps["n-series"].get("subset") != steps["planes"].get("subset"), scale
