@@ -9,6 +9,9 @@
 4. The cost of binning + KDE at the default 200 captures over an 8,000-epoch 12-bit run, as a share of
    the run: one capture of each estimator timed on the trained net's layers (median of repeats,
    after a warm-up), times the number of captures, against the measured epoch time times 8,000.
+5. Binning of the layers held as tensors (the capture's path since the estimators run on the
+   activations' device) against the NumPy path, both on the CPU: the same numbers, and the ratio of
+   their CPU time.
 
     python bench/mi_estimators.py [--data-file var_u.mat] [--epochs 1000] [--quick]
 
@@ -35,7 +38,7 @@ from _common import print_figures  # noqa: E402
 
 from rotelab.config import FitConfig
 from rotelab.protocols.infoplane import InfoPlaneConfig
-from rotelab.measures.information import binning_mi, kde_mi, row_ids
+from rotelab.measures.information import binning_estimate, binning_mi, kde_mi, row_ids
 from rotelab.protocols import fit as fit_protocol
 from rotelab.protocols import infoplane as ip
 from rotelab.store import RunDir
@@ -136,6 +139,14 @@ def main(argv=None):
         t_ours = median_time(lambda: [binning_mi(a, x_ids, y, edges=edges) for a in acts], args.repeats)
         t_ref = median_time(lambda: [original_style_binning(a, x_ids, y, edges) for a in acts],
                             max(1, args.repeats // 2))
+        # 5. binning on the activations' device (a tensor: torch.bucketize and torch.unique) against the
+        # host path (NumPy), both here on the CPU: what a capture costs the CPU before and after the
+        # estimators moved to the device (on a GPU the tensor path leaves the host only the N code ids)
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in acts]
+        t_host = median_time(lambda: [binning_estimate(a, x_ids, y, edges=edges) for a in acts], args.repeats)
+        t_tensor = median_time(lambda: [binning_estimate(a, x_ids, y, edges=edges) for a in tensors], args.repeats)
+        tensor_diff = max(abs(binning_estimate(a, x_ids, y, edges=edges)[k] - binning_estimate(b, x_ids, y, edges=edges)[k])
+                          for a, b in zip(acts, tensors) for k in ("ixt", "ity"))
         ours = [binning_mi(a, x_ids, y, edges=edges) for a in acts]
         ref = [original_style_binning(a, x_ids, y, edges) for a in acts]
         max_diff = float(np.max(np.abs(np.array(ours) - np.array(ref))))
@@ -163,6 +174,10 @@ def main(argv=None):
         "binning_rotelab_s": round(t_ours, 5),
         "binning_speedup": round(t_ref / t_ours, 1),
         "binning_max_abs_diff_bits": max_diff,
+        "binning_host_numpy_s": round(t_host, 5),
+        "binning_tensor_cpu_s": round(t_tensor, 5),
+        "binning_tensor_over_numpy_on_cpu": round(t_tensor / t_host, 2),
+        "binning_tensor_max_abs_diff_bits": tensor_diff,
         "layers": len(acts),
         "kde_n": args.kde_n, "kde_d": args.kde_d,
         "kde_seconds": round(kde["seconds"], 2),

@@ -95,8 +95,35 @@ def code_diagnostics(t: np.ndarray, binned: np.ndarray, t_ids: np.ndarray, x_ids
             "saturated_units": saturated}
 
 
-def binning_estimate(t: np.ndarray, x_ids: np.ndarray, y: np.ndarray, edges=None, bin_size=None) -> dict:
-    """binning_mi's I(X;T) and I(T;Y) (bits) with the layer's code_diagnostics, from one binning."""
+def _binning_on_device(t: "torch.Tensor", x_ids: np.ndarray, y: np.ndarray, edges=None, bin_size=None) -> dict:
+    """binning_estimate for activations held as a tensor, on their device: the binning (torch.bucketize
+    is np.digitize with right=True; floor for a bin size), the distinct codes (torch.unique over rows)
+    and the diagnostics run there; only the N code ids come to the host for the entropies. The same
+    numbers as the NumPy path (tested: the ids differ only in their labels)."""
+    import torch
+    if (edges is None) == (bin_size is None):
+        raise ValueError("give exactly one of edges and bin_size")
+    if edges is not None:
+        binned = torch.bucketize(t, torch.as_tensor(np.asarray(edges), dtype=t.dtype, device=t.device), right=True)
+    else:
+        binned = torch.floor(t.to(torch.float64) / bin_size).to(torch.int64)
+    flat = binned.reshape(len(binned), -1)
+    codes, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    t_ids = inverse.cpu().numpy().ravel()
+    b = flat.sort(dim=0).values
+    levels = float(((b.diff(dim=0) != 0).sum(dim=0) + 1).to(torch.float64).mean()) if b.numel() else 0.0
+    a = t.reshape(len(t), -1).abs()
+    bounded = t.numel() and float(a.max()) <= 1 + 1e-6
+    saturated = float(((a >= 0.99).to(torch.float64).mean(dim=0) >= 0.5).to(torch.float64).mean()) if bounded else None
+    return {"ixt": discrete_mi(x_ids, t_ids), "ity": discrete_mi(t_ids, np.asarray(y)),
+            "ceiling": entropy_of_ids(x_ids), "codes": int(len(codes)), "levels": levels, "saturated_units": saturated}
+
+
+def binning_estimate(t, x_ids: np.ndarray, y: np.ndarray, edges=None, bin_size=None) -> dict:
+    """binning_mi's I(X;T) and I(T;Y) (bits) with the layer's code_diagnostics, from one binning; a
+    torch tensor is binned on its own device (_binning_on_device)."""
+    if type(t).__module__.startswith("torch"):
+        return _binning_on_device(t, x_ids, y, edges, bin_size)
     t = np.asarray(t)
     binned = bin_activations(t, edges, bin_size)
     t_ids = row_ids(binned)
@@ -147,10 +174,10 @@ def _logsumexp_kernels(t: torch.Tensor, groups: torch.Tensor, variances: tuple[f
     less is invisible beside the j = i term."""
     import torch
     n = len(t)
-    _, g = torch.unique(groups, return_inverse=True)
+    _, g = torch.unique(groups.to(t.device), return_inverse=True)
     onehot_t = torch.nn.functional.one_hot(g, int(g.max()) + 1).to(t.dtype).T.contiguous()   # (groups, n)
     sq = (t * t).sum(dim=1)
-    per_group = {v: torch.zeros(onehot_t.shape[0], n, dtype=t.dtype) for v in variances}   # transposed sums
+    per_group = {v: torch.zeros(onehot_t.shape[0], n, dtype=t.dtype, device=t.device) for v in variances}
     for i in range(0, n, block):
         rows = slice(i, i + block)
         for j in range(i, n, block):
@@ -168,6 +195,15 @@ def _logsumexp_kernels(t: torch.Tensor, groups: torch.Tensor, variances: tuple[f
     return out
 
 
+def _float64(t) -> "torch.Tensor":
+    """Activations as float64 where they are: a tensor stays on its device (the KDE's kernels run
+    there, in blocks), an array becomes a CPU tensor."""
+    import torch
+    if torch.is_tensor(t):
+        return t.to(torch.float64)
+    return torch.as_tensor(np.asarray(t), dtype=torch.float64)
+
+
 def _kl_entropy(lse: torch.Tensor, n: int, d: int, var: float) -> float:
     """Pairwise-KL upper bound (nats) on the entropy of (1/n) sum_j N(t_j, var I), given each row's
     log sum_j exp(-||t_i - t_j||^2 / (2 var)): -mean_i (lse_i - log n) + d/2 log(2 pi var) + d/2."""
@@ -178,7 +214,7 @@ def kde_entropy_bounds(t, var: float, block: int = 1024) -> tuple[float, float]:
     """(lower, upper) bounds in nats on the entropy of T + N(0, var I) with T uniform on the rows of t.
     The lower bound uses Bhattacharyya distances: the KL form at 4 var, plus d/2 log(1/4)."""
     import torch   # here, not above: plotting a finished run needs this module and no torch
-    t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
+    t = _float64(t)
     n, d = t.shape
     lse = _logsumexp_kernels(t, torch.zeros(n, dtype=torch.long), (var, 4 * var), block)
     return (_kl_entropy(lse["all", 4 * var], n, d, 4 * var) + d / 2 * math.log(0.25),
@@ -190,11 +226,11 @@ def kde_mi(t, y, var: float, block: int = 1024) -> dict:
     variance var (Saxe et al.). H(T|X) is the noise entropy d/2 log(2 pi e var); H(T|Y) is the
     label-weighted mixture entropy within each class, bounded the same way."""
     import torch
-    t = torch.as_tensor(np.asarray(t), dtype=torch.float64)
+    t = _float64(t)
     y = np.asarray(y)
     n, d = t.shape
     classes, y_idx = np.unique(y, return_inverse=True)
-    groups = torch.as_tensor(y_idx)
+    groups = torch.as_tensor(y_idx).to(t.device)
     lse = _logsumexp_kernels(t, groups, (var, 4 * var), block)
     bd = d / 2 * math.log(0.25)
     h_noise = d / 2 * (math.log(2 * math.pi * var) + 1)
