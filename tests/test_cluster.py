@@ -1,0 +1,71 @@
+"""A memorization study spread over a real multi-node Ray cluster started on this machine (a head
+with no CPUs and two worker nodes, `ray.cluster_utils.Cluster`), with one worker node killed while it
+trains: Ray retries its task on the other node, the run resumes from its checkpoint, and the estimates
+equal a local run's; no finished model is trained again, none is lost. Bounded in time; every node it
+started is stopped."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rotelab.plan import execute, plan
+from rotelab.protocols.memorize import MemorizeConfig, memorize, read_matrices
+from rotelab.store import RunDir
+
+
+def cfg_of(**kw):
+    base = dict(dataset="digits", widths=[64], epochs=40, lr=0.1, corrupt="labels=0.2", label_noise_mode="other",
+                models=6, stack=1, train_fraction=0.5, cscore_fractions=[], signals=False, hist_every=0,
+                checkpoint_every=0, progress=False)
+    return MemorizeConfig(**{**base, **kw})
+
+
+def finished(out) -> dict:
+    return {d.name: RunDir(d) for d in sorted(out.glob("r-*")) if RunDir(d).read_status().get("state") == "done"}
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_study_loses_nothing(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})   # the head trains nothing
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        out = tmp_path / "ray"
+        errors = []
+
+        def run():
+            try:
+                execute([plan("memorize", cfg_of(), out)], "ray", 1, address=cluster.address, cpus=1)
+            except BaseException as e:   # noqa: BLE001  (reported below)
+                errors.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        t0 = time.time()
+        while len(finished(out)) < 2 and time.time() - t0 < 240:   # two models done, the others under way
+            time.sleep(0.05)
+        done_before = {name: run.metrics_file.stat().st_mtime_ns for name, run in finished(out).items()}
+        training = [d for d in out.glob("r-*") if (d / "config.json").is_file() and d.name not in done_before]
+        assert 2 <= len(done_before) < 6 and training, "the node should die while models train"
+        cluster.remove_node(workers[0])   # kills its raylet and the task it runs
+        thread.join(timeout=300)
+        assert not thread.is_alive() and not errors, errors
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+    runs = finished(out)
+    assert len(runs) == 6   # none lost
+    for name, mtime in done_before.items():   # none finished before the kill was trained again
+        assert runs[name].metrics_file.stat().st_mtime_ns == mtime
+    for run in runs.values():   # each epoch once in every record
+        assert [m["epoch"] for m in run.read_metrics()] == list(range(1, 41))
+    memorize(cfg_of(), tmp_path / "local")
+    a, b = read_matrices(out), read_matrices(tmp_path / "local")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    with np.load(out / "memorization.npz") as x, np.load(tmp_path / "local" / "memorization.npz") as y:
+        assert all(np.array_equal(x[k], y[k], equal_nan=True) for k in x.files)
