@@ -116,3 +116,22 @@ def test_replay_names_a_device_that_differs(tmp_path):
     cfg["environment"]["device"] = "cuda:0"
     run.config_file.write_text(json.dumps(cfg))
     assert replay(run.path, 1)["unlike"][0] == "device cuda:0 then, cpu now"
+
+
+@pytest.mark.slow
+def test_the_gpu_acceptance_check_runs_every_step_on_the_cpu(monkeypatch, tmp_path):
+    """bench/gpu_check.py is prepared here, so that its one run on a GPU answers: every step at tiny
+    sizes on the CPU, none failing, the determinism checks equal (the CPU is deterministic)."""
+    import importlib.util
+    from pathlib import Path
+    monkeypatch.chdir(tmp_path)
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    figures = check.main(["--device", "cpu", "--quick", "--no-suite"])
+    assert figures["failed"] == []
+    assert all(v == {"same_seed_equal": True, "resumed_equal": True}
+               for k, v in figures["determinism"].items() if k not in ("ok", "seconds"))
+    skipped = check.main(["--device", "cuda"]) if not torch.cuda.is_available() else {"skipped": "-"}
+    assert "skipped" in skipped
