@@ -62,3 +62,15 @@ def test_a_run_of_every_record_replays_its_first_epoch(study):
             assert again == pytest.approx(saved, rel=1e-3, abs=1e-3), (key, result["unlike"])
     else:
         assert result["differences"] == []
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_a_published_data_note_agrees_with_the_run_configs(study):
+    """A record's notes say what data its runs used as their configs do (a redraw on a machine without
+    var_u.mat once wrote that a generated task was used, beside 16 configs naming var_u.mat)."""
+    import json
+    from rotelab.reproduce import data_notes
+    results = json.loads((RECORDS / study / "results.json").read_text())
+    said = [line for line in results["notes"].splitlines() if line.startswith("data:")]
+    configs = [RunDir(p).read_config() for p in record_runs(study)]
+    assert said == data_notes(configs)

@@ -122,7 +122,7 @@ def _resolve_data_file(base: dict, notes: list[str]):
             return
     base.pop("data_file")
     notes.append(f"data: {name} not found (looked in $ROTELAB_DATA and ./data); "
-                 "the generated task of the same shape was used instead")
+                 "the generated task of the same shape is used instead")
 
 
 class Context:
@@ -222,7 +222,13 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
             step["base"]["data_root"] = data_root
         if device:   # where runs train is bookkeeping: a run made on another device is not stale
             step["base"]["device"] = device
-        _resolve_data_file(step["base"], notes)
+        # where this machine finds the data is said on the console; what the runs used is noted from
+        # their configs when the study is drawn (data_notes), so a redraw elsewhere cannot contradict them
+        found: list[str] = []
+        _resolve_data_file(step["base"], found)
+        if run_it and not dry_run:
+            for line in found:
+                print(line)
         where = out / step["name"]
         if step.get("sources"):   # a protocol run over an earlier step's runs (a noise ramp): one folder
             from .protocol import get_protocol
@@ -319,6 +325,7 @@ def _draw(study: Study, scale: str, out: Path, steps: list[dict], notes: list[st
             trained_at.add(r.read_environment().get("git") or r.read_environment().get("rotelab", "?"))
             m = r.read_metrics()
             compute += sum(x.get("seconds", 0.0) for x in m) + (m[-1].get("seconds_info", 0.0) if m else 0.0)
+    notes = [*notes, *data_notes(r.read_config() for step in steps for r in ctx.runs(step["name"]))]
     results = {"study": study.name, "scale": scale, "version": __version__,
                "seconds": round(time.perf_counter() - t0, 1), "compute_seconds": round(compute, 1), "checks": checks,
                "notes": "\n".join([study.spec.get("notes", "").strip(), *notes]).strip(),
@@ -328,6 +335,26 @@ def _draw(study: Study, scale: str, out: Path, steps: list[dict], notes: list[st
                "command": f"rotelab reproduce {study.name} --scale {scale}",
                "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
     return results, figures
+
+
+def data_notes(configs) -> list[str]:
+    """What data the runs of the 12-bit task were trained on, read from their own configs: the file
+    they name (var_u.mat), or the generated task where none names one."""
+    files: dict[str, int] = {}
+    generated = 0
+    for cfg in configs:
+        if cfg.get("dataset") != "tishby":
+            continue
+        if cfg.get("data_file"):
+            name = Path(cfg["data_file"]).name
+            files[name] = files.get(name, 0) + 1
+        else:
+            generated += 1
+    out = [f"data: {name}, named by the configs of {n} run{'s' * (n != 1)}" for name, n in sorted(files.items())]
+    if generated:
+        out.append(f"data: the generated 12-bit task (the configs of {generated} run{'s' * (generated != 1)} "
+                   "name no data file)")
+    return out
 
 
 def _args(entry: dict) -> dict:
