@@ -128,3 +128,33 @@ def test_detection():
     assert detection(with_nan, corrupted, n_boot=20)["n"] == 490
     with pytest.raises(ValueError, match="both"):
         detection(score, np.zeros(500, bool))
+
+
+def test_the_influence_null_finds_planted_pairs_and_little_else():
+    """Known answer: test example j is right exactly when its planted train example was trained on
+    (influence 1), the other test examples are right at random. The planted pairs beat their null
+    maxima in every permutation; of the random ones about `level` do (the null's own rate)."""
+    from rotelab.measures.memorization import influence, influence_null, pair_pvalues, pairs_above
+    rng = np.random.default_rng(0)
+    k, n, m = 64, 200, 100
+    trained = rng.random((k, n)) < 0.7
+    correct = rng.random((k, m)) < 0.5
+    planted = {j: 3 * j for j in range(10)}
+    for j, i in planted.items():
+        correct[:, j] = trained[:, i]
+    idx, val = influence(trained, correct, top=5)
+    null = influence_null(trained, correct, n_perm=40)
+    p = pair_pvalues(val, null["max"])
+    assert all(idx[j, 0] == i and val[j, 0] == pytest.approx(1.0) for j, i in planted.items())
+    assert np.all(p[:10, 0] == 1 / 41)
+    assert np.mean(p[10:, 0] <= 0.05) < 0.15     # the unplanted test examples: chance level (0.05) at most about
+    assert null["max"].shape == (40, m) and np.all(null["max"][:, :10] < 0.6)   # the planting is broken by shuffling
+    assert pairs_above(trained, correct, 0.9) == 10
+
+
+def test_pair_pvalues_by_hand():
+    from rotelab.measures.memorization import pair_pvalues
+    null = np.array([[0.1, 0.5], [0.3, 0.2], [0.2, 0.9]])   # 3 permutations, 2 test examples
+    p = pair_pvalues(np.array([[0.25, 0.05], [0.9, 0.4]]), null)
+    # test 0: 0.25 is beaten by 0.3 once -> 2/4; 0.05 by all 3 -> 4/4. test 1: 0.9 reached once -> 2/4; 0.4 twice -> 3/4
+    assert p.tolist() == [[0.5, 1.0], [0.5, 0.75]]

@@ -233,3 +233,17 @@ def test_a_folder_whose_finish_was_cut_short_is_finished_on_resume(tmp_path, cap
     assert main(["memorize", "--resume", str(out)]) == 0
     assert "finishing the folder again" in capsys.readouterr().out
     assert json.loads((out / "memorization.json").read_text()) == written
+
+
+def test_influence_ships_with_its_permutation_null(folder):
+    """Every top pair carries its p-value against its test example's null, the summary says what chance
+    gives, and the gallery shows only pairs above what chance gives any pair."""
+    summary = json.loads((folder / "memorization.json").read_text())["influence"]
+    with np.load(folder / "memorization.npz") as est:
+        p, val = est["infl_p"], est["infl_value"]
+    assert p.shape == val.shape and np.all((p > 0) & (p <= 1))
+    assert summary["perms"] == 100 and summary["test_examples"] == val.shape[0]
+    assert summary["top1_pass_own_null"] == int((p[:, 0] <= 0.05).sum())
+    assert summary["pairs_shown"] == int((val[:, 0] > summary["shown_above"]).sum())
+    with np.load(folder / "gallery.npz") as g:
+        assert np.all(g["pair_value"] > summary["shown_above"]) and len(g["pair_value"]) <= 12

@@ -537,14 +537,23 @@ def plot_memorized_by_class(out: Path, g: dict) -> Path:
 def plot_influence_pairs(out: Path, g: dict) -> Path:
     """The train-test pairs of highest influence: each test image beside the training image whose
     presence most raises the chance it is classified right."""
+    import numpy as np
     n = len(g["pair_value"])
-    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.8), squeeze=False)
+    tested = "pair_p" in g and len(g["pair_p"]) and not np.all(np.isnan(g["pair_p"]))
+    fig, axes = plt.subplots(2, max(n, 1), figsize=(1.2 * max(n, 3), 2.8), squeeze=False)
     for j in range(n):
         _show(axes[0, j], g["pair_test"][j])
         axes[0, j].set_title(f"test {g['pair_test_label'][j]}", fontsize=7)
         _show(axes[1, j], g["pair_train"][j])
-        axes[1, j].set_title(f"train {g['pair_train_label'][j]}\n{g['pair_value'][j]:.2f}", fontsize=7)
-    fig.suptitle("highest-influence pairs: test image (top), training image (below) and infl", fontsize=10)
+        axes[1, j].set_title(f"train {g['pair_train_label'][j]}\n{g['pair_value'][j]:.2f}"
+                             + (f", p {g['pair_p'][j]:.2g}" if tested else ""), fontsize=7)
+    if not n:
+        axes[0, 0].text(0.5, 0.5, "no pair above what chance gives", ha="center", va="center", fontsize=8)
+        for ax in axes[:, 0]:
+            ax.axis("off")
+    fig.suptitle("highest-influence pairs" + (" above what chance gives any pair (permutation null, 5%)"
+                                              if tested else "") +
+                 ": test image (top), training image (below), labels used, infl", fontsize=9)
     return save_figure(fig, Path(out) / "figures" / "influence_pairs.png")
 
 

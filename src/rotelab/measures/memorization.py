@@ -211,3 +211,53 @@ def detection(score, corrupted, n_boot: int = 1000, level: float = 0.95, seed: i
         out[name] = float(fn(y, s))
         out[f"{name}_ci"] = (float(np.quantile(boots[name], a)), float(np.quantile(boots[name], 1 - a)))
     return out
+
+
+def _influence_blocks(t: np.ndarray, c: np.ndarray, block: int = 256):
+    """infl(i, j) over blocks of test examples: (first j, (N, block) array, -inf where undefined)."""
+    k = t.shape[0]
+    n_in = t.sum(axis=0).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        inv_in = np.where(n_in > 0, 1 / n_in, np.nan).astype(np.float32)[:, None]
+        inv_out = np.where(k - n_in > 0, 1 / (k - n_in), np.nan).astype(np.float32)[:, None]
+    total_c = c.sum(axis=0).astype(np.float32)
+    tf = t.T.astype(np.float32)
+    for j0 in range(0, c.shape[1], block):
+        hits_in = tf @ c[:, j0:j0 + block].astype(np.float32)
+        infl = hits_in * inv_in - (total_c[j0:j0 + block] - hits_in) * inv_out
+        yield j0, np.where(np.isnan(infl), -np.inf, infl)
+
+
+def pairs_above(trained, correct_test, threshold: float) -> int:
+    """How many train-test pairs have an estimated influence above `threshold`."""
+    t, c = np.asarray(trained, dtype=bool), np.asarray(correct_test, dtype=bool)
+    return int(sum((infl > threshold).sum() for _, infl in _influence_blocks(t, c)))
+
+
+def influence_null(trained, correct_test, n_perm: int = 20, threshold: float = 0.15, seed: int = 0,
+                   block: int = 256) -> dict:
+    """The permutation null of influence estimates: which model trained on which subset is shuffled
+    (the rows of `trained` permuted: every mask and every model's correctness kept, their link
+    broken), so that any influence left is what K models give by chance. Per permutation and test
+    example j, the largest influence over the training examples (`max`, (n_perm, M)), and the number
+    of pairs (i, j) above `threshold` (`above`, (n_perm,)). A pair's p-value against the max of its
+    test example's null (`pair_pvalues`) controls the chance of any spurious pair for that test example."""
+    t = np.asarray(trained, dtype=bool)
+    c = np.asarray(correct_test, dtype=bool)
+    rng = np.random.default_rng(seed)
+    maxima = np.empty((n_perm, c.shape[1]), dtype=np.float32)
+    above = np.zeros(n_perm, dtype=np.int64)
+    for b in range(n_perm):
+        for j0, infl in _influence_blocks(t[rng.permutation(t.shape[0])], c, block):   # masks dealt anew
+            maxima[b, j0:j0 + infl.shape[1]] = infl.max(axis=0)
+            above[b] += int((infl > threshold).sum())
+    return {"max": maxima, "above": above, "threshold": threshold, "perms": n_perm}
+
+
+def pair_pvalues(values, null_max) -> np.ndarray:
+    """p-value of each estimated influence values[j, q] (test example j, its q-th pair) against the
+    null maxima of test example j over the permutations: (1 + #{b: max_b(j) >= value}) / (1 + B)."""
+    v = np.asarray(values, dtype=np.float64)
+    null = np.asarray(null_max, dtype=np.float64)   # (B, M)
+    counts = (null.T[:, :, None] >= v[:, None, :]).sum(axis=1)   # (M, q)
+    return (1 + counts) / (1 + null.shape[0])

@@ -44,6 +44,7 @@ class MemorizeConfig(FitConfig):
     cscore_fractions: list[float] = opt([], "further fractions for the C-score, K models each, comma-separated (e.g. 0.3,0.5)", flag_type="floats")
     stack: int = opt(16, "models trained together as one stack (1: one by one, for models that cannot be stacked)", ge=1)
     top_k: int = opt(100, "influence: the train examples of largest influence kept per test example", ge=1)
+    influence_perms: int = opt(100, "influence: permutations of the null (which model trained on which subset shuffled); a pair is shown only where its influence beats its test example's null maximum (p <= 0.05)", ge=1)
     signals: bool = opt(True, "also train one model on the whole training set (AUM, data map, forgetting events) and --folds models for cleanlab's out-of-fold probabilities, and score every signal against the corruption")
     folds: int = opt(5, "cross-validation folds of the cleanlab baseline", ge=2)
     eval_every: int = opt(0, "subset and fold models: evaluate every N epochs and at the last (0: the last only, all their estimates need); the run on every example evaluates every epoch (its signals are per epoch)", ge=0)
@@ -184,7 +185,9 @@ def estimate(out) -> dict:
         c = cscore(mats[f"r-{r:g}/seen"], mats[f"r-{r:g}/train_correct"])
         est[f"cscore_{r:g}"], est[f"cscore_{r:g}_se"] = c.value, c.se
     idx, val = influence(seen, mats[f"{r0}/test_correct"], top=min(cfg.top_k, seen.shape[1]))
-    est.update(infl_index=idx.astype(np.int32), infl_value=val.astype(np.float32))
+    infl_p, influence_summary = influence_significance(seen, mats[f"{r0}/test_correct"], val, cfg.influence_perms)
+    shown_above = influence_summary["shown_above"]
+    est.update(infl_index=idx.astype(np.int32), infl_value=val.astype(np.float32), infl_p=infl_p.astype(np.float32))
     _npz(out / "memorization.npz", est)
     corrupted = mats["train_corrupted"].astype(bool)
     fit = [RunDir(out / model_dir(cfg.fractions[0], k)).read_status().get("final", {}).get("train_acc_seen")
@@ -199,9 +202,10 @@ def estimate(out) -> dict:
         "mem_clean_median": float(np.nanmedian(mem.value[~corrupted])) if (~corrupted).any() else None,
         "mem_clean_mean": float(np.nanmean(mem.value[~corrupted])) if (~corrupted).any() else None,
     }
+    summary["influence"] = influence_summary
     if corrupted.any() and (~corrupted).any():
         summary["detection_mem"] = detection(mem.value, corrupted)
-    write_gallery(out, cfg, mem.value, mats, idx, val)
+    write_gallery(out, cfg, mem.value, mats, idx, val, infl_p, shown_above)
     if cfg.signals:
         table = per_example(out, cfg, est, mats)
         buf = table.to_csv(index=False).encode()
@@ -209,6 +213,61 @@ def estimate(out) -> dict:
         if corrupted.any() and (~corrupted).any():
             summary["signals"] = score_signals(out, cfg, table)
     atomic_write_json(out / "memorization.json", summary)
+    return summary
+
+
+def influence_significance(seen, test_correct, values, perms: int, level: float = 0.05,
+                           threshold: float = 0.15) -> tuple[np.ndarray, dict]:
+    """What the permutation null (influence_null) says of the estimated influences `values` (M, top):
+    each kept pair's p-value against its test example's null maximum, and `shown_above`: the
+    (1 - level) quantile of the null's largest influence over all pairs, which a pair must exceed to be
+    shown (the chance of showing any pair that chance alone made is then at most `level`). With them:
+    how many test examples' top pairs pass their own null (and how many would by chance: level x M),
+    how many pairs exceed `threshold` against the null's mean count, and about how many models an
+    influence level needs to clear the shown threshold (which falls as 1/sqrt(K): K x (shown_above /
+    level)^2, an approximation)."""
+    from ..measures.memorization import influence_null, pair_pvalues, pairs_above
+    null = influence_null(seen, test_correct, n_perm=perms, threshold=threshold)
+    p = pair_pvalues(values, null["max"])
+    k = int(np.asarray(seen).shape[0])
+    shown_above = float(np.quantile(null["max"].max(axis=1), 1 - level))
+    top1 = np.asarray(values)[:, 0]
+    summary = {
+        "perms": perms, "level": level, "interval": "permutation null over which model trained on which subset",
+        "median_null_max": float(np.median(null["max"])),
+        "shown_above": shown_above, "pairs_shown": int((top1 > shown_above).sum()),
+        "top1_pass_own_null": int((p[:, 0] <= level).sum()), "test_examples": int(len(top1)),
+        "top1_pass_own_null_by_chance": round(level * len(top1), 1),
+        f"pairs_above_{threshold:g}": pairs_above(seen, test_correct, threshold),
+        f"null_pairs_above_{threshold:g}_mean": float(null["above"].mean()),
+        "models": k,
+        "models_needed": {f"{lv:g}": int(np.ceil(k * (shown_above / lv) ** 2)) for lv in (0.15, 0.25, 0.5)},
+    }
+    return p, summary
+
+
+def add_influence_null(out, perms: int = 100) -> dict:
+    """The permutation null for a finished folder made before estimate() had one (a published record
+    included: it keeps matrices.npz, memorization.npz and its run on every example): each top pair's
+    p-value, the summary in memorization.json ("influence") and the gallery's pairs redrawn from those
+    that pass. Returns the summary."""
+    from ..measures.memorization import influence
+    out = Path(out)
+    mats = read_matrices(out)
+    saved = read_json(out / "full" / "config.json")
+    cfg = MemorizeConfig.from_dict({k: v for k, v in saved.items() if k not in ("environment", "protocol", "data")})
+    cfg = dataclasses.replace(cfg, role="folder", train_fraction=float(mats["fractions"][0]), seed=0,
+                              data_seed=saved.get("data_seed"))
+    r0 = f"r-{cfg.fractions[0]:g}"
+    seen, test = mats[f"{r0}/seen"], mats[f"{r0}/test_correct"]
+    idx, val = influence(seen, test, top=min(cfg.top_k, seen.shape[1]))
+    p, summary = influence_significance(seen, test, val, perms)
+    with np.load(out / "memorization.npz") as z:
+        mem = z["mem"]
+    write_gallery(out, cfg, mem, mats, idx, val, p, summary["shown_above"])
+    result = read_json(out / "memorization.json")
+    result["influence"] = summary
+    atomic_write_json(out / "memorization.json", result)
     return summary
 
 
@@ -222,11 +281,12 @@ def images_of(x) -> np.ndarray | None:
 
 
 def write_gallery(out: Path, cfg: MemorizeConfig, mem: np.ndarray, mats: dict, infl_index, infl_value,
-                  per_class: int = 8, pairs: int = 12):
+                  infl_p=None, shown_above: float | None = None, per_class: int = 8, pairs: int = 12):
     """OUT/gallery.npz: the images Feldman & Zhang show, kept so that figures need no data loading:
     per class the most memorized clean examples (`class_images` (classes, per_class, ...),
-    `class_mem`, `class_index`), and the train-test pairs of highest influence (`pair_train`,
-    `pair_test` images, `pair_value`, `pair_train_index`, `pair_test_index`)."""
+    `class_mem`, `class_index`), and the train-test pairs of highest influence among those above
+    `shown_above` (influence_significance: what chance alone exceeds with probability 0.05; `pair_train`,
+    `pair_test` images, `pair_value`, `pair_p`, `pair_train_index`, `pair_test_index`; none where none is)."""
     from ..data import load_data
     data = load_data(model_config(cfg, cfg.fractions[0], 0))
     train, test = images_of(data.train.x), images_of(data.test.x)
@@ -237,13 +297,18 @@ def write_gallery(out: Path, cfg: MemorizeConfig, mem: np.ndarray, mats: dict, i
     score = np.where(np.isnan(mem) | ~clean, -np.inf, mem)
     classes = sorted(set(labels.tolist()))
     chosen = [np.argsort(-np.where(labels == c, score, -np.inf), kind="stable")[:per_class] for c in classes]
-    flat = np.argsort(-np.nan_to_num(infl_value[:, 0].astype(np.float64), nan=-np.inf), kind="stable")[:pairs]
+    top1 = np.nan_to_num(infl_value[:, 0].astype(np.float64), nan=-np.inf)
+    if shown_above is not None:   # only pairs that stand out from what K models give by chance
+        top1 = np.where(top1 > shown_above, top1, -np.inf)
+    flat = np.argsort(-top1, kind="stable")[:pairs]
+    flat = flat[np.isfinite(top1[flat])]
     tr = infl_index[flat, 0]
     _npz(out / "gallery.npz", {
         "class_images": np.stack([train[c] for c in chosen]).astype(np.float16),
         "class_mem": np.stack([mem[c] for c in chosen]), "class_index": np.stack(chosen), "classes": np.array(classes),
         "pair_train": train[tr].astype(np.float16), "pair_test": test[flat].astype(np.float16),
         "pair_value": infl_value[flat, 0].astype(np.float32), "pair_train_index": tr, "pair_test_index": flat,
+        "pair_p": (infl_p[flat, 0] if infl_p is not None else np.full(len(flat), np.nan)).astype(np.float32),
         "pair_train_label": labels[tr], "pair_test_label": mats["test_labels"][flat]})
 
 
