@@ -69,3 +69,31 @@ def test_a_node_killed_mid_study_loses_nothing(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with np.load(out / "memorization.npz") as x, np.load(tmp_path / "local" / "memorization.npz") as y:
         assert all(np.array_equal(x[k], y[k], equal_nan=True) for k in x.files)
+
+
+def test_a_run_left_locked_by_a_dying_worker_is_made_again(tmp_path):
+    """The race behind a node's death: Ray's retry finds the run still locked by the dying worker and
+    reports it "running". Once the lock is free the run is made again; a lock a live process keeps
+    (another sweep) leaves it "running"."""
+    import subprocess
+    import sys
+    from rotelab.config import FitConfig
+    from rotelab.plan import PlannedRun, _retry_orphans
+    hold = ("import sys, time; from rotelab.store import RunDir; RunDir(sys.argv[1]).lock(); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2]))")
+    made = []
+
+    def run_units(units):
+        made.extend(str(u[0].path) for u in units)
+        return [{"path": str(u[0].path), "state": "done"} for u in units]
+
+    for name, holds, grace, want in (("dying", 1.0, 30.0, "done"), ("alive", 30.0, 1.0, "running")):
+        path = tmp_path / name
+        proc = subprocess.Popen([sys.executable, "-c", hold, str(path), str(holds)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "held"
+        work = [[PlannedRun("fit", path, FitConfig())]]
+        out = _retry_orphans([{"path": str(path), "state": "running"}], work, run_units, grace=grace)
+        assert out == [{"path": str(path), "state": want}] if want == "done" else out[0]["state"] == "running"
+        proc.kill()
+        proc.wait()
+    assert made == [str(tmp_path / "dying")]

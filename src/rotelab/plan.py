@@ -454,10 +454,33 @@ def run_ray(work: list[list[PlannedRun]], address: str | None, cpus: float, gpus
         devices = {str(getattr(r.config, "device", "auto")) for unit in work for r in unit}
         gpus = gpu_share(gpus, devices, float(ray.cluster_resources().get("GPU", 0)))
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_unit)
-        return _flatten(ray.get([remote.remote(u, max(1, int(cpus))) for u in work]))
+        results = _flatten(ray.get([remote.remote(u, max(1, int(cpus))) for u in work]))
+        return _retry_orphans(results, work, lambda units: _flatten(ray.get(
+            [remote.remote(u, max(1, int(cpus))) for u in units])))
     finally:
         if started:
             ray.shutdown()
+
+
+def _retry_orphans(results: list[dict], work: list[list[PlannedRun]], run_units, grace: float = 60.0) -> list[dict]:
+    """When a node dies, Ray runs its task again elsewhere, but the dying node's worker may still hold
+    a run's lock for a moment: the retry then finds the run "running" and leaves it. Such runs are made
+    again once their lock is free (polled for up to `grace` seconds); a run another live process holds
+    (a second sweep) stays "running"."""
+    import time
+    by_path = {str(r.path): r for unit in work for r in unit}
+    waiting = [res["path"] for res in results if res.get("state") == "running" and res["path"] in by_path]
+    if not waiting:
+        return results
+    from .store import RunDir
+    deadline = time.monotonic() + grace
+    while any(RunDir(p).locked_by_other() for p in waiting) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    freed = [p for p in waiting if not RunDir(p).locked_by_other()]
+    if not freed:
+        return results
+    again = {res["path"]: res for res in run_units([[by_path[p]] for p in freed])}
+    return [again.get(res["path"], res) for res in results]
 
 
 def replace_config(pr: PlannedRun, **changes) -> PlannedRun:
