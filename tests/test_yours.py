@@ -99,20 +99,37 @@ def test_a_run_on_each_source_with_each_kind_of_model(own, tmp_path):
     assert RunDir(tmp_path / "r2").read_environment()["parameters"] == 3 * SIDE * SIDE * 12 + 12 + 12 * K + K
 
 
-def test_memorize_and_infoplane_on_own_data_and_models(own, tmp_path):
+@pytest.mark.parametrize("kind, mem_model, plane_model, layers", [
+    ("npz", "my_models:tiny", "timm:test_resnet", "layer1,global_pool"),
+    ("imagefolder", "timm:test_resnet", "torchvision:resnet18", "layer1,layer4,avgpool"),
+    ("hf", "torchvision:resnet18", "my_models:tiny", "2,3"),
+])
+def test_memorize_and_infoplane_on_own_data_and_models(own, tmp_path, kind, mem_model, plane_model, layers):
+    """Feldman & Zhang's estimates and an information plane on each source, each with another kind of
+    model; infoplane captures the named modules (forward hooks), the output last."""
     root, _ = own
-    src = sources(root)
-    mem = rotelab.memorize(dataset=src["npz"], model="my_models:tiny", epochs=3, models=4, stack=2, train_fraction=0.5,
-                           signals=False, lr=0.05, batch_size=16, hist_every=0, checkpoint_every=0, progress=False,
-                           out=tmp_path / "mem")
+    dataset = sources(root)[kind]
+    mem = rotelab.memorize(dataset=dataset, model=mem_model, epochs=2, models=4, stack=2, train_fraction=0.5,
+                           signals=False, cscore_fractions=[], lr=0.05, batch_size=16, hist_every=0,
+                           checkpoint_every=0, progress=False, out=tmp_path / "mem")
     est = json.loads((tmp_path / "mem" / "memorization.json").read_text())
-    assert len(mem) == 4 and est["mem_undefined"] < 48
-    plane = rotelab.infoplane(dataset=src["imagefolder"], model="torchvision:resnet18", layers="layer1,layer4,avgpool",
-                              estimators="binning", captures=2, epochs=2, batch_size=16, lr=0.05, progress=False,
-                              hist_every=0, out=tmp_path / "ip")
+    assert len(mem) == 4 and est["models"] == 4 and est["n_train"] == 48 and est["mem_undefined"] < 48
+    plane = rotelab.infoplane(dataset=dataset, model=plane_model, layers=layers, estimators="binning", captures=2,
+                              epochs=2, batch_size=16, lr=0.05, progress=False, hist_every=0, out=tmp_path / "ip")
     info = plane.info
-    assert sorted(info.layer.unique()) == [0, 1, 2, 3]   # the three named modules, the output last
+    n_layers = len(layers.split(",")) + 1
+    assert sorted(info.layer.unique()) == list(range(n_layers))   # the named modules, the output last
     assert (info.ixt >= 0).all() and (info.ixt <= np.log2(48) + 1e-9).all()
+
+
+def test_an_image_folder_too_large_for_memory_is_one_line(own, tmp_path, monkeypatch):
+    from rotelab.data import sources as src
+    from rotelab.data import load_data
+    root, _ = own
+    monkeypatch.setattr(src, "available_memory", lambda: 10_000)
+    with pytest.raises(ConfigError) as e:
+        load_data(FitConfig(dataset=f"imagefolder:{root / 'folder'}", subset=12))   # a fresh key: not cached
+    assert e.value.field == "--dataset" and "48 images of 8x8x3" in str(e.value) and "GiB" in str(e.value)
 
 
 def test_layer_outputs_are_the_named_modules_outputs():

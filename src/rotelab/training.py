@@ -77,16 +77,25 @@ def assemble(spec, model, data, hooks, device, state: dict | None = None, **loop
     return loop
 
 
+def device_data_model(cfg, data=None, device: str | None = None):
+    """Where a run trains, its data moved there (once per process: data.on_device) and its model built
+    for them: the one assembly every protocol uses (fit, infoplane and memorize through build_fit_loop,
+    forget with its val part, a noise ramp with its source's config). `data`: the run's Data if not
+    load_data(cfg)'s; `device`: the device if not cfg's. Raises ConfigError before anything is written."""
+    from .data import load_data
+    from .engine import resolve_device
+    from .models import build_model
+    where = resolve_device(device or cfg.device)
+    data = (data if data is not None else load_data(cfg)).to(where)
+    model = build_model(cfg, data.input_shape, data.num_classes).to(where)
+    return where, data, model
+
+
 def build_fit_loop(cfg: FitConfig, run: RunDir, state: dict | None = None, own_hooks=None):
     """Data, model and the standard hooks of a run trained from a FitConfig (fit, infoplane,
     memorize), at the checkpoint `state` if given; `own_hooks(data)` adds a protocol's own hooks.
     Raises ConfigError before anything is written."""
-    from .data import load_data
-    from .engine import resolve_device
-    from .models import build_model
-    device = resolve_device(cfg.device)
-    data = load_data(cfg).to(device)
-    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    device, data, model = device_data_model(cfg)
     hooks = standard_hooks(cfg, run, data, own_hooks(data) if own_hooks else ())
     return assemble(cfg, model, data, hooks, device, state,
                     penalty=information_penalty(cfg, model, len(data.train)), fit_subset=data.train_subset)

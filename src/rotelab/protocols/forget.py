@@ -20,7 +20,7 @@ from ..hook import EpochResult, Hook
 from ..plan import make, one_run
 from ..protocol import Protocol, StudyParts, register
 from ..store import RunDir, StoreError, examples_upto
-from ..training import assemble, information_penalty, standard_hooks
+from ..training import assemble, device_data_model, information_penalty, standard_hooks
 
 SPLITS = ("train", "val", "test")
 
@@ -143,15 +143,11 @@ def build_loop(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
 def build(cfg: ForgetConfig, run: RunDir, state: dict | None = None):
     """Data, model, hooks and the loop (in the stage the state says), before anything is written. A
     run with --stage2-from and no state of its own starts from the source's stage-1 checkpoint."""
-    from ..engine import resolve_device
-    from ..models import build_model
     inherit = None
     if state is None and cfg.stage2_from:
         state, source = stage1_state(cfg.stage2_from)
         inherit = Inherit(run, source, state["epoch"], cfg.example_record != "none")
-    device = resolve_device(cfg.device)
-    data = load_parts(cfg).to(device)
-    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    device, data, model = device_data_model(cfg, load_parts(cfg))
     switch = StageSwitch(run, cfg)
     hooks = standard_hooks(cfg, run, data, [switch], total_epochs=cfg.epochs + cfg.epochs2,
                            backfill_tb=inherit is not None)

@@ -162,20 +162,17 @@ def build_loop(cfg: NoiseConfig, run: RunDir, state: dict | None = None):
     trained (with --train-means) as the source was, at the ramp's lr, epochs and seed, on a constant
     schedule, recording per example through its own ExampleRecorder."""
     from ..data import load_data
-    from ..engine import TrainSpec, resolve_device
+    from ..engine import TrainSpec
     from ..hooks import ExampleRecorder, WeightNoiseStats
-    from ..models import build_model
     from ..models.noisy import add_weight_noise, noisy_layers
-    from ..training import assemble, writers
+    from ..training import assemble, device_data_model, writers
     src, proto, scfg = source_config(cfg)
     spec = TrainSpec.of(scfg, epochs=cfg.epochs, until_train_acc=None, lr=cfg.lr or scfg.lr, schedule="constant",
                         example_record="none", example_margins=False, augment=False, save_epochs=(), seed=cfg.seed,
                         eval_batch_size=cfg.eval_batch_size, checkpoint_every=cfg.checkpoint_every)
-    device = resolve_device(cfg.device)
     # a protocol whose data are not load_data's says how to get them
-    data = proto.ramp_data(scfg) if proto.ramp_data else load_data(scfg)
-    data = data.to(device)
-    model = build_model(scfg, data.input_shape, data.num_classes)
+    device, data, model = device_data_model(scfg, proto.ramp_data(scfg) if proto.ramp_data else load_data(scfg),
+                                            cfg.device)
     model.load_state_dict(src.load_checkpoint()["model"])
     if not noisy_layers(model):
         add_weight_noise(model, cfg.alpha_list()[0], cfg.noise_granularity, learn=False, sampling=cfg.noise_sampling)
