@@ -407,8 +407,11 @@ def publish(out, docs) -> Path:
             "describes a control). *value* is what the runs gave. Times are the summed time of the study's runs",
             "(training, evaluation and information captures; on 2 cores two runs can go at once with",
             "`--jobs 2`). Each study says which source versions trained its runs and which drew its checks and",
-            "figures; every run below was replayed on the version that drew the checks (`rotelab replay`, its",
-            "first 3 epochs) with identical metrics. `rotelab reproduce --list` gives every study and scale.", ""]
+            "figures. The suite replays a run of every study's record (`rotelab replay`, its first epoch;",
+            "tests/test_records.py): bit for bit where the run recorded the conditions that decide rounding",
+            "(CPU kernels, threads) and they match; within 1e-3 where it predates recording them (memorizing-ib,",
+            "whose losses then differ by 3e-9; see also reproduce.md on the 2e-3 forgetting run).",
+            "`rotelab reproduce --list` gives every study and scale.", ""]
     for f in sorted((docs / "results").glob("*.json")):
         r = json.loads(f.read_text())
         mark = {True: "pass", False: "**fail**", None: "reported"}
