@@ -235,7 +235,7 @@ def timed_kde(device: str, n: int, d: int = 20) -> dict:
 
 
 def workloads(tmp: Path, device: str, quick: bool) -> dict:
-    n = 256 if quick else 50_000
+    n = 64 if quick else 50_000
     out: dict = {}
     step(out, "inception_28", lambda: timed_epoch(device, "inception-small", (3, 28, 28), n, 128))
     step(out, "alexnet_28", lambda: timed_epoch(device, "alexnet-small", (3, 28, 28), n, 128))
