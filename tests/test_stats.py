@@ -75,3 +75,17 @@ def test_rank_trend_is_spearman_with_a_one_sided_t_test():
 def test_overlapping_neighbours():
     iv = {0.0: (1, 2), 0.2: (1.5, 3), 0.4: (3.5, 4), 0.6: (3.9, 5)}
     assert overlapping_neighbours(iv) == [(0.0, 0.2), (0.4, 0.6)]
+
+
+def test_rank_trend_is_an_exact_permutation_test_for_few_pairs():
+    """Known answers: 4 increasing pairs are the most extreme of 4! orders (p = 1/24); with ties in x
+    the p-value is the share of the permutations of y whose statistic reaches the observed one,
+    counted here by brute force."""
+    import itertools
+    rho, p = rank_trend([1, 2, 3, 4], [10, 20, 30, 40])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 24)
+    x, y = [0, 0, 1, 1, 2, 2], [1.0, 3.0, 2.0, 5.0, 4.0, 6.0]
+    rho, p = rank_trend(x, y)
+    obs = stats.spearmanr(x, y).statistic
+    brute = np.mean([stats.spearmanr(x, perm).statistic >= obs - 1e-12 for perm in itertools.permutations(y)])
+    assert rho == pytest.approx(obs) and p == pytest.approx(brute)
