@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 from .errors import ConfigError  # noqa: F401  (re-exported: `from rotelab.config import ConfigError`)
-from .spec import CORRUPTIONS, flag, parse_corruption, parse_fold, parse_seeds  # noqa: F401  (re-exported)
+from .spec import CORRUPTIONS, flag, parse_corruption, parse_fold, parse_remove, parse_seeds  # noqa: F401  (re-exported)
 from .spec import MODEL_SPELLINGS, full_model_args
 
 
@@ -176,6 +176,7 @@ class FitConfig(Config):
     lr_gamma: float = opt(0.95, "lr factor: per epoch for exp (Zhang et al. use 0.95), per --lr-step epochs for step", gt=0)
     lr_step: int = opt(30, "epochs between lr drops for --schedule step", ge=1)
     train_fraction: float | None = opt(None, "train on a random class-balanced fraction of the training set, drawn from --seed; every example is still evaluated (the rest are held out: Feldman & Zhang's subsets)", gt=0, lt=1)
+    remove: str | None = opt(None, "train on every training example but K, which are held out (still evaluated): random:K (drawn from --seed) or mem:K:PATH (the K of highest memorization estimate in PATH, a memorize folder or its memorization.npz: Feldman & Zhang's marginal-utility experiment)")
     heldout_fold: str | None = opt(None, "K-fold cross-validation: F/K trains on every example outside fold F of K (class-balanced folds drawn from the data seed), e.g. 0/5; the fold is held out")
     data_seed: int | None = opt(None, "seed of the data's draws (corruption, val split, pixel permutation; default: --seed), so runs of different seeds can share one corrupted data set")
     channels_last: bool = opt(False, "convolution weights in channels-last memory order (the WRN trains about 1.5x faster on CPU; results differ from the default order in rounding)")
@@ -258,11 +259,18 @@ class FitConfig(Config):
         for name in ("hf_image_key", "hf_label_key"):
             if getattr(self, name) is not None and not self.dataset.startswith("hf:"):
                 raise ConfigError(flag(name), "names a column of a Hugging Face dataset; use it with --dataset hf:NAME")
+        if isinstance(self.remove, str) and self.remove.strip().lower() == "none":   # TOML has no null
+            self.remove = None
+        if self.remove is not None:
+            parse_remove(self.remove)
+            if self.train_fraction is not None or self.heldout_fold is not None:
+                raise ConfigError("--remove", "leaves examples out; --train-fraction and --heldout-fold do too: give one")
         if self.heldout_fold is not None:
             parse_fold(self.heldout_fold)
             if self.train_fraction is not None:
                 raise ConfigError("--heldout-fold", "holds out a fold; --train-fraction a random subset: give one")
-        if (self.train_fraction is not None or self.heldout_fold is not None) and self.example_record == "presentation":
+        if (self.train_fraction is not None or self.heldout_fold is not None or self.remove is not None) \
+                and self.example_record == "presentation":
             raise ConfigError("--example-record", "with --train-fraction the held-out examples are never presented; "
                                                   "use --example-record evaluation")
         return self

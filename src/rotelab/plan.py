@@ -114,7 +114,15 @@ def config_differences(planned, saved: dict) -> list[str]:
     if "model_args" in want:   # a run saved before models owned their arguments: read in today's form
         saved = read_model_fields(saved)
     return [f"{k} = {json.dumps(saved[k])} (planned: {json.dumps(v)})" for k, v in want.items()
-            if k in saved and k not in BOOKKEEPING_FIELDS and saved[k] != v]
+            if k in saved and k not in BOOKKEEPING_FIELDS and _compared(k, saved[k]) != _compared(k, v)]
+
+
+def _compared(field: str, value):
+    """What of a field's value decides what a run computes: --remove mem:K:PATH names where the
+    estimates lie (bookkeeping, as data_root), not which they are."""
+    if field == "remove" and isinstance(value, str):
+        return value.split(":")[:2]
+    return value
 
 
 def run_state(path: Path, planned=None) -> str:

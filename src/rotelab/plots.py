@@ -592,3 +592,24 @@ def plot_weight_information(rows: list[dict], path) -> Path:
     for a in axes:
         a.grid(alpha=0.3)
     return save_figure(fig, Path(path))
+
+
+def plot_removal(rows: dict, path) -> Path:
+    """Feldman & Zhang's marginal utility: test accuracy after removing K training examples, the most
+    memorized or random ones; `rows`: (kind, K) -> Interval over the retrainings (mean, lo, hi, n, kind)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for kind, label, color in (("random", "random examples removed", "tab:blue"),
+                               ("mem", "most memorized removed", "tab:red")):
+        ks = sorted(k for kd, k in rows if kd == kind)
+        if not ks:
+            continue
+        m = [rows[kind, k].mean for k in ks]
+        ax.errorbar(ks, m, yerr=[[a - rows[kind, k].lo for a, k in zip(m, ks)],
+                                 [rows[kind, k].hi - a for a, k in zip(m, ks)]],
+                    marker="o", capsize=3, color=color, label=label)
+    any_row = next(iter(rows.values()))
+    ax.set(xlabel="training examples removed (K)", ylabel="test accuracy",
+           title=f"the value of memorized examples (mean, {any_row.kind}, n = {any_row.n} a point)")
+    ax.legend(fontsize=8)
+    return save_figure(fig, Path(path))
+

@@ -226,6 +226,7 @@ def run_steps(study: Study, scale: str, out: Path, executor: str = "local", jobs
         # their configs when the study is drawn (data_notes), so a redraw elsewhere cannot contradict them
         found: list[str] = []
         _resolve_data_file(step["base"], found)
+        step["base"], step["axes"] = with_out(step["base"], out), with_out(step.get("axes", {}), out)
         if run_it and not dry_run:
             for line in found:
                 print(line)
@@ -335,6 +336,18 @@ def _draw(study: Study, scale: str, out: Path, steps: list[dict], notes: list[st
                "command": f"rotelab reproduce {study.name} --scale {scale}",
                "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
     return results, figures
+
+
+def with_out(value, out: Path):
+    """A step's values with "{out}" replaced by the study's output folder (a step that reads an earlier
+    step's results, e.g. --remove mem:K:{out}/atlas/...)."""
+    if isinstance(value, str):
+        return value.replace("{out}", str(Path(out).resolve()))
+    if isinstance(value, dict):
+        return {k: with_out(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_out(v, out) for v in value]
+    return value
 
 
 def data_notes(configs) -> list[str]:

@@ -49,6 +49,19 @@ def parse_corruption(spec: str, name: str = "--corrupt") -> tuple[str, float]:
     return kind, value
 
 
+def parse_remove(text: str) -> tuple[str, int, str | None]:
+    """'random:1000' -> ('random', 1000, None); 'mem:1000:PATH' -> ('mem', 1000, PATH)."""
+    kind, _, rest = str(text).partition(":")
+    count, _, path = rest.partition(":")
+    try:
+        k = int(count)
+    except ValueError:
+        k = -1
+    if kind not in ("random", "mem") or k < 1 or (kind == "mem") != bool(path):
+        raise ConfigError("--remove", f"expected random:K or mem:K:PATH (a memorize folder) with K >= 1, got {text!r}")
+    return kind, k, path or None
+
+
 def parse_fold(text: str) -> tuple[int, int]:
     """'F/K' -> (F, K): fold F (0-based) of K folds."""
     try:

@@ -275,6 +275,38 @@ def prepared(cfg):
                      (getattr(cfg, "labels_file", None), getattr(cfg, "labels_key", None)))
 
 
+def memorization_of(path: str) -> np.ndarray:
+    """The memorization estimates (mem per training example) of a memorize folder or its npz file."""
+    p = Path(path).expanduser()
+    p = p / "memorization.npz" if p.is_dir() else p
+    if not p.is_file():
+        raise ConfigError("--remove", f"no memorization estimates at {path!r}; give a finished memorize folder "
+                                      "or its memorization.npz")
+    with np.load(p) as z:
+        return np.asarray(z["mem"], dtype=np.float64)
+
+
+def kept_after_removal(train: "Split", spec: str, seed: int) -> torch.Tensor:
+    """The training indices trained on once --remove leaves K out: K drawn at random from `seed`, or the
+    K of highest mem (NaN last, ties in index order)."""
+    from ..spec import parse_remove
+    kind, k, path = parse_remove(spec)
+    n = len(train)
+    if k >= n:
+        raise ConfigError("--remove", f"removes {k} of {n} training examples; leave some to train on")
+    if kind == "random":
+        removed = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
+    else:
+        mem = memorization_of(path)
+        if len(mem) != n:
+            raise ConfigError("--remove", f"{path} has estimates for {len(mem)} examples, the training set {n}; "
+                                          "give the memorize folder of this very data")
+        removed = torch.from_numpy(np.argsort(-np.nan_to_num(mem, nan=-np.inf), kind="stable")[:k].copy())
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[removed] = False
+    return torch.nonzero(keep).flatten()
+
+
 def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none") -> Data:
     """The data set of a config: normalized, subset, corrupted; deterministic from cfg.data_seed
     (default cfg.seed).
@@ -321,6 +353,8 @@ def load_data(cfg, val_size: int | float | None = None, val_corrupt: str = "none
     if getattr(cfg, "heldout_fold", None) is not None:
         f, folds = parse_fold(cfg.heldout_fold)
         subset = torch.nonzero(fold_of(train.y, folds, k, derive_seed(seed, "folds")) != f).flatten()
+    if getattr(cfg, "remove", None) is not None:
+        subset = kept_after_removal(train, cfg.remove, derive_seed(cfg.seed, "remove"))
     if getattr(cfg, "train_fraction", None) is not None:
         n = round(cfg.train_fraction * len(train))
         if n < k or n >= len(train):

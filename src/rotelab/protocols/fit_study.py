@@ -342,8 +342,65 @@ def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):
     return "; ".join(rows), "; ".join(f"{k}: {v:,}" for k, v in expected.items()) + f" ({source})", ok and bool(rows)
 
 
-FIGURES: dict[str, FigureFn] = {"zhang_fig1": fig_zhang, "oscillation": fig_oscillation, **weight_information.FIGURES}
-CHECKS: dict[str, CheckFn] = {"oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p,
+# -- Feldman & Zhang's marginal utility: remove the most memorized examples, or as many random ones --
+
+def removal_table(runs) -> dict:
+    """(kind, K) -> the final test accuracies of the runs that removed K examples that way; K = 0 (none
+    removed) is its own row under both kinds."""
+    from ..spec import parse_remove
+    out: dict = {}
+    for r in runs:
+        cfg, final = r.read_config(), r.read_status().get("final", {})
+        if final.get("test_acc") is None:
+            continue
+        if cfg.get("remove"):
+            kind, k, _ = parse_remove(cfg["remove"])
+            out.setdefault((kind, k), []).append(final["test_acc"])
+        else:
+            for kind in ("random", "mem"):
+                out.setdefault((kind, 0), []).append(final["test_acc"])
+    return out
+
+
+def fig_removal(ctx, step: str) -> list[Path]:
+    from ..measures.stats import mean_interval
+    from ..plots import plot_removal
+    table = removal_table(ctx.runs(step))
+    if not table:
+        return []
+    rows = {key: mean_interval(v) for key, v in table.items()}
+    return [plot_removal(rows, ctx.figures / f"{step}.png")]
+
+
+def check_removal_costs_more(ctx, step: str, alpha: float = 0.05, source: str = "Feldman & Zhang (2020), Sec. 4"):
+    """At the largest K: removing the K most memorized examples lowers test accuracy more than removing
+    K random ones (Welch's one-sided t test over the retrainings, p < alpha); every K reported."""
+    from scipy.stats import ttest_ind
+    from ..measures.stats import mean_interval
+    table = removal_table(ctx.runs(step))
+    ks = sorted({k for kind, k in table if k > 0 and ("mem", k) in table and ("random", k) in table})
+    if not ks:
+        return "no K with both arms done", f"removing the most memorized costs more ({source})", None
+    parts, verdict = [], None
+    for k in ks:
+        mem, rnd = table["mem", k], table["random", k]
+        a, b = mean_interval(rnd), mean_interval(mem)
+        pval = float(ttest_ind(rnd, mem, equal_var=False, alternative="greater").pvalue) if min(len(mem), len(rnd)) > 1 \
+            else float("nan")
+        parts.append(f"K = {k}: random {a.mean:.4f} ({a.lo:.4f}-{a.hi:.4f}, n = {a.n}), most memorized {b.mean:.4f} "
+                     f"({b.lo:.4f}-{b.hi:.4f}, n = {b.n}); difference {a.mean - b.mean:+.4f}, Welch one-sided p = {pval:.2g}")
+        if k == ks[-1]:
+            verdict = bool(a.mean > b.mean and pval < alpha)
+    base = table.get(("mem", 0))
+    if base:
+        i = mean_interval(base)
+        parts.insert(0, f"nothing removed {i.mean:.4f} ({i.lo:.4f}-{i.hi:.4f}, n = {i.n})")
+    return "; ".join(parts), (f"at the largest K the most memorized cost more test accuracy than as many random "
+                              f"examples, Welch one-sided p < {alpha} ({source})"), verdict
+
+
+FIGURES: dict[str, FigureFn] = {"removal": fig_removal, "zhang_fig1": fig_zhang, "oscillation": fig_oscillation, **weight_information.FIGURES}
+CHECKS: dict[str, CheckFn] = {"removal_costs_more": check_removal_costs_more, "oscillation_gap": check_oscillation_gap, "all_fit": check_all_fit, "rises_with_p": check_rises_with_p,
           "chance": check_chance, "overlap_bounds": check_overlap_bounds, "final_train_acc": report_final_train_acc,
           "train_acc_at_least": check_final_train_acc, "table": check_table, "parameters": check_parameters,
           "gap_falls_at_lr_step": check_gap_falls_at_lr_step, **weight_information.CHECKS}
