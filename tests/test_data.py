@@ -205,3 +205,31 @@ def test_runs_share_one_device_copy_of_their_inputs():
     assert a.train.y is not b.train.y   # each run's own labels
     c = load_data(FitConfig(dataset="digits", corrupt="random-pixels=0.5", seed=0)).to("meta")
     assert c.train.x is not a.train.x and c.test.x is a.test.x   # its own corrupted inputs, the shared test set
+
+
+def test_remove_leaves_k_examples_out_of_training(tmp_path):
+    """--remove random:K holds out K examples drawn from the seed; mem:K:PATH the K of highest mem in a
+    memorize folder's estimates (NaN last), which stay evaluated."""
+    from rotelab.data import load_data
+    a = load_data(FitConfig(dataset="digits", remove="random:100", seed=0))
+    b = load_data(FitConfig(dataset="digits", remove="random:100", seed=1))
+    assert len(a.train_subset) == len(a.train) - 100 and len(a.train) == 1438
+    assert not torch.equal(a.train_subset, b.train_subset)
+    assert torch.equal(a.train_subset, load_data(FitConfig(dataset="digits", remove="random:100", seed=0)).train_subset)
+    mem = np.full(1438, 0.1)
+    mem[[5, 700, 1000]] = [0.9, 0.95, 0.8]
+    mem[3] = np.nan
+    np.savez(tmp_path / "memorization.npz", mem=mem)
+    c = load_data(FitConfig(dataset="digits", remove=f"mem:3:{tmp_path}"))
+    assert sorted(set(range(1438)) - set(c.train_subset.tolist())) == [5, 700, 1000]
+    for bad in ("mem:3", "random:0", "top:3:x", f"mem:2000:{tmp_path}"):
+        with pytest.raises(ConfigError, match="--remove"):
+            load_data(FitConfig(dataset="digits", remove=bad).validate())
+
+
+def test_where_the_estimates_lie_is_bookkeeping():
+    from rotelab.plan import config_differences
+    cfg = FitConfig(dataset="digits", remove="mem:100:/here/atlas")
+    saved = {**cfg.to_dict(), "remove": "mem:100:/elsewhere/atlas"}
+    assert config_differences(cfg, saved) == []
+    assert config_differences(cfg, {**saved, "remove": "mem:200:/here/atlas"}) != []

@@ -493,3 +493,25 @@ def test_memorizing_ibs_n_series_has_its_own_n_at_every_scale():
     for scale in study.scales:
         steps = {s["name"]: s["base"] for s in study.steps(scale)}
         assert steps["n-series"].get("subset") != steps["planes"].get("subset"), scale
+
+
+def test_the_removal_check_judges_the_largest_k_from_the_runs(tmp_path):
+    """Feldman & Zhang's check on hand-made runs: the most memorized removed cost more at the largest K."""
+    from types import SimpleNamespace
+    from rotelab.protocols.fit_study import check_removal_costs_more
+    from rotelab.store import RunDir
+    accs = {"none": [0.90, 0.91, 0.90], "random:100": [0.89, 0.88, 0.89], "mem:100:x": [0.86, 0.85, 0.86]}
+    runs = []
+    for remove, values in accs.items():
+        for i, acc in enumerate(values):
+            run = RunDir(tmp_path / f"{remove.replace(':', '_')}-{i}")
+            run.create({"remove": None if remove == "none" else remove, "seed": i}, {})
+            run.write_status("done", final={"test_acc": acc})
+            runs.append(run)
+    ctx = SimpleNamespace(runs=lambda step: runs)
+    value, expected, passed = check_removal_costs_more(ctx, "removal")
+    assert passed is True and "K = 100: random 0.8867" in value and "most memorized 0.8567" in value
+    accs["mem:100:x"] = [0.89, 0.88, 0.90]
+    for run in runs[6:]:
+        run.write_status("done", final={"test_acc": 0.89})
+    assert check_removal_costs_more(ctx, "removal")[2] is False
