@@ -297,7 +297,7 @@ def kept_after_removal(train: "Split", spec: str, seed: int) -> torch.Tensor:
     if kind == "random":
         removed = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]
     else:
-        mem = memorization_of(path)
+        mem = memorization_of(str(path))
         if len(mem) != n:
             raise ConfigError("--remove", f"{path} has estimates for {len(mem)} examples, the training set {n}; "
                                           "give the memorize folder of this very data")
