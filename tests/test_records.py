@@ -55,9 +55,11 @@ def test_a_run_of_every_record_replays_its_first_epoch(study):
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     result = replay(run, 1)
     assert result["compared"] > 0
-    if result["unlike"] or not result["conditions_known"]:
+    stacked = (RunDir(run).read_config().get("stack") or 1) > 1   # trained in a stack, replayed alone
+    if result["unlike"] or not result["conditions_known"] or stacked:
         # another CPU or thread count rounds otherwise (or the run predates recording them: memorizing-ib's
-        # losses then differ by 3e-9): the first epoch still agrees closely
+        # losses then differ by 3e-9), and a stack's batched products round otherwise than one run's
+        # (memorized-value's subset models: 2e-8): the first epoch still agrees closely
         for epoch, key, saved, again in result["differences"]:
             assert again == pytest.approx(saved, rel=1e-3, abs=1e-3), (key, result["unlike"])
     else:

@@ -163,9 +163,13 @@ def test_checks_on_hand_made_runs(tmp_path):
     value, _, passed = fitp.check_all_fit(ctx, "fits")
     assert value.startswith("3 of 4") and passed is False
     value, _, passed = fitp.check_rises_with_p(ctx, "fits", "fit_epoch")
-    assert "Spearman 1.000 over 3 runs" in value and "p=1: 30 (one run)" in value and passed
-    value, _, passed = fitp.check_rises_with_p(ctx, "fits", "test_error", alpha=0.05)   # 4 runs
-    assert passed and "p=1: 0.89 [0.88, 0.9] (range of 2, n = 2)" in value   # the two p = 1 runs' errors, 0.9 and 0.88
+    # three runs in perfect order: the exact permutation p is 1/3! = 0.17, no evidence at alpha 0.01
+    # (the t approximation called it p < 1e-300)
+    assert "Spearman 1.000 over 3 runs (one-sided p = 0.17)" in value and "p=1: 30 (one run)" in value
+    assert passed is False
+    # 4 runs, two tied at p = 1: the exact p is 2/4! = 0.083 (the two orders of the tie reach the observed)
+    value, _, passed = fitp.check_rises_with_p(ctx, "fits", "test_error", alpha=0.1)
+    assert passed and "one-sided p = 0.083" in value and "p=1: 0.89 [0.88, 0.9] (range of 2, n = 2)" in value   # the two p = 1 runs' errors, 0.9 and 0.88
     value, expected, passed = fitp.check_chance(ctx, "fits", p=1.0, tolerance=0.02)
     assert "0.1100" in value and expected == "0.100 +- 0.02" and passed
     assert fitp.check_chance(ctx, "fits", p=1.0, tolerance=0.005)[2] is False
