@@ -247,3 +247,14 @@ def test_influence_ships_with_its_permutation_null(folder):
     assert summary["pairs_shown"] == int((val[:, 0] > summary["shown_above"]).sum())
     with np.load(folder / "gallery.npz") as g:
         assert np.all(g["pair_value"] > summary["shown_above"]) and len(g["pair_value"]) <= 12
+
+
+def test_the_gallery_orders_ties_by_how_sure_mem_is(folder):
+    """Per class, the clean examples of highest mem; where mem ties (many sit at 1.00, where the C-score
+    is 0 for all), the most surely memorized first: the higher lower end of mem's 95% interval."""
+    with np.load(folder / "gallery.npz") as g, np.load(folder / "memorization.npz") as est:
+        index, mem, lo = g["class_index"], est["mem"], np.nan_to_num(est["mem_lo"], nan=-np.inf)
+    assert any(len(set(mem[row].tolist())) < len(row) for row in index)   # there are ties to order
+    for row in index:
+        keys = [(-mem[i], -lo[i]) for i in row]
+        assert keys == sorted(keys)

@@ -530,7 +530,8 @@ def plot_memorized_by_class(out: Path, g: dict) -> Path:
             _show(axes[r, c], images[r, c])
             axes[r, c].set_title(f"{mem[r, c]:.2f}", fontsize=7)
         axes[r, 0].set_ylabel(f"class {g['classes'][r]}", fontsize=8)
-    fig.suptitle("most memorized clean training examples per class (mem)", fontsize=10)
+    fig.suptitle("most memorized clean training examples per class (mem; among ties, the most surely "
+                 "memorized first: the higher lower end of its 95% interval)", fontsize=9)
     return save_figure(fig, Path(out) / "figures" / "memorized_by_class.png")
 
 

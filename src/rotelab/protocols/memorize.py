@@ -205,7 +205,7 @@ def estimate(out) -> dict:
     summary["influence"] = influence_summary
     if corrupted.any() and (~corrupted).any():
         summary["detection_mem"] = detection(mem.value, corrupted)
-    write_gallery(out, cfg, mem.value, mats, idx, val, infl_p, shown_above)
+    write_gallery(out, cfg, mem.value, mats, idx, val, infl_p, shown_above, tiebreak=mem.lo)
     if cfg.signals:
         table = per_example(out, cfg, est, mats)
         buf = table.to_csv(index=False).encode()
@@ -263,8 +263,8 @@ def add_influence_null(out, perms: int = 100) -> dict:
     idx, val = influence(seen, test, top=min(cfg.top_k, seen.shape[1]))
     p, summary = influence_significance(seen, test, val, perms)
     with np.load(out / "memorization.npz") as z:
-        mem = z["mem"]
-    write_gallery(out, cfg, mem, mats, idx, val, p, summary["shown_above"])
+        mem, mem_lo = z["mem"], z["mem_lo"]
+    write_gallery(out, cfg, mem, mats, idx, val, p, summary["shown_above"], tiebreak=mem_lo)
     result = read_json(out / "memorization.json")
     result["influence"] = summary
     atomic_write_json(out / "memorization.json", result)
@@ -281,7 +281,7 @@ def images_of(x) -> np.ndarray | None:
 
 
 def write_gallery(out: Path, cfg: MemorizeConfig, mem: np.ndarray, mats: dict, infl_index, infl_value,
-                  infl_p=None, shown_above: float | None = None, per_class: int = 8, pairs: int = 12):
+                  infl_p=None, shown_above: float | None = None, tiebreak=None, per_class: int = 8, pairs: int = 12):
     """OUT/gallery.npz: the images Feldman & Zhang show, kept so that figures need no data loading:
     per class the most memorized clean examples (`class_images` (classes, per_class, ...),
     `class_mem`, `class_index`), and the train-test pairs of highest influence among those above
@@ -296,7 +296,12 @@ def write_gallery(out: Path, cfg: MemorizeConfig, mem: np.ndarray, mats: dict, i
     labels = mats["train_labels_used"]
     score = np.where(np.isnan(mem) | ~clean, -np.inf, mem)
     classes = sorted(set(labels.tolist()))
-    chosen = [np.argsort(-np.where(labels == c, score, -np.inf), kind="stable")[:per_class] for c in classes]
+    # many examples tie at mem 1.00 (176 clean ones in the memorization study; their C-score is then 0
+    # too): among ties, the most surely memorized first, by the lower end of mem's 95% interval (more
+    # models on each side: a higher one); index order without it
+    second = -np.nan_to_num(np.asarray(tiebreak, dtype=np.float64), nan=-np.inf) if tiebreak is not None \
+        else np.zeros(len(mem))
+    chosen = [np.lexsort((second, -np.where(labels == c, score, -np.inf)))[:per_class] for c in classes]
     top1 = np.nan_to_num(infl_value[:, 0].astype(np.float64), nan=-np.inf)
     if shown_above is not None:   # only pairs that stand out from what K models give by chance
         top1 = np.where(top1 > shown_above, top1, -np.inf)
