@@ -45,12 +45,16 @@ def test_a_node_killed_mid_study_loses_nothing(tmp_path):
 
         thread = threading.Thread(target=run)
         thread.start()
+        def training(done):
+            return [d for d in out.glob("r-*") if (d / "config.json").is_file() and d.name not in done]
+
         t0 = time.time()
-        while len(finished(out)) < 2 and time.time() - t0 < 240:   # two models done, the others under way
-            time.sleep(0.05)
-        done_before = {name: run.metrics_file.stat().st_mtime_ns for name, run in finished(out).items()}
-        training = [d for d in out.glob("r-*") if (d / "config.json").is_file() and d.name not in done_before]
-        assert 2 <= len(done_before) < 6 and training, "the node should die while models train"
+        while time.time() - t0 < 240:   # two models done and another under way (not between two tasks)
+            done_before = {name: run.metrics_file.stat().st_mtime_ns for name, run in finished(out).items()}
+            if len(done_before) >= 2 and training(done_before):
+                break
+            time.sleep(0.02)
+        assert 2 <= len(done_before) < 6 and training(done_before), "the node should die while models train"
         cluster.remove_node(workers[0])   # kills its raylet and the task it runs
         thread.join(timeout=300)
         assert not thread.is_alive() and not errors, errors
