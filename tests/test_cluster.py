@@ -4,8 +4,11 @@ trains: Ray retries its task on the other node, the run resumes from its checkpo
 equal a local run's; no finished model is trained again, none is lost. Bounded in time; every node it
 started is stopped."""
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,24 @@ def cfg_of(**kw):
                 models=6, stack=1, train_fraction=0.5, cscore_fractions=[], signals=False, hist_every=0,
                 checkpoint_every=0, progress=False)
     return MemorizeConfig(**{**base, **kw})
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: a worker node's processes are its raylet's children)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, parent in parents.items() if parent == p]
+        out += kids
+        todo += kids
+    return out
 
 
 def finished(out) -> dict:
@@ -55,7 +76,15 @@ def test_a_node_killed_mid_study_loses_nothing(tmp_path):
                 break
             time.sleep(0.02)
         assert 2 <= len(done_before) < 6 and training(done_before), "the node should die while models train"
-        cluster.remove_node(workers[0])   # kills its raylet and the task it runs
+        # the node dies as a machine does, every process at once: its raylet, and the workers it started
+        # (left alone, a worker notices its raylet's death late under load and holds its run's lock meanwhile)
+        node_processes = descendants(workers[0].all_processes["raylet"][0].process.pid)
+        cluster.remove_node(workers[0], allow_graceful=False)
+        for pid in node_processes:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         thread.join(timeout=300)
         assert not thread.is_alive() and not errors, errors
     finally:
