@@ -389,10 +389,10 @@ def data_differences(cfg, recorded: dict | None) -> list[str]:
             if now != recorded["file_sha256"]:
                 out.append(f"data = {cfg.dataset} changed (sha256 {now}, recorded {recorded['file_sha256']})")
         elif recorded.get("source") == "imagefolder" and "file_sha256" in recorded:
-            from .sources import IMAGE_SUFFIXES
+            from .sources import _image_files
             root = Path(cfg.dataset.partition(":")[2]).expanduser()
-            files = [f for s in ("train", "test") for c in sorted(d for d in (root / s).iterdir() if d.is_dir())
-                     for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+            classes, train_files, _ = _image_files(root / "train", None)   # the files the source read, in its order
+            files = train_files + _image_files(root / "test", classes)[1]
             now = _cached_digest(files, [str(f.relative_to(root)) for f in files])
             if now != recorded["file_sha256"]:
                 out.append(f"data = {cfg.dataset} changed (its images hash {now}, recorded {recorded['file_sha256']})")
