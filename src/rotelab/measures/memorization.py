@@ -137,13 +137,6 @@ def influence(trained, correct_test, top: int | None = None, block: int = 256):
     c = np.asarray(correct_test, dtype=bool)
     if t.ndim != 2 or c.ndim != 2 or t.shape[0] != c.shape[0]:
         raise ValueError(f"trained (models, N) and correct_test (models, M) need the same models, got {t.shape} and {c.shape}")
-    n_in = t.sum(axis=0).astype(np.float32)
-    n_out = t.shape[0] - n_in
-    tf = t.T.astype(np.float32)                    # (N, K)
-    total_c = c.sum(axis=0).astype(np.float32)     # (M,)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        inv_in = np.where(n_in > 0, 1 / n_in, np.nan).astype(np.float32)[:, None]
-        inv_out = np.where(n_out > 0, 1 / n_out, np.nan).astype(np.float32)[:, None]
     m = c.shape[1]
     if top is None:
         out = np.empty((t.shape[1], m), dtype=np.float16)
@@ -151,10 +144,7 @@ def influence(trained, correct_test, top: int | None = None, block: int = 256):
         top = min(top, t.shape[1])
         idx = np.empty((m, top), dtype=np.int32)
         val = np.empty((m, top), dtype=np.float16)
-    for j0 in range(0, m, block):
-        cb = c[:, j0:j0 + block].astype(np.float32)
-        hits_in = tf @ cb                           # (N, b): models that trained on i and got j right
-        infl = hits_in * inv_in - (total_c[j0:j0 + block] - hits_in) * inv_out
+    for j0, infl in _influence_blocks(t, c, block):
         if top is None:
             out[:, j0:j0 + block] = infl
             continue
@@ -214,7 +204,8 @@ def detection(score, corrupted, n_boot: int = 1000, level: float = 0.95, seed: i
 
 
 def _influence_blocks(t: np.ndarray, c: np.ndarray, block: int = 256):
-    """infl(i, j) over blocks of test examples: (first j, (N, block) array, -inf where undefined)."""
+    """infl(i, j) over blocks of test examples, as two matrix products (influence's docstring): (first
+    j, (N, block) float32 array, NaN where undefined)."""
     k = t.shape[0]
     n_in = t.sum(axis=0).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -223,9 +214,8 @@ def _influence_blocks(t: np.ndarray, c: np.ndarray, block: int = 256):
     total_c = c.sum(axis=0).astype(np.float32)
     tf = t.T.astype(np.float32)
     for j0 in range(0, c.shape[1], block):
-        hits_in = tf @ c[:, j0:j0 + block].astype(np.float32)
-        infl = hits_in * inv_in - (total_c[j0:j0 + block] - hits_in) * inv_out
-        yield j0, np.where(np.isnan(infl), -np.inf, infl)
+        hits_in = tf @ c[:, j0:j0 + block].astype(np.float32)   # (N, b): models that trained on i and got j right
+        yield j0, hits_in * inv_in - (total_c[j0:j0 + block] - hits_in) * inv_out
 
 
 def pairs_above(trained, correct_test, threshold: float) -> int:
@@ -249,6 +239,7 @@ def influence_null(trained, correct_test, n_perm: int = 20, threshold: float = 0
     above = np.zeros(n_perm, dtype=np.int64)
     for b in range(n_perm):
         for j0, infl in _influence_blocks(t[rng.permutation(t.shape[0])], c, block):   # masks dealt anew
+            infl = np.where(np.isnan(infl), -np.inf, infl)
             maxima[b, j0:j0 + infl.shape[1]] = infl.max(axis=0)
             above[b] += int((infl > threshold).sum())
     return {"max": maxima, "above": above, "threshold": threshold, "perms": n_perm}
