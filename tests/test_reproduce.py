@@ -53,7 +53,8 @@ def test_smoke_scale_runs_end_to_end(name, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps({k: v for k, v in results.items() if k != "out"}))
     assert set(saved) >= {"study", "scale", "version", "seconds", "checks", "notes"}
-    assert saved["checks"] and all(set(c) == {"name", "value", "expected", "pass"} for c in saved["checks"])
+    assert saved["checks"] and all({"name", "value", "expected", "pass"} <= set(c) <= {"name", "value", "expected", "pass", "source", "numbers"}
+                                   for c in saved["checks"])
     assert list((out / "figures").glob("*.png"))
     page = (out / "report.html").read_text()
     assert "<img" in page and html.escape(saved["checks"][0]["name"]) in page

@@ -188,7 +188,8 @@ class FitConfig(Config):
     learn_alpha: bool = opt(False, "learn log alpha with the weights")
     alpha_lr: float | None = opt(None, "learning rate of the learned log alphas (default: --lr); Adam moves log alpha about this much a step, so at 1e-3 it takes thousands of steps to reach where the information term balances the fit", gt=0)
     noise_sampling: str = opt("lrt", "lrt: Gaussian pre-activations with the exact moments (Linear); weights: exact draws shared by a batch", ("lrt", "weights"))
-    info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL under the log-uniform prior, nats)", ge=0)
+    info_weight: float = opt(0.0, "beta of the loss cross-entropy + beta * KL / N (KL in nats to --info-prior)", ge=0)
+    info_prior: str = opt("loguniform", "the prior of the KL that --info-weight charges: loguniform (improper, defined up to a constant, learned alpha capped at 1) or init (the log-normal law of each layer's initial weights: proper, KL >= 0, 0 for a weight as uncertain as a fresh draw; learned alpha uncapped)", ("loguniform", "init"))
     alpha_ref: float = opt(1.0, "reference alpha of the log-uniform KL, which is only defined up to a constant", gt=0)
     norms: bool = opt(False, "log per epoch each weight matrix's norm, the effective learning rate lr/||w||^2 and the mean gradient norm")
     batch_scalars: bool = opt(False, "TensorBoard scalars per training batch, as the motivating study logged them: lr, weights' norm, log10 gradient norm, log10 loss (tb/batch; step = batches trained)")
@@ -249,6 +250,8 @@ class FitConfig(Config):
         self.check_names()
         if self.info_weight > 0 and self.weight_noise == "none":
             raise ConfigError("--info-weight", "penalizes the information in noisy weights; add --weight-noise lognormal")
+        if self.info_prior != "loguniform" and self.weight_noise == "none":
+            raise ConfigError("--info-prior", "is the prior of the information in noisy weights; add --weight-noise lognormal")
         if self.alpha_lr is not None and not (self.learn_alpha and self.weight_noise != "none"):
             raise ConfigError("--alpha-lr", "is the learning rate of learned noise; add --weight-noise lognormal "
                                             "--learn-alpha, or drop --alpha-lr")

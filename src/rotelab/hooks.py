@@ -295,21 +295,35 @@ class ProgressBar(Hook):
 
 class WeightNoiseStats(Hook):
     """The information in noisy weights per epoch: KL under both priors (bits), mean -1/2 ln alpha
-    (nats) and mean log10 alpha, in total and per layer (keys `name/layer`)."""
+    (nats) and mean log10 alpha, in total and per layer (keys `name/layer`). Given the training
+    split, also the KL to the initialization's law (`kl_init_bits`) and, at evaluated epochs, one
+    pass with the noise on over the labels trained on: `train_acc_noisy` and `train_loss_noisy` (a
+    one-draw estimate of the expected cross-entropy under the noise, the loss Achille & Soatto's
+    objective charges; the clean pass's `train_acc` uses the weights' means), with the number of
+    examples and of classes."""
     phase = MEASURE
 
-    def __init__(self, alpha_ref: float = 1.0):
-        self.alpha_ref = alpha_ref
+    def __init__(self, alpha_ref: float = 1.0, train=None, num_classes: int | None = None):
+        self.alpha_ref, self.train, self.num_classes = alpha_ref, train, num_classes
 
     def on_epoch_end(self, loop: Loop, result: EpochResult):
+        from .engine import evaluate, forward_precision
         from .models.noisy import weight_information
         info = weight_information(loop.model, self.alpha_ref)
         m = result.metrics
-        for key in ("kl_loguniform_bits", "kl_lognormal_bits", "neg_half_log_alpha"):
+        keys = ("kl_loguniform_bits", "kl_lognormal_bits") + (("kl_init_bits",) if self.train is not None else ())
+        for key in keys + ("neg_half_log_alpha",):
             m[key] = info[key]
         for name, layer in info["layers"].items():
-            for key in ("kl_loguniform_bits", "kl_lognormal_bits", "mean_log10_alpha"):
+            for key in keys + ("mean_log10_alpha",):
                 m[f"{key}/{name}"] = layer[key]
+        if self.train is not None and "train_acc" in m:
+            ev = evaluate(loop.model, self.train.x, self.train.y, loop.spec.eval_batch_size,
+                          forward=forward_precision(loop.spec, loop.device))
+            m["train_acc_noisy"] = float(ev.correct.float().mean())
+            m["train_loss_noisy"] = float(ev.loss.mean())
+            # what a bound on the information the fit needs reads with them (Fano: N labels of K classes)
+            m["train_examples"], m["classes"] = len(self.train), self.num_classes
 
 
 def joint_norm(tensors: list):

@@ -558,40 +558,53 @@ def plot_influence_pairs(out: Path, g: dict) -> Path:
     return save_figure(fig, Path(out) / "figures" / "influence_pairs.png")
 
 
-def plot_weight_information(rows: list[dict], path) -> Path:
-    """The learned-noise study (Achille & Soatto 2018): (a) the information in the weights at the end
-    against the label corruption p, one line per beta (mean over seeds, runs as dots); (b) the final
-    train accuracy against beta, one line per p; (c) the information against the train accuracy, every
-    run. `rows`: beta, p, info_bits, train_acc per run."""
+def plot_weight_information(rows: list[dict], path, paper_nats: float = 3.0) -> Path:
+    """The learned-noise study (Achille & Soatto 2018), against beta, one colour per training set size
+    N: (a) the information in the weights per training example (nats, KL to the initialization's
+    law), true labels solid and random labels dashed (means over seeds, runs as dots); (b) random
+    minus true labels per example with Welch's t 95% interval, beside ln K and the paper's figure;
+    (c) the train accuracy under noise (solid) and clean (dotted), random labels (dashed) and true.
+    `rows`: weight_information.final_rows."""
+    import math
     import numpy as np
-    betas, ps = sorted({r["beta"] for r in rows}), sorted({r["p"] for r in rows})
+    from .protocols.weight_information import _difference
+    ns, betas = sorted({r["N"] for r in rows}), sorted({r["beta"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    ax = axes[0]
-    for k, b in enumerate(betas):
-        g = [r for r in rows if r["beta"] == b]
-        means = [np.mean([r["info_bits"] for r in g if r["p"] == p]) for p in ps]
-        ax.plot(ps, means, "-o", color=f"C{k}", label=f"beta {b:g}")
-        ax.scatter([r["p"] for r in g], [r["info_bits"] for r in g], color=f"C{k}", s=8, alpha=0.5)
-    ax.set(yscale="log", xlabel="label corruption p", ylabel="information in the weights (bits, KL to log-uniform)",
-           title="(a) information against label corruption")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for k, p in enumerate(ps):
-        g = [r for r in rows if r["p"] == p]
-        ax.plot(betas, [np.mean([r["train_acc"] for r in g if r["beta"] == b]) for b in betas], "-o",
-                color=f"C{k}", label=f"p = {p:g}")
-    ax.set(xscale="log", xlabel="beta (weight of KL / N in the loss)", ylabel="train accuracy at the end",
-           title="(b) fit against beta", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    for k, p in enumerate(ps):
-        g = [r for r in rows if r["p"] == p]
-        ax.scatter([r["train_acc"] for r in g], [r["info_bits"] for r in g], color=f"C{k}", s=14, label=f"p = {p:g}")
-    ax.set(yscale="log", xlabel="train accuracy at the end", ylabel="information in the weights (bits)",
-           title="(c) information against fit")
-    ax.legend(fontsize=8)
+    for k, n in enumerate(ns):
+        for p, style in ((0.0, "-"), (1.0, "--")):
+            g = [r for r in rows if r["N"] == n and r["p"] == p]
+            if not g:
+                continue
+            bs = sorted({r["beta"] for r in g})
+            axes[0].plot(bs, [np.mean([r["nats"] for r in g if r["beta"] == b]) for b in bs], style, marker="o",
+                         color=f"C{k}", label=f"N {n}, {'random' if p else 'true'} labels")
+            axes[0].scatter([r["beta"] for r in g], [r["nats"] for r in g], color=f"C{k}", s=8, alpha=0.5)
+            for key, ls in (("train_acc_noisy", style), ("train_acc", ":")):
+                axes[2].plot(bs, [np.mean([r[key] for r in g if r["beta"] == b]) for b in bs], ls,
+                             marker="o" if key == "train_acc_noisy" else None, color=f"C{k}",
+                             label=f"N {n}, {'random' if p else 'true'}, {'noisy' if key == 'train_acc_noisy' else 'clean'}")
+        d = [(b, _difference(rows, n, b)) for b in betas]
+        d = [(b, x) for b, x in d if x is not None]
+        if d:
+            m = [x["mean"] for _, x in d]
+            axes[1].errorbar([b for b, _ in d], m, yerr=[[a - x["lo"] for a, (_, x) in zip(m, d)],
+                                                         [x["hi"] - a for a, (_, x) in zip(m, d)]],
+                             marker="o", capsize=3, color=f"C{k}", label=f"N {n} (n = {d[0][1]['n']} a side)")
+    k_classes = rows[0]["classes"] if rows else 10
+    axes[1].axhline(math.log(k_classes), color="gray", ls=":", label=f"ln {k_classes}: one random label")
+    axes[1].axhline(paper_nats, color="k", ls="--", lw=0.8, label=f"Achille & Soatto: about {paper_nats:g} nats")
+    axes[2].axhline(1 / k_classes, color="gray", ls=":", lw=0.8)
+    for a in axes:
+        a.axvline(1.0, color="gray", lw=0.6)
+    axes[0].set(xscale="log", yscale="log", xlabel="beta", ylabel="information per training example (nats)",
+                title="(a) information in the weights")
+    axes[1].set(xscale="log", xlabel="beta", ylabel="random minus true labels (nats per example)",
+                title="(b) what random labels cost (Welch t 95%)")
+    axes[2].set(xscale="log", xlabel="beta", ylabel="train accuracy on the labels trained", ylim=(0, 1.02),
+                title="(c) fit under noise and clean")
     for a in axes:
         a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     return save_figure(fig, Path(path))
 
 

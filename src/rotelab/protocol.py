@@ -26,7 +26,22 @@ BuildLoopFn = Callable[..., Any]                     # build_loop(cfg, RunDir, s
 ExampleFn = Callable[[Path], tuple[dict, list]]      # example(tmp) -> (config fields, extra CLI args)
 SummarizeFn = Callable[..., Optional[dict]]          # summarize(run, cfg=None) -> dict for status.json
 FigureFn = Callable[..., list[Path]]                 # figure(ctx, step, **args) -> [Path]
-CheckFn = Callable[..., tuple]                       # check(ctx, step, **args) -> (value, expected, pass or None)
+CheckFn = Callable[..., Any]   # check(ctx, step, **args) -> CheckResult, or (value, expected, pass or None)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A study check's outcome: the value in words, what was expected (with its source), whether it
+    passed (None: reported, not judged), and the numbers it read (results.json stores them as JSON
+    numbers, so that a result can be compared across versions and plotted again without the runs):
+    each number with its n and its interval's kind where it is a mean."""
+    value: str
+    expected: str
+    passed: bool | None
+    numbers: dict = field(default_factory=dict)
+
+    def __iter__(self):   # unpacks as the (value, expected, pass) of a check that returns words only
+        return iter((self.value, self.expected, self.passed))
 
 
 @dataclass(frozen=True)

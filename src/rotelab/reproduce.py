@@ -311,14 +311,18 @@ def _draw(study: Study, scale: str, out: Path, steps: list[dict], notes: list[st
         fn, args = check_kinds[chk["kind"]], _args(chk)
         own_source = "source" in inspect.signature(fn).parameters
         source = None if own_source else args.pop("source", None)
-        value, expected, passed = fn(ctx, **args)
+        result = fn(ctx, **args)
+        value, expected, passed = result
+        numbers = getattr(result, "numbers", None)
         if source and passed is not None:   # where the expected value comes from, said with it
             expected = f"{expected} ({source})"
         if scale == "smoke":   # a few epochs on tiny data: the claims are not judged there
             expected, passed = f"not judged at smoke scale ({expected})", None
         elif chk.get("reported") and passed is not None:   # a claim measured as a comparison, not judged
             expected, passed = f"reported (the judged claim's test: {expected})", None
-        checks.append({"name": chk["name"], "value": value, "expected": expected, "pass": passed})
+        checks.append({"name": chk["name"], "value": value, "expected": expected, "pass": passed,
+                       **({"source": chk["source"]} if chk.get("source") else {}),
+                       **({"numbers": json_numbers(numbers)} if numbers is not None else {})})
     compute = 0.0   # every epoch's training and evaluation, and the information captures (seconds_info, cumulative)
     trained_at = set()   # the source versions the runs were trained with (git describe, when known)
     for step in steps:
@@ -336,6 +340,24 @@ def _draw(study: Study, scale: str, out: Path, steps: list[dict], notes: list[st
                "command": f"rotelab reproduce {study.name} --scale {scale}",
                "trained_at": sorted(trained_at), "checked_at": source_version() or __version__}
     return results, figures
+
+
+def json_numbers(value):
+    """A check's numbers as JSON keeps them: NumPy scalars and arrays as numbers and lists, dataclasses
+    (an Interval) as dicts, non-finite floats as None (JSON has no inf or NaN)."""
+    import dataclasses
+    import math
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_numbers(v) for v in value]
+    if hasattr(value, "tolist"):   # NumPy arrays and scalars
+        return json_numbers(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def with_out(value, out: Path):

@@ -19,7 +19,7 @@ def measurement_hooks(cfg: FitConfig, data, run: RunDir | None = None) -> list:
     if cfg.batch_scalars and run is not None:
         hooks.append(BatchScalars(run))
     if cfg.weight_noise != "none":
-        hooks.append(WeightNoiseStats(cfg.alpha_ref))
+        hooks.append(WeightNoiseStats(cfg.alpha_ref, *((data.train, data.num_classes) if cfg.info_prior == "init" else ())))
     if cfg.fisher_every:
         n = min(cfg.fisher_samples, len(data.train))
         idx = balanced_subset(data.train.y.cpu(), n, data.num_classes, seed=derive_seed(cfg.seed, "fisher-sample"))
@@ -32,7 +32,7 @@ def information_penalty(cfg: FitConfig, model, n_train: int):
     if not cfg.info_weight:
         return None
     from .models.noisy import info_penalty
-    return lambda: cfg.info_weight * info_penalty(model, cfg.alpha_ref) / n_train
+    return lambda: cfg.info_weight * info_penalty(model, cfg.alpha_ref, cfg.info_prior) / n_train
 
 
 def writers(run: RunDir, total_epochs: int, progress: bool, hist_every: int = 0, save_epochs=(),

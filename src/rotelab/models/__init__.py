@@ -11,6 +11,8 @@ data, into one clear error.
 
 from __future__ import annotations
 
+import math
+
 import inspect
 
 import torch
@@ -227,7 +229,9 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> torch.nn
     check_fits(model, cfg.model, tuple(input_shape), num_classes,
                (cfg.model, repr(sorted(kwargs.items())), tuple(input_shape), num_classes))
     if getattr(cfg, "weight_noise", "none") == "lognormal":
-        add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling)
+        uncapped = getattr(cfg, "info_prior", "loguniform") == "init"
+        add_weight_noise(model, cfg.noise_alpha, cfg.noise_granularity, cfg.learn_alpha, cfg.noise_sampling,
+                         max_alpha=math.inf if uncapped else None)
     if getattr(cfg, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)   # 4-d weights only; inputs may stay as they are
     return model
