@@ -146,7 +146,7 @@ class FitConfig(Config):
     test_fraction: float = opt(0.2, "held-out fraction for data sets without a standard split (digits, tishby)", gt=0, lt=1)
     corrupt: str = opt("none", "KIND=P with KIND in labels, shuffled-pixels, random-pixels, gaussian; P in [0,1] is the fraction of examples corrupted")
     corrupt_test: bool = opt(False, "corrupt the test set the same way (own random stream; shuffled-pixels keeps the train permutation, and shuffled-pixels=1.0 always permutes the test set, as Zhang et al.)")
-    label_noise_mode: str = opt("uniform", "uniform: redraw from all classes (may keep the true one, as Zhang et al.); other: always a different class; permute: shuffle the picked labels among themselves (class histogram kept)", ("uniform", "other", "permute"))
+    label_noise_mode: str = opt("uniform", "uniform: redraw from all classes (may keep the true one, as Zhang et al.); other: always a different class; permute: shuffle the picked labels among themselves (class histogram kept); pair: class-conditional, class c becomes c + 1 mod K (pair flipping)", ("uniform", "other", "permute", "pair"))
     normalize: str = opt("standard", "standard: per-channel standardization with training statistics; none: inputs as the source gives them (images in [0, 1])", ("standard", "none"))
     center_crop: int | None = opt(None, "crop images (train and test) to their central N x N pixels, e.g. 28 for CIFAR-10 as Zhang et al.", ge=1)
     test_subset: int | None = opt(None, "evaluate on a fixed, class-balanced subset of this many test examples", ge=1)

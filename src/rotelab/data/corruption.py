@@ -21,6 +21,8 @@ def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, gen: torch.Gener
     mode 'uniform' draws from all classes (the true one included), as Zhang et al.; the expected
     fraction of changed labels is then p * (1 - 1/K). Mode 'other' draws from the K-1 other classes.
     Mode 'permute' shuffles the picked examples' labels among themselves (the class histogram kept).
+    Mode 'pair' is class-conditional noise: every picked label of class c becomes c + 1 (mod K), the
+    pair flipping of Han et al. (NeurIPS 2018, co-teaching), the case confident learning is built for.
     Returns (labels used, mask of labels that differ from the true ones).
     """
     picked = _pick(len(y), p, gen)
@@ -35,6 +37,8 @@ def corrupt_labels(y: torch.Tensor, p: float, num_classes: int, gen: torch.Gener
         new = torch.randint(num_classes, (len(y),), generator=gen)
     elif mode == "other":
         new = (y + torch.randint(1, num_classes, (len(y),), generator=gen)) % num_classes
+    elif mode == "pair":
+        new = (y + 1) % num_classes
     else:
         raise ValueError(f"unknown label noise mode {mode!r}")
     out = torch.where(picked, new, y)
