@@ -144,3 +144,13 @@ def test_shuffled_pixels_on_test_reuse_the_train_permutation():
     assert torch.equal(flat(default.test.x), flat(clean.test.x)[:, perm]) and default.test.corrupted.all()
     half = load_data(FitConfig(dataset="digits", corrupt="shuffled-pixels=0.5"))
     assert torch.equal(half.test.x, clean.test.x) and not half.test.corrupted.any()
+
+
+def test_pair_noise_is_class_conditional():
+    """Pair flipping: every picked label of class c becomes c + 1 mod K, and only picked ones change."""
+    import torch
+    from rotelab.data.corruption import corrupt_labels
+    y = torch.arange(10).repeat(100)
+    out, changed = corrupt_labels(y, 0.3, 10, torch.Generator().manual_seed(0), mode="pair")
+    assert torch.equal(out[changed], (y[changed] + 1) % 10) and torch.equal(out[~changed], y[~changed])
+    assert 0.25 < changed.float().mean().item() < 0.35

@@ -37,3 +37,20 @@ def test_intersection_below_accuracies_below_union():
 def test_overlap_needs_a_matrix():
     with pytest.raises(ValueError, match="epochs x examples"):
         consecutive_overlap(np.ones(5, dtype=bool))
+
+
+def test_per_example_until_an_epoch_is_the_run_stopped_there(tmp_path):
+    """A run's per-example table read `until` epoch 2 equals that of the same run trained for 2 epochs."""
+    import pandas as pd
+    from rotelab.config import FitConfig
+    from rotelab.protocols.fit import fit
+    from rotelab.runs import Run
+    from rotelab.store import StoreError
+    base = dict(dataset="digits", widths=[16], lr=0.05, progress=False, hist_every=0, example_margins=True,
+                corrupt="labels=0.2", subset=300)
+    long = Run(fit(FitConfig(epochs=4, **base), tmp_path / "long").path)
+    short = Run(fit(FitConfig(epochs=2, **base), tmp_path / "short").path)
+    pd.testing.assert_frame_equal(long.per_example("train", until=2), short.per_example("train"))
+    assert not long.per_example("train", until=4).equals(short.per_example("train"))
+    with pytest.raises(StoreError, match="no evaluated epoch"):
+        long.per_example("train", until=0)

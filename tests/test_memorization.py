@@ -158,3 +158,27 @@ def test_pair_pvalues_by_hand():
     p = pair_pvalues(np.array([[0.25, 0.05], [0.9, 0.4]]), null)
     # test 0: 0.25 is beaten by 0.3 once -> 2/4; 0.05 by all 3 -> 4/4. test 1: 0.9 reached once -> 2/4; 0.4 twice -> 3/4
     assert p.tolist() == [[0.5, 1.0], [0.5, 0.75]]
+
+
+def test_weighted_aurocs_are_the_resamples_aurocs():
+    """AUROC under bootstrap counts equals scikit-learn's AUROC of the resample itself (ties included)."""
+    from sklearn.metrics import roc_auc_score
+    from rotelab.measures.memorization import auroc, bootstrap_counts, weighted_aurocs
+    rng = np.random.default_rng(1)
+    s, y = np.round(rng.normal(size=300), 1), rng.random(300) < 0.3
+    w = bootstrap_counts(300, 40, rng)
+    want = [roc_auc_score(np.repeat(y, r), np.repeat(s, r)) for r in w]
+    assert np.allclose(weighted_aurocs(s, y, w), want, atol=1e-12)
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_paired_auroc_difference():
+    from rotelab.measures.memorization import paired_auroc_difference
+    rng = np.random.default_rng(0)
+    ys = [rng.random(400) < 0.2 for _ in range(3)]
+    good = [y + rng.normal(scale=0.5, size=400) for y in ys]
+    noise = [rng.normal(size=400) for _ in ys]
+    d = paired_auroc_difference(good, noise, ys, n_boot=300)
+    assert d["lo"] > 0.3 and d["n_draws"] == 3 and len(d["per_draw"]) == 3 and min(d["per_draw"]) > 0.3
+    same = paired_auroc_difference(good, good, ys, n_boot=100)
+    assert same["difference"] == same["lo"] == same["hi"] == 0.0   # paired: the same resample for both

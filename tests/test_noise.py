@@ -331,3 +331,44 @@ def test_random_breaks_first_is_judged_between_grid_levels(tmp_path):
     ramp("true-1", 0.0, [0.9, 0.51, 0.2, 0.1])   # a true-label net that crosses before rand-1
     assert check_random_breaks_first(ctx, "ramp", max_factor=1.1893)[2] is False
     assert check_random_breaks_first(ctx, "ramp", max_factor=1.1)[2] is False   # the grid is too coarse
+
+
+def test_kl_to_the_initializations_law_by_hand():
+    """At wrap time the prior is fitted to the posterior itself: sum KL = N/2 ln(s_p^2 / alpha0) with
+    s_p^2 = alpha0 + the variance of ln|m| (the (alpha + dev^2) / 2 s_p^2 terms sum to N/2); a layer
+    whose every weight sits at the prior (alpha = s_p^2, mean at mu_p) holds 0 nats."""
+    from rotelab.models.noisy import kl_init
+    torch.manual_seed(0)
+    net = add_weight_noise(torch.nn.Linear(50, 20), 0.01, granularity="weight", learn=True, max_alpha=math.inf)
+    logm = net.layer.weight.detach().abs().double().log()
+    var_p = 0.01 + logm.var(unbiased=False).item()
+    assert net.prior_var.item() == pytest.approx(var_p, rel=1e-5)
+    assert kl_init(net).item() == pytest.approx(1000 / 2 * math.log(var_p / 0.01), rel=1e-4)
+    assert "prior_var" not in net.state_dict()   # found again from the seed on resume, not saved
+    with torch.no_grad():
+        net.log_alpha.fill_(math.log(net.prior_var.item()))
+        net.layer.weight.copy_(torch.exp(net.prior_mu + net.prior_var / 2).expand_as(net.layer.weight))
+    assert kl_init(net).item() == pytest.approx(0.0, abs=1e-3)
+    # the penalty pulls alpha toward s_p^2 from either side (d KL / d ln alpha = (alpha / s_p^2 - 1) / 2
+    # where the posterior's mean sits at mu_p), and a learned alpha is not capped there
+    for start, sign in ((1e-3, 1), (20.0, -1)):
+        net = add_weight_noise(torch.nn.Linear(50, 20), start, granularity="weight", learn=True, max_alpha=math.inf)
+        with torch.no_grad():
+            net.prior_var.fill_(1.0)
+            net.layer.weight.fill_(math.exp(net.prior_mu.item() + start / 2))
+        info_penalty(net, prior="init").backward()
+        assert torch.allclose(net.log_alpha.grad, torch.tensor((start - 1.0) / 2), rtol=1e-4)
+        assert (torch.sign(-net.log_alpha.grad) == sign).all()   # descent raises a small alpha, lowers a large one
+        assert net.alpha.max().item() == pytest.approx(start, rel=1e-5)
+
+
+def test_learned_noise_under_the_proper_prior_records_the_fit_under_noise(tmp_path):
+    cfg = FitConfig(dataset="digits", widths=[16], epochs=3, optimizer="adam", lr=1e-3, progress=False, hist_every=0,
+                    weight_noise="lognormal", learn_alpha=True, alpha_lr=0.03, noise_alpha=0.01,
+                    noise_granularity="weight", info_weight=1.0, info_prior="init", subset=200)
+    m = fit(cfg, tmp_path / "r").read_metrics()
+    assert all(x["train_examples"] == 200 and x["classes"] == 10 for x in m)
+    assert all(0 <= x["train_acc_noisy"] <= 1 and x["kl_init_bits"] > 0 for x in m)
+    assert [x["kl_init_bits"] for x in m] == sorted((x["kl_init_bits"] for x in m), reverse=True)
+    with pytest.raises(Exception, match="--info-prior"):
+        FitConfig(dataset="digits", info_prior="init").validate()

@@ -132,6 +132,7 @@ class Context:
         self.study, self.scale, self.out, self.steps = study, scale, out, {s["name"]: s for s in steps}
         self.figures = out / "figures"
         self._points: dict[str, list[str]] = {}   # step -> its points' folder names (planned once)
+        self.cache: dict = {}   # what several checks and figures read from the same runs, read once
 
     def step_dir(self, step: str) -> Path:
         if step not in self.steps:

@@ -94,17 +94,26 @@ class Run:
             raise StoreError(self.dir.examples_file, f"{self.dir.examples_file} has no split {split!r}")
         return correctness(ex, split)
 
-    def per_example(self, split: str = "train"):
+    def per_example(self, split: str = "train", until: int | None = None):
         """One row per example of `split`: its labels, whether it was corrupted (and, with
         --train-fraction, trained on), the final correctness, Toneva et al.'s forgetting events and
         first-learned presentation, learned_at (presentations to learn; the number of epochs if it ends
         wrong), and with --example-margins Pleiss et al.'s AUM (mean margin) and Swayamdipta et al.'s
-        data map (confidence, variability, correctness) with the final margin and probability."""
+        data map (confidence, variability, correctness) with the final margin and probability.
+        `until`: as if the run had stopped after that epoch (its evaluated epochs up to it; "final"
+        is then that epoch's)."""
         import pandas as pd
         from .measures.examples import first_correct, forgetting_events, presentations_to_learn
         from .measures.memorization import aum, data_map
         ex = self.examples
         correct = self.correct(split, ex)
+        if until is not None:
+            rows = np.asarray(ex["epochs"]) <= until
+            if not rows.any():
+                raise StoreError(self.dir.examples_file, f"{self.path} has no evaluated epoch at or before {until}")
+            ex = {k: (v[rows] if k.startswith(f"{split}_") and np.ndim(v) == 2 and len(v) == len(rows) else v)
+                  for k, v in ex.items()}
+            correct = correct[rows]
         table = {"example": np.arange(correct.shape[1]), "label_used": ex[f"{split}_labels_used"],
                  "label_true": ex[f"{split}_labels_true"], "corrupted": ex[f"{split}_corrupted"].astype(bool)}
         if f"{split}_seen" in ex:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import parse_corruption
-from ..protocol import CheckFn, FigureFn
+from ..protocol import CheckFn, CheckResult, FigureFn
 from ..store import RunDir, runs_in
 from . import weight_information
 
@@ -148,8 +148,8 @@ def check_all_fit(ctx, step: str):
     runs = ctx.runs(step)
     fit = [r for r in runs if r.read_status().get("fit_epoch")]
     slow = [r.path.name for r in runs if r not in fit]
-    return f"{len(fit)} of {len(runs)}" + (f" (not fit: {', '.join(slow)})" if slow else ""), "all", \
-        bool(runs) and len(fit) == len(runs)
+    return CheckResult(f"{len(fit)} of {len(runs)}" + (f" (not fit: {', '.join(slow)})" if slow else ""), "all",
+                       bool(runs) and len(fit) == len(runs), {"fit": len(fit), "runs": len(runs), "not_fit": slow})
 
 
 def _by_level(ctx, step: str, value) -> dict[float, list[float]]:
@@ -188,9 +188,11 @@ def check_rises_with_p(ctx, step: str, metric: str, alpha: float = 0.01, source:
     overlaps = overlapping_neighbours({p: (ci.lo, ci.hi) for p, ci in intervals.items()})
     said = ("; intervals overlap at p = " + ", ".join(f"{a:g}-{b:g}" for a, b in overlaps)) if overlaps \
         else "; no two neighbouring intervals overlap"
-    return (f"Spearman {rho:.3f} over {len(ys)} runs (one-sided p = {pval:.2g}); mean [95% interval] per p: "
-            f"{shown}{said}"), f"rising over the runs: Spearman > 0 at one-sided p < {alpha} ({source})", \
-        bool(rho > 0 and pval < alpha)
+    return CheckResult(f"Spearman {rho:.3f} over {len(ys)} runs (one-sided p = {pval:.2g}); mean [95% interval] per p: "
+                       f"{shown}{said}", f"rising over the runs: Spearman > 0 at one-sided p < {alpha} ({source})",
+                       bool(rho > 0 and pval < alpha),
+                       {"spearman": rho, "p_value": pval, "runs": len(ys), "by_p": {f"{p:g}": ci for p, ci in intervals.items()},
+                        "overlapping": [[a, b] for a, b in overlaps]})
 
 
 def check_chance(ctx, step: str, p: float = 1.0, tolerance: float = 0.02):
@@ -199,14 +201,15 @@ def check_chance(ctx, step: str, p: float = 1.0, tolerance: float = 0.02):
         return "no runs", "", False
     chance = 1 / runs[0].num_classes()
     acc = float(np.mean([1 - _test_error(r) for r in runs]))
-    return f"test accuracy {acc:.4f} (mean of {len(runs)})", f"{chance:.3f} +- {tolerance}", abs(acc - chance) <= tolerance
+    return CheckResult(f"test accuracy {acc:.4f} (mean of {len(runs)})", f"{chance:.3f} +- {tolerance}",
+                       abs(acc - chance) <= tolerance, {"test_acc": acc, "runs": len(runs), "chance": chance})
 
 
 def check_overlap_bounds(ctx, step: str, split: str = "train"):
     """intersection(t-1, t) <= acc(t-1), acc(t) <= union(t-1, t) at every epoch of every run; and the
     gap union - intersection (the fraction of examples whose correctness flips), its largest value and
     its value at the last epoch, reported."""
-    bad, gaps = 0, []
+    bad, gaps, numbers = 0, [], {}
     for r in ctx.runs(step):
         m = r.read_metrics()
         for prev, cur in zip(m, m[1:]):
@@ -218,9 +221,10 @@ def check_overlap_bounds(ctx, step: str, split: str = "train"):
         g = [r[f"{split}_union"] - r[f"{split}_intersection"] for r in m if r.get(f"{split}_union") is not None]
         peak = int(np.argmax(g))
         gaps.append(f"{max(g):.3f} at epoch {m[peak + 1]['epoch']}, {g[-1]:.3f} at the end")
+        numbers[r.path.name] = {"largest_gap": max(g), "at_epoch": m[peak + 1]["epoch"], "last_gap": g[-1]}
     # reported, never judged: the bounds hold by set theory for any correctness bits
-    return f"{bad} epochs out of bounds; union - intersection: {'; '.join(gaps)}", \
-        "reported (holds by definition)", None
+    return CheckResult(f"{bad} epochs out of bounds; union - intersection: {'; '.join(gaps)}",
+                       "reported (holds by definition)", None, {"out_of_bounds": bad, "runs": numbers})
 
 
 def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2, hi: float = 0.8,
@@ -230,7 +234,7 @@ def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2,
     correctness flips between consecutive epochs (union - intersection) is at least `at_least`; after
     the fit (from the first epoch at accuracy 1 on) it never exceeds `after_fit_at_most`, judged only
     with `judge_after_fit` (a run that stays fit has nothing left to flip). Every run."""
-    parts, ok = [], True
+    parts, ok, numbers = [], True, {}
     for r in ctx.runs(step):
         m = r.read_metrics()
         during, after, fit = [], [], None
@@ -247,12 +251,15 @@ def check_oscillation_gap(ctx, step: str, split: str = "train", lo: float = 0.2,
         med = float(np.median(during)) if during else float("nan")
         worst = max(after) if after else float("nan")
         ok &= bool(during) and med >= at_least and (not judge_after_fit or not after or worst <= after_fit_at_most)
+        numbers[r.path.name] = {"median_gap": med, "epochs_during": len(during), "fit_epoch": fit,
+                                "largest_gap_after_fit": worst, "epochs_after": len(after)}
         parts.append(f"{r.path.name}: median gap {med:.3f} over {len(during)} epochs at accuracy {lo}-{hi}; "
                      + (f"fit at epoch {fit}, largest gap after it {worst:.3f} ({len(after)} epochs)" if fit
                         else "never fit"))
     after_fit = f"<= {after_fit_at_most} after the fit" if judge_after_fit else \
         "after the fit reported (it follows from staying fit)"
-    return "; ".join(parts), f"median >= {at_least} while accuracy in [{lo}, {hi}], {after_fit} ({source})", ok
+    return CheckResult("; ".join(parts), f"median >= {at_least} while accuracy in [{lo}, {hi}], {after_fit} ({source})",
+                       ok, numbers)
 
 
 def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int = 5, after: tuple = (2, 6),
@@ -261,7 +268,7 @@ def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int
     (union - intersection) over epochs `after` past the step is at most `factor` times its median over
     the `before` epochs up to it."""
     from ..measures.curves import lr_drops
-    parts, ok = [], True
+    parts, ok, numbers = [], True, {}
     for r in ctx.runs(step):
         m = [x for x in r.read_metrics() if x.get(f"{split}_union") is not None]
         drop = next(iter(lr_drops(m)), None)
@@ -274,19 +281,22 @@ def check_gap_falls_at_lr_step(ctx, step: str, split: str = "train", before: int
         post = [gap[e] for e in range(drop + after[0], drop + after[1] + 1) if e in gap]
         g0, g1 = float(np.median(pre)), float(np.median(post)) if post else float("nan")
         ok &= bool(post) and g1 <= factor * g0
+        numbers[r.path.name] = {"lr_step_epoch": drop, "median_gap_before": g0, "median_gap_after": g1}
         parts.append(f"{r.path.name}: lr steps at epoch {drop}; median gap {g0:.3f} before, {g1:.3f} after")
-    return "; ".join(parts), f"the gap after the step <= {factor} x the gap before it ({source})", ok and bool(parts)
+    return CheckResult("; ".join(parts), f"the gap after the step <= {factor} x the gap before it ({source})",
+                       ok and bool(parts), numbers)
 
 
 def report_final_train_acc(ctx, step: str):
     """Each group's train accuracy at its last epoch (mean, its 95% interval with its kind and n, and
     the range over its runs), reported."""
     from ..measures.stats import mean_interval
-    parts = []
+    parts, numbers = [], {}
     for g in ctx.groups(step):
         accs = [RunDir(d).read_metrics()[-1]["train_acc"] for d in runs_in(g)]
+        numbers[g.name] = {"train_acc": mean_interval(accs), "runs": accs}
         parts.append(f"{g.name}: {mean_interval(accs)}; runs {min(accs):.3f}-{max(accs):.3f}")
-    return "; ".join(parts), "reported", None
+    return CheckResult("; ".join(parts), "reported", None, numbers)
 
 
 def check_final_train_acc(ctx, step: str, group: str, at_least: float = 0.99, reached: bool = False,
@@ -299,22 +309,23 @@ def check_final_train_acc(ctx, step: str, group: str, at_least: float = 0.99, re
     series = [[m["train_acc"] for m in r.read_metrics() if m.get("train_acc") is not None] for r in runs]
     final = [a[-1] for a in series]
     if not reached:
-        return f"{group}: train accuracy {', '.join(f'{a:.4f}' for a in final)} at the last epoch", \
-            f">= {at_least} ({source})", min(final) >= at_least
+        return CheckResult(f"{group}: train accuracy {', '.join(f'{a:.4f}' for a in final)} at the last epoch",
+                           f">= {at_least} ({source})", min(final) >= at_least, {"final_train_acc": final})
     peak = [max(a) for a in series]
     fell = [f"seed {r.read_config().get('seed')} reached {p:.4f} and ended at {f:.4f}"
             for r, p, f in zip(runs, peak, final) if p >= at_least > f]
     value = (f"{group}: {sum(p >= at_least for p in peak)} of {len(runs)} runs reach {at_least} (best "
              f"{', '.join(f'{p:.4f}' for p in peak)}); {sum(f >= at_least for f in final)} of {len(runs)} end there"
              + (f" ({'; '.join(fell)})" if fell else ""))
-    return value, f"every run reaches >= {at_least} at some epoch ({source})", min(peak) >= at_least
+    return CheckResult(value, f"every run reaches >= {at_least} at some epoch ({source})", min(peak) >= at_least,
+                       {"best_train_acc": peak, "final_train_acc": final})
 
 
 def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_at_least: float = 0.99,
                 judge_test: bool = True):
     """Final train and test accuracy of each point against a table of the paper's numbers; the test
     accuracy only reported without `judge_test` (random labels: at chance by construction)."""
-    rows, ok = [], True
+    rows, ok, numbers = [], True, {}
     for g in ctx.groups(step):
         want = expected.get(g.name)
         if want is None:
@@ -324,13 +335,14 @@ def check_table(ctx, step: str, expected: dict, tolerance: float = 0.03, train_a
         train, test = float(np.mean([x["train_acc"] for x in m])), float(np.mean([x["test_acc"] for x in m]))
         ok &= train >= train_at_least and (not judge_test or abs(test - want) <= tolerance)
         rows.append(f"{g.name}: train {train:.4f}, test {test:.4f} (paper {want:.4f})")
+        numbers[g.name] = {"train_acc": train, "test_acc": test, "paper_test_acc": want, "runs": len(m)}
     judged = f"test within {tolerance} of the paper" if judge_test else "test reported (at chance by construction)"
-    return "; ".join(rows), f"train >= {train_at_least}, {judged}", ok and bool(rows)
+    return CheckResult("; ".join(rows), f"train >= {train_at_least}, {judged}", ok and bool(rows), numbers)
 
 
 def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):
     """Each point's parameter count (recorded by the run) equals the paper's."""
-    rows, ok = [], True
+    rows, ok, numbers = [], True, {}
     for g in ctx.groups(step):
         want = expected.get(g.name)
         runs = [RunDir(d) for d in runs_in(g)]
@@ -338,8 +350,10 @@ def check_parameters(ctx, step: str, expected: dict, source: str = "paper"):
             continue
         have = runs[0].read_environment().get("parameters")
         ok &= have == want
+        numbers[g.name] = {"parameters": have, "paper": want}
         rows.append(f"{g.name}: {have:,}" if have is not None else f"{g.name}: not recorded")
-    return "; ".join(rows), "; ".join(f"{k}: {v:,}" for k, v in expected.items()) + f" ({source})", ok and bool(rows)
+    return CheckResult("; ".join(rows), "; ".join(f"{k}: {v:,}" for k, v in expected.items()) + f" ({source})",
+                       ok and bool(rows), numbers)
 
 
 # -- Feldman & Zhang's marginal utility: remove the most memorized examples, or as many random ones --
@@ -381,7 +395,7 @@ def check_removal_costs_more(ctx, step: str, alpha: float = 0.05, source: str = 
     ks = sorted({k for kind, k in table if k > 0 and ("mem", k) in table and ("random", k) in table})
     if not ks:
         return "no K with both arms done", f"removing the most memorized costs more ({source})", None
-    parts, verdict = [], None
+    parts, verdict, numbers = [], None, {}
     for k in ks:
         mem, rnd = table["mem", k], table["random", k]
         a, b = mean_interval(rnd), mean_interval(mem)
@@ -389,14 +403,16 @@ def check_removal_costs_more(ctx, step: str, alpha: float = 0.05, source: str = 
             else float("nan")
         parts.append(f"K = {k}: random {a.mean:.4f} ({a.lo:.4f}-{a.hi:.4f}, n = {a.n}), most memorized {b.mean:.4f} "
                      f"({b.lo:.4f}-{b.hi:.4f}, n = {b.n}); difference {a.mean - b.mean:+.4f}, Welch one-sided p = {pval:.2g}")
+        numbers[str(k)] = {"random": a, "mem": b, "difference": a.mean - b.mean, "welch_p_one_sided": pval}
         if k == ks[-1]:
             verdict = bool(a.mean > b.mean and pval < alpha)
     base = table.get(("mem", 0))
     if base:
         i = mean_interval(base)
         parts.insert(0, f"nothing removed {i.mean:.4f} ({i.lo:.4f}-{i.hi:.4f}, n = {i.n})")
-    return "; ".join(parts), (f"at the largest K the most memorized cost more test accuracy than as many random "
-                              f"examples, Welch one-sided p < {alpha} ({source})"), verdict
+        numbers["0"] = {"none_removed": i}
+    return CheckResult("; ".join(parts), (f"at the largest K the most memorized cost more test accuracy than as many "
+                                          f"random examples, Welch one-sided p < {alpha} ({source})"), verdict, numbers)
 
 
 FIGURES: dict[str, FigureFn] = {"removal": fig_removal, "zhang_fig1": fig_zhang, "oscillation": fig_oscillation, **weight_information.FIGURES}

@@ -22,7 +22,7 @@ from ..config import ConfigError, FitConfig, opt, parse_seeds
 from ..hook import EpochResult, Hook
 from ..registry import Registry
 from ..plan import Plan, PlannedRun, folder_record, make
-from ..protocol import Folder, Protocol, StudyParts, register
+from ..protocol import CheckResult, Folder, Protocol, StudyParts, register
 from ..store import RunDir, runs_in, truncate_jsonl
 from ..training import build_fit_loop
 
@@ -465,7 +465,8 @@ def check_info_bounds(ctx, step: str):
             if "kde-upper" in p and "kde-lower" in p:
                 bad += p["kde-upper"]["ixt"] < p["kde-lower"]["ixt"] - 1e-9
     # reported, never judged: plug-in binning estimates satisfy these bounds identically
-    return f"{bad} of {n} records out of bounds", "reported (plug-in estimates satisfy the bounds identically)", None
+    return CheckResult(f"{bad} of {n} records out of bounds", "reported (plug-in estimates satisfy the bounds identically)",
+                       None, {"out_of_bounds": bad, "records": n})
 
 
 def _final_layers(rows: list[dict], estimator: str, split: str = "train") -> dict[int, list[tuple[int, float, float]]]:
@@ -492,7 +493,9 @@ def check_output_ity(ctx, step: str, group: str, at_least: float = 0.9, estimato
             vals.append(sorted(layers[max(layers)])[-1][2])
     if not vals:
         return f"no runs in {group}", "", False
-    return f"{mean_interval(vals)} bits (mean over seeds; min {min(vals):.3f})", f">= {at_least} bits, mean over seeds ({source})", bool(np.mean(vals) >= at_least)
+    return CheckResult(f"{mean_interval(vals)} bits (mean over seeds; min {min(vals):.3f})",
+                       f">= {at_least} bits, mean over seeds ({source})", bool(np.mean(vals) >= at_least),
+                       {"ity_bits": mean_interval(vals), "runs": vals})
 
 
 def report_ixt_fall(ctx, step: str, estimator: str | None = None):
@@ -501,7 +504,7 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
     (fixed edges, else fixed bin size). A layer whose mean curve ends within 0.1 bit of the ceiling
     log2 N is said to be saturated: the estimate cannot show compression there, which is not finding none."""
     from ..measures.information import compression
-    parts = []
+    parts, numbers = [], {}
     for g in ctx.groups(step):
         runs, gone = kept_runs([RunDir(d) for d in runs_in(g)])
         records = runs[0].read_info() if runs else []
@@ -517,12 +520,13 @@ def report_ixt_fall(ctx, step: str, estimator: str | None = None):
         for layer in sorted(table)[-3:-1]:   # the last two hidden layers
             e, ixt, _ = table[layer]
             c = compression(e, ixt, ceiling)
+            numbers.setdefault(g.name, {"estimator": est, "runs": len(runs), "ceiling": ceiling})[f"layer {layer + 1}"] = c
             said.append(f"layer {layer + 1} saturated at the ceiling log2 N = {ceiling:.2f} from epoch "
                         f"{c['at_ceiling_from']} (the estimate cannot show compression)" if c["saturated"]
                         else f"layer {layer + 1} falls {c['fall']:.2f} bits from its peak")
         parts.append(f"{g.name} ({est}, mean curve of {len(runs)} run{'s' * (len(runs) != 1)}): " + ", ".join(said)
                      + said_left_out(gone))
-    return "; ".join(parts), "reported", None
+    return CheckResult("; ".join(parts), "reported", None, numbers)
 
 
 def fit_epochs(runs: list[RunDir]) -> str:
@@ -547,17 +551,19 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
     table, n = info_table(runs, split, estimator)
     own = [info_table([r], split, estimator)[0] for r in runs]
     ceiling = math.log2(n)
-    found, words = 0, []
+    found, words, numbers = 0, [], {}
     for layer in sorted(table)[-layers:]:
         e, ixt, _ = table[layer]
         c = compression(e, ixt, ceiling)
         name = "output" if layer == max(table) else f"layer {layer + 1}"
+        numbers[name] = dict(c)
         if c["saturated"]:
             words.append(f"{name} saturated (at the ceiling log2 N = {ceiling:.2f} from epoch {c['at_ceiling_from']})")
             continue
         found += c["fall"] >= at_least
         falls = [compression(t[layer][0], t[layer][1], ceiling)["fall"] for t in own if layer in t]
         spread = f" (runs {min(falls):.2f}-{max(falls):.2f})" if len(falls) > 1 else ""
+        numbers[name]["run_falls"] = falls
         most = f", 80% of it by epoch {c['most_by']}" if c["most_by"] is not None else ""
         words.append(f"{name} {c['peak']:.2f} (epoch {c['peak_epoch']}) -> {c['final']:.2f}: falls {c['fall']:.2f}"
                      f"{spread}{most}")
@@ -566,7 +572,9 @@ def check_compression(ctx, step: str, group: str, layers: int = 3, at_least: flo
         "; ".join(words) + fitted + said_left_out(gone)
     expected = f">= {at_least} bit fall in {need} of the last {layers} layers of the mean curve, judged from " \
                f"{min_runs} runs ({source})"
-    return value, expected, (found >= need) if len(runs) >= min_runs else None
+    return CheckResult(value, expected, (found >= need) if len(runs) >= min_runs else None,
+                       {"layers": numbers, "falling": found, "runs": len(runs), "n": n, "ceiling": ceiling,
+                        "left_out": gone})
 
 
 
@@ -576,7 +584,7 @@ def report_time_scales(ctx, steps: list[str], group: str, layers: int = 3, estim
     fit epochs (train accuracy >= 0.99), and on the mean curve of the last `layers` layers the epochs
     of the peaks of I(X;T) and by which 80% of each fall is done. Diverged runs are left out, named."""
     from ..measures.information import compression
-    parts = []
+    parts, numbers = [], {}
     for step in steps:
         runs, gone = kept_runs(ctx.group_runs(step, group))
         if not runs:
@@ -587,10 +595,11 @@ def report_time_scales(ctx, steps: list[str], group: str, layers: int = 3, estim
         peaks = ", ".join(str(c["peak_epoch"]) for c in curves)
         most = ", ".join("-" if c["most_by"] is None else str(c["most_by"]) for c in curves)   # -: no fall
         falls = ", ".join(f"{c['fall']:.2f}" for c in curves)
+        numbers[step] = {"n": n, "runs": len(runs), "layers": curves}
         parts.append(f"N = {n} ({len(runs)} run{'s' * (len(runs) != 1)}): fit at epoch {fit_epochs(runs)}; the last {layers} "
                      f"layers peak at epochs {peaks} and 80% of their falls ({falls} bits) is done by epochs {most}"
                      + said_left_out(gone))
-    return f"{group}: " + "; ".join(parts), "reported", None
+    return CheckResult(f"{group}: " + "; ".join(parts), "reported", None, numbers)
 
 
 def example(tmp) -> tuple[dict, list]:

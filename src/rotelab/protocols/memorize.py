@@ -34,6 +34,7 @@ from ..plan import Plan, PlannedRun, folder_record, make
 from ..protocol import Folder, Protocol, StudyParts, register
 from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from ..training import build_fit_loop
+from . import memorize_study
 
 
 @dataclass
@@ -477,43 +478,6 @@ def group_figures(paths) -> list[Path]:
     return out
 
 
-# -- what studies of memorize folders draw and check ------------------------------------------------
-
-def _summaries(ctx, step: str) -> list[tuple[Path, dict]]:
-    return [(g, read_json(g / "memorization.json")) for g in ctx.groups(step) if (g / "memorization.json").is_file()]
-
-
-def fig_memorization(ctx, step: str) -> list[Path]:
-    return [ctx.copy(png, ctx.figures / f"{png.stem}_{step}_{png.parent.parent.name}.png")
-            for png in group_figures(ctx.groups(step))]
-
-
-def check_mem(ctx, step: str, corrupted_mean_at_least: float = 0.8, clean_median_at_most: float = 0.1):
-    """Every folder with corrupted labels: corrupted examples' mean mem and clean ones' median."""
-    rows = [(g.name, s) for g, s in _summaries(ctx, step) if s.get("mem_corrupted_mean") is not None]
-    value = "; ".join(f"{n}: corrupted mean {s['mem_corrupted_mean']:.3f} ({s['corrupted']} examples), clean median "
-                      f"{s['mem_clean_median']:.3f} (n = 1 folder of {s['models']} models; se of mem <= "
-                      f"{s['mem_se_p95']:.3f} for 95% of examples)" for n, s in rows)
-    ok = bool(rows) and all(s["mem_corrupted_mean"] >= corrupted_mean_at_least and
-                            s["mem_clean_median"] <= clean_median_at_most for _, s in rows)
-    return value, f"corrupted mean >= {corrupted_mean_at_least}, clean median <= {clean_median_at_most}", ok
-
-
-def check_mem_auroc(ctx, step: str, at_least: float = 0.9):
-    """mem ranks the corrupted examples first: AUROC with its interval (bootstrap over examples)."""
-    rows = [(g.name, s["detection_mem"]) for g, s in _summaries(ctx, step) if "detection_mem" in s]
-    value = "; ".join(f"{n}: AUROC {d['auroc']:.3f} ({d['auroc_ci'][0]:.3f}-{d['auroc_ci'][1]:.3f}, {d['interval']}, "
-                      f"n = {d['n']} examples), AP {d['ap']:.3f}" for n, d in rows)
-    return value, f">= {at_least}", bool(rows) and all(d["auroc"] >= at_least for _, d in rows)
-
-
-def report_fit(ctx, step: str):
-    """How well the models fit what they saw (mem of an example is only as high as the fit)."""
-    rows = _summaries(ctx, step)
-    return "; ".join(f"{g.name}: {s['fit_seen_mean']:.3f} of the seen examples right at the end (mean over "
-                     f"{s['models']} models)" for g, s in rows), "reported", None
-
-
 def example(tmp) -> tuple[dict, list]:
     return dict(dataset="digits", widths=[32], epochs=12, lr=0.05, corrupt="labels=0.2", label_noise_mode="other",
                 models=4, stack=1, train_fraction=0.5, signals=False, hist_every=0, checkpoint_every=0,
@@ -528,5 +492,4 @@ PROTOCOL = register(Protocol(
                 "(Feldman & Zhang 2020; Jiang et al. 2021); OUT/memorization.json says how well memorization "
                 "finds the corrupted labels.",
     folder=Folder(figures=group_figures, summary_lines=summary_lines, per_example=folder_table),
-    study=StudyParts(figures={"memorization": fig_memorization},
-                     checks={"mem": check_mem, "mem_auroc": check_mem_auroc, "fit": report_fit})))
+    study=StudyParts(figures=memorize_study.FIGURES, checks=memorize_study.CHECKS)))

@@ -21,7 +21,7 @@ import numpy as np
 from ..config import Config, ConfigError, opt
 from ..hook import EpochResult, Hook
 from ..plan import Plan, PlannedRun, folder_record, make
-from ..protocol import Derived, Folder, Protocol, StudyParts, protocol_of, register
+from ..protocol import CheckResult, Derived, Folder, Protocol, StudyParts, protocol_of, register
 from ..store import RunDir, StoreError, atomic_write_json, read_json, runs_in
 
 @dataclass
@@ -333,11 +333,13 @@ def check_random_breaks_first(ctx, step: str, max_factor: float | None = None, s
     true_x = sorted(cross(r) for r in rows if r["label_corruption"] == 0.0)
     expected = "every random-label net's crossing below every true-label net's" + \
         (f", on a grid of factor <= {max_factor:.4g} per step ({source})" if max_factor else f" ({source})")
-    return (f"first grid alpha below half: random labels {', '.join(f'{a:.3g}' for a in sorted(rand))} "
-            f"({len(set(rand))} distinct), true labels {', '.join(f'{a:.3g}' for a in sorted(true))} "
-            f"({len(set(true))} distinct), grid factor {factor:.4g} per step; crossing of half (log-linear between "
-            f"levels): random labels {', '.join(f'{a:.3g}' for a in rand_x)}, true labels "
-            f"{', '.join(f'{a:.3g}' for a in true_x)}"), expected, fine and max(rand_x) < min(true_x)
+    return CheckResult(f"first grid alpha below half: random labels {', '.join(f'{a:.3g}' for a in sorted(rand))} "
+                       f"({len(set(rand))} distinct), true labels {', '.join(f'{a:.3g}' for a in sorted(true))} "
+                       f"({len(set(true))} distinct), grid factor {factor:.4g} per step; crossing of half (log-linear "
+                       f"between levels): random labels {', '.join(f'{a:.3g}' for a in rand_x)}, true labels "
+                       f"{', '.join(f'{a:.3g}' for a in true_x)}", expected, fine and max(rand_x) < min(true_x),
+                       {"half_crossing_random": rand_x, "half_crossing_true": true_x, "grid_factor": factor,
+                        "grid_below_half_random": sorted(rand), "grid_below_half_true": sorted(true)})
 
 
 def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: float = 0.347,
@@ -353,8 +355,9 @@ def check_information_terms(ctx, step: str, start: float = 4.605, per_doubling: 
     drop = float(np.mean(steps)) if steps else float("nan")
     ok = abs(first - start) <= tolerance and all(abs(s - per_doubling) <= tolerance for s in steps)
     # reported, never judged: the information term of a fixed alpha schedule is its arithmetic
-    return f"starts at {first:.4f} nats, falls {drop:.4f} per step ({'as' if ok else 'not as'} the closed form)", \
-        f"reported ({start} nats, {per_doubling} per doubling by construction)", None
+    return CheckResult(f"starts at {first:.4f} nats, falls {drop:.4f} per step ({'as' if ok else 'not as'} the closed form)",
+                       f"reported ({start} nats, {per_doubling} per doubling by construction)", None,
+                       {"start_nats": first, "fall_per_step": drop, "as_closed_form": ok})
 
 
 def noise_fate(run, split: str = "train"):
@@ -413,10 +416,11 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
     two-sided Mann-Whitney U test of their breaking alphas gives p < `level`. Breaking: first wrong in
     the majority of the noisy passes, among examples right at the first noise level."""
     from ..runs import Run
-    parts, ok = [], True
+    parts, ok, numbers = [], True, {}
     ramps = [r for r in ctx.runs(step) if source_label_corruption(r.read_config()["source"]) == p]
     for r in ramps:
         s = breaking_summary(noise_fate(Run(r.path)))
+        numbers[r.path.name] = s
         clean, bad = s["clean"]["median_breaking_alpha"], s["corrupted"]["median_breaking_alpha"]
         pval = s.get("mann_whitney_p", float("nan"))
         ok &= clean is not None and bad is not None and bad < clean and pval < level
@@ -427,17 +431,17 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
                      f"{clean:.3g} clean ({s['clean']['examples']}); P(a corrupted example breaks first) {effect:.2f}, "
                      f"Mann-Whitney p {'< 1e-12' if pval < 1e-12 else f'= {pval:.2g}'}"
                      + (f"; Spearman with forgetting events within groups: {within}" if within else ""))
-    return "; ".join(parts) or f"no ramps of networks trained at p = {p}", \
-        f"corrupted below clean with p < {level} in each of >= {networks} networks ({source})", \
-        ok and len(ramps) >= networks
+    return CheckResult("; ".join(parts) or f"no ramps of networks trained at p = {p}",
+                       f"corrupted below clean with p < {level} in each of >= {networks} networks ({source})",
+                       ok and len(ramps) >= networks, numbers)
 
 
 def check_random_test_chance(ctx, step: str, tolerance: float = 0.03):
     rows = [r for r in _ramps(ctx, step) if r["label_corruption"] == 1.0]
     chance = 1 / RunDir(rows[0]["source"]).num_classes()
     accs = [r["noise_free_test_acc"] for r in rows]
-    return f"test accuracy {', '.join(f'{a:.3f}' for a in accs)}", f"{chance:.2f} +- {tolerance}", \
-        all(abs(a - chance) <= tolerance for a in accs)
+    return CheckResult(f"test accuracy {', '.join(f'{a:.3f}' for a in accs)}", f"{chance:.2f} +- {tolerance}",
+                       all(abs(a - chance) <= tolerance for a in accs), {"test_acc": accs, "chance": chance})
 
 
 
