@@ -636,7 +636,7 @@ def plot_signals_against_length(scores: dict, compute: dict, draws: dict, path) 
     (many and few), dashed cleanlab's folds, dotted one run. `scores`: memorize_study.scores_against_length;
     `compute`: signal -> runs' worth of training; `draws`: mode -> n."""
     modes = list(scores)
-    fig, axes = plt.subplots(2, len(modes), figsize=(7.5 * len(modes), 9), squeeze=False)
+    fig, axes = plt.subplots(2, len(modes), figsize=(7.5 * len(modes), 10), squeeze=False)
     signals = list(next(iter(scores.values())))
     for j, mode in enumerate(modes):
         for k, sig in enumerate(signals):
@@ -653,5 +653,7 @@ def plot_signals_against_length(scores: dict, compute: dict, draws: dict, path) 
             axes[i][j].set(xlabel="epochs trained", ylabel=key, xscale="log",
                            title=f"{mode} label noise: {key} (mean of {draws[mode]} draws, t 95%)")
             axes[i][j].grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.14, hspace=0.3)
     return save_figure(fig, Path(path))

@@ -40,8 +40,11 @@ class CheckResult:
     passed: bool | None
     numbers: dict = field(default_factory=dict)
 
-    def __iter__(self):   # unpacks as the (value, expected, pass) of a check that returns words only
+    def __iter__(self):   # unpacks, and indexes, as the (value, expected, pass) of a check that returns words only
         return iter((self.value, self.expected, self.passed))
+
+    def __getitem__(self, i):
+        return (self.value, self.expected, self.passed)[i]
 
 
 @dataclass(frozen=True)

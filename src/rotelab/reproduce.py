@@ -486,7 +486,8 @@ def publish_records(out: Path, dst: Path, examples: bool = True) -> dict:
     config, status, metrics and information rows (gzipped JSONL), its per-example bits (examples.npz)
     where its protocol's figures need them (none with `examples` off: a study's `record_examples =
     false` when nothing it reports is per example), and the files a folder of runs writes (plan, sweep,
-    summaries, memorize's matrices, estimates without influence, gallery and per-example table). No
+    summaries, memorize's matrices, estimates without influence, gallery, per-example table and signals
+    by training length). No
     checkpoints, no TensorBoard files.
     Returns the file count and size."""
     import gzip
@@ -502,7 +503,7 @@ def publish_records(out: Path, dst: Path, examples: bool = True) -> dict:
             target, data = dst / rel.parent / (src.name + ".gz"), gzip.compress(src.read_bytes(), mtime=0)
         elif src.suffix == ".gz" and src.name[:-3] in PACKED_FILES:   # published already (a record folder
             target, data = dst / rel, src.read_bytes()                  # republished with --finished)
-        elif src.name in RECORD_FILES or src.name in ("matrices.npz", "gallery.npz") or (
+        elif src.name in RECORD_FILES or src.name in ("matrices.npz", "gallery.npz", "signals_by_length.npz") or (
                 src.name == "examples.npz" and examples and _keeps_examples(src)):
             target, data = dst / rel, src.read_bytes()
         elif src.name == "memorization.npz":   # the per-example estimates; influence's top-k (8 MB for

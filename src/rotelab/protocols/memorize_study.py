@@ -83,7 +83,33 @@ def _neutral(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.nanmedian(x), x)
 
 
+SIGNALS_FILE = "signals_by_length.npz"   # a folder's scores per length: what a record keeps of its runs' records
+
+
 def folder_signals(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MODELS) -> dict:
+    """folder_signals_from_runs, written once to the folder's signals_by_length.npz and read from there
+    after (a published record keeps that file, not the runs' per-example records)."""
+    import json
+    from ..store import atomic_write_bytes
+    path = Path(folder) / SIGNALS_FILE
+    if path.is_file():
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            scores = {int(e): {sig: z[f"{e}/{sig}"].astype(np.float64) for sig in meta["signals"]} for e in meta["epochs"]}
+            return {"corrupted": z["corrupted"].astype(bool), "noise": meta["noise"], "compute": meta["compute"],
+                    "scores": scores}
+    fs = folder_signals_from_runs(folder, epochs, cheap)
+    import io
+    buf = io.BytesIO()
+    meta = {"noise": fs["noise"], "compute": fs["compute"], "epochs": list(fs["scores"]),
+            "signals": list(next(iter(fs["scores"].values())))}
+    np.savez_compressed(buf, meta=json.dumps(meta), corrupted=fs["corrupted"],
+                        **{f"{e}/{sig}": v.astype(np.float32) for e, s in fs["scores"].items() for sig, v in s.items()})
+    atomic_write_bytes(path, buf.getvalue())
+    return folder_signals(folder)
+
+
+def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MODELS) -> dict:
     """A finished memorize folder's signals at each training length in `epochs` that its runs
     evaluated (all their evaluated epochs where none is): {"corrupted": mask, "noise": the
     label noise mode, "compute": signal -> runs' worth of training, "scores": {epoch: {signal: score}}}
@@ -150,8 +176,8 @@ def length_table(ctx, step: str) -> dict:
 
 
 def scores_against_length(table: dict) -> dict:
-    """{mode: {signal: {epoch: {"auroc": Interval, "ap": Interval}}}}: AUROC and AP, the mean over the
-    draws with Student's t 95% interval (n = draws)."""
+    """{mode: {signal: {epoch: {"auroc": Interval, "ap": Interval, "auroc_draws", "ap_draws"}}}}: AUROC
+    and AP, the mean over the draws with Student's t 95% interval (n = draws), and each draw's value."""
     from sklearn.metrics import average_precision_score
     from ..measures.memorization import auroc
     from ..measures.stats import mean_interval
@@ -161,7 +187,8 @@ def scores_against_length(table: dict) -> dict:
             for e in draws[0]["scores"]:
                 a = [auroc(d["scores"][e][sig], d["corrupted"]) for d in draws]
                 p = [average_precision_score(d["corrupted"], d["scores"][e][sig]) for d in draws]
-                out.setdefault(mode, {}).setdefault(sig, {})[e] = {"auroc": mean_interval(a), "ap": mean_interval(p)}
+                out.setdefault(mode, {}).setdefault(sig, {})[e] = {"auroc": mean_interval(a), "ap": mean_interval(p),
+                                                                   "auroc_draws": a, "ap_draws": p}
     return out
 
 
