@@ -196,7 +196,8 @@ def summarize(run: RunDir, cfg: NoiseConfig | None = None) -> dict:
     cfg = cfg or NoiseConfig.from_dict(run.read_config())
     m = run.read_metrics()
     base = next((r for r in m if r["epoch"] == 0), None)
-    out = {"source": cfg.source, "label_corruption": source_label_corruption(cfg.source),
+    source = source_of(run.path, cfg.source)
+    out = {"source": str(source), "label_corruption": source_label_corruption(source),
            "noise_free_train_acc": base["train_acc"] if base else None,
            "noise_free_test_acc": base["test_acc"] if base else None, "half_acc": None}
     if base:
@@ -224,6 +225,17 @@ def half_alpha(metrics: list[dict], half: float) -> float | None:
             t = (acc0 - half) / (acc0 - acc1)
             return math.exp(math.log(a0) + t * (math.log(a1) - math.log(a0)))
     return levels[0][0] if levels and levels[0][1] < half else None
+
+
+def source_of(ramp: Path, source) -> Path:
+    """The trained run a ramp read: its recorded path, or where a moved copy of the ramp's study has it
+    (the same step folder and name beside the ramp's own step folder: a published record, read on
+    another machine)."""
+    source = Path(source)
+    if (source / "config.json").is_file():
+        return source
+    moved = Path(ramp).parents[1] / source.parent.name / source.name
+    return moved if (moved / "config.json").is_file() else source
 
 
 def source_label_corruption(source) -> float:
@@ -377,7 +389,7 @@ def noise_fate(run, split: str = "train"):
     step = breaking_step(ramp)
     levels = np.array([alpha[int(e)] for e in epochs] + [np.inf])
     broke = np.where(step >= 0, levels[np.clip(step, 0, len(epochs))], np.nan)
-    source = Run(run.config["source"])
+    source = Run(source_of(run.path, run.config["source"]))
     trained = source.correct(split)
     return pd.DataFrame({"example": np.arange(ramp.shape[1]), "corrupted": ex[f"{split}_corrupted"],
                          "breaking_alpha": broke, "forgetting_events": forgetting_events(trained),
@@ -417,7 +429,7 @@ def check_corrupted_break_first(ctx, step: str, p: float = 0.5, networks: int = 
     the majority of the noisy passes, among examples right at the first noise level."""
     from ..runs import Run
     parts, ok, numbers = [], True, {}
-    ramps = [r for r in ctx.runs(step) if source_label_corruption(r.read_config()["source"]) == p]
+    ramps = [r for r in ctx.runs(step) if source_label_corruption(source_of(r.path, r.read_config()["source"])) == p]
     for r in ramps:
         s = breaking_summary(noise_fate(Run(r.path)))
         numbers[r.path.name] = s
