@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,3 +373,15 @@ def test_learned_noise_under_the_proper_prior_records_the_fit_under_noise(tmp_pa
     assert [x["kl_init_bits"] for x in m] == sorted((x["kl_init_bits"] for x in m), reverse=True)
     with pytest.raises(Exception, match="--info-prior"):
         FitConfig(dataset="digits", info_prior="init").validate()
+
+
+def test_a_ramp_finds_its_trained_run_in_a_moved_record(tmp_path):
+    """A study's record read elsewhere: the ramp's recorded source path is gone, the same step folder
+    and name beside the ramp's own step folder is the run (a missing one stays missing)."""
+    from rotelab.protocols.noise import source_of
+    from rotelab.store import RunDir
+    RunDir(tmp_path / "study" / "fits" / "a").create({"corrupt": "labels=1.0"}, {}, protocol="fit")
+    ramp = tmp_path / "study" / "ramp" / "a"
+    assert source_of(ramp, "/elsewhere/fits/a") == tmp_path / "study" / "fits" / "a"
+    assert source_of(ramp, tmp_path / "study" / "fits" / "a") == tmp_path / "study" / "fits" / "a"
+    assert source_of(ramp, "/elsewhere/fits/b") == Path("/elsewhere/fits/b")

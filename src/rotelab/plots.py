@@ -563,7 +563,8 @@ def plot_weight_information(rows: list[dict], path, paper_nats: float = 3.0) -> 
     N: (a) the information in the weights per training example (nats, KL to the initialization's
     law), true labels solid and random labels dashed (means over seeds, runs as dots); (b) random
     minus true labels per example with Welch's t 95% interval, beside ln K and the paper's figure;
-    (c) the train accuracy under noise (solid) and clean (dotted), random labels (dashed) and true.
+    (c) the train accuracy under noise (solid, random labels dashed) and clean (dotted, random labels
+    dash-dotted).
     `rows`: weight_information.final_rows."""
     import math
     import numpy as np
@@ -579,7 +580,7 @@ def plot_weight_information(rows: list[dict], path, paper_nats: float = 3.0) -> 
             axes[0].plot(bs, [np.mean([r["nats"] for r in g if r["beta"] == b]) for b in bs], style, marker="o",
                          color=f"C{k}", label=f"N {n}, {'random' if p else 'true'} labels")
             axes[0].scatter([r["beta"] for r in g], [r["nats"] for r in g], color=f"C{k}", s=8, alpha=0.5)
-            for key, ls in (("train_acc_noisy", style), ("train_acc", ":")):
+            for key, ls in (("train_acc_noisy", style), ("train_acc", ":" if p == 0 else "-.")):
                 axes[2].plot(bs, [np.mean([r[key] for r in g if r["beta"] == b]) for b in bs], ls,
                              marker="o" if key == "train_acc_noisy" else None, color=f"C{k}",
                              label=f"N {n}, {'random' if p else 'true'}, {'noisy' if key == 'train_acc_noisy' else 'clean'}")
@@ -598,8 +599,9 @@ def plot_weight_information(rows: list[dict], path, paper_nats: float = 3.0) -> 
         a.axvline(1.0, color="gray", lw=0.6)
     axes[0].set(xscale="log", yscale="log", xlabel="beta", ylabel="information per training example (nats)",
                 title="(a) information in the weights")
-    axes[1].set(xscale="log", xlabel="beta", ylabel="random minus true labels (nats per example)",
+    axes[1].set(xscale="log", yscale="symlog", xlabel="beta", ylabel="random minus true labels (nats per example)",
                 title="(b) what random labels cost (Welch t 95%)")
+    axes[1].set_yscale("symlog", linthresh=1.0)
     axes[2].set(xscale="log", xlabel="beta", ylabel="train accuracy on the labels trained", ylim=(0, 1.02),
                 title="(c) fit under noise and clean")
     for a in axes:
