@@ -558,18 +558,18 @@ def plot_influence_pairs(out: Path, g: dict) -> Path:
     return save_figure(fig, Path(out) / "figures" / "influence_pairs.png")
 
 
-def plot_weight_information(rows: list[dict], path, paper_nats: float = 3.0) -> Path:
+def plot_weight_information(rows: list[dict], differences: dict, path, paper_nats: float = 3.0) -> Path:
     """The learned-noise study (Achille & Soatto 2018), against beta, one colour per training set size
     N: (a) the information in the weights per training example (nats, KL to the initialization's
     law), true labels solid and random labels dashed (means over seeds, runs as dots); (b) random
     minus true labels per example with Welch's t 95% interval, beside ln K and the paper's figure;
     (c) the train accuracy under noise (solid, random labels dashed) and clean (dotted, random labels
     dash-dotted).
-    `rows`: weight_information.final_rows."""
+    `rows`: weight_information.final_rows; `differences`: N -> [(beta, the difference's mean, lo, hi,
+    n a side)]."""
     import math
     import numpy as np
-    from .protocols.weight_information import _difference
-    ns, betas = sorted({r["N"] for r in rows}), sorted({r["beta"] for r in rows})
+    ns = sorted({r["N"] for r in rows})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for k, n in enumerate(ns):
         for p, style in ((0.0, "-"), (1.0, "--")):
@@ -584,13 +584,10 @@ def plot_weight_information(rows: list[dict], path, paper_nats: float = 3.0) -> 
                 axes[2].plot(bs, [np.mean([r[key] for r in g if r["beta"] == b]) for b in bs], ls,
                              marker="o" if key == "train_acc_noisy" else None, color=f"C{k}",
                              label=f"N {n}, {'random' if p else 'true'}, {'noisy' if key == 'train_acc_noisy' else 'clean'}")
-        d = [(b, _difference(rows, n, b)) for b in betas]
-        d = [(b, x) for b, x in d if x is not None]
+        d = differences.get(n, [])
         if d:
-            m = [x["mean"] for _, x in d]
-            axes[1].errorbar([b for b, _ in d], m, yerr=[[a - x["lo"] for a, (_, x) in zip(m, d)],
-                                                         [x["hi"] - a for a, (_, x) in zip(m, d)]],
-                             marker="o", capsize=3, color=f"C{k}", label=f"N {n} (n = {d[0][1]['n']} a side)")
+            axes[1].errorbar([x[0] for x in d], [x[1] for x in d], yerr=[[x[1] - x[2] for x in d], [x[3] - x[1] for x in d]],
+                             marker="o", capsize=3, color=f"C{k}", label=f"N {n} (n = {d[0][4]} a side)")
     k_classes = rows[0]["classes"] if rows else 10
     axes[1].axhline(math.log(k_classes), color="gray", ls=":", label=f"ln {k_classes}: one random label")
     axes[1].axhline(paper_nats, color="k", ls="--", lw=0.8, label=f"Achille & Soatto: about {paper_nats:g} nats")

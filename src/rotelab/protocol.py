@@ -72,6 +72,16 @@ class StudyParts:
     figures: dict[str, FigureFn] = field(default_factory=dict)
     checks: dict[str, CheckFn] = field(default_factory=dict)
     report_section: Callable[[list, Path], list[tuple[str, Path]]] | None = None   # ([RunDir], folder)
+    # a study file beside the protocol whose FIGURES and CHECKS are added to these, imported by name
+    # when a study first reads them: it may import its protocol, which does not import it
+    module: str | None = None
+
+    def tables(self) -> tuple[dict[str, FigureFn], dict[str, CheckFn]]:
+        """Every figure and check by kind, the study file's included."""
+        if self.module is None:
+            return self.figures, self.checks
+        own = importlib.import_module(self.module)
+        return {**self.figures, **own.FIGURES}, {**self.checks, **own.CHECKS}
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ def study_tables() -> tuple[dict, dict]:
     from .protocol import load_protocols
     figures, checks = {}, {}
     for proto in load_protocols().values():
-        for table, own in ((figures, proto.study.figures), (checks, proto.study.checks)):
+        for table, own in zip((figures, checks), proto.study.tables()):
             for kind, fn in own.items():
                 if kind in table:
                     raise ValueError(f"two protocols register the study kind {kind!r}")

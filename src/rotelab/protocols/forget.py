@@ -316,8 +316,6 @@ def example(tmp) -> tuple[dict, list]:
                 corrupt="labels=1.0", lr=0.05, hist_every=0, checkpoint_every=0, progress=False), []
 
 
-from . import forget_study as _study   # noqa: E402 (it imports this module's measurements, defined above)
-
 PROTOCOL = register(Protocol(
     name="forget", config=ForgetConfig, plan=plan, build_loop=build_loop, example=example, summarize=summarize,
     help="memorize train + val parts, then train on the train part alone",
@@ -325,4 +323,4 @@ PROTOCOL = register(Protocol(
                 "on the train part alone. --stage2-from CHECKPOINT starts stage 2 of a new run from a stage-1 "
                 "checkpoint of another (only stage-2 options may be given then).",
     config_from_args=config_from_args, figures=figures, ramp_data=ramp_data, report_lines=report_lines,
-    study=StudyParts(figures=_study.FIGURES, checks=_study.CHECKS)))
+    study=StudyParts(module="rotelab.protocols.forget_study")))

@@ -1,7 +1,7 @@
 """What the forgetting study draws and checks from forget runs: each run's curves, its stage-2
 collapses (the motivating study's kind: train back, val lost), their period against lr x weight
-decay, and how each run ended. Part of forget's StudyParts; imports no torch. It imports forget
-inside its functions, since forget imports this module to register it."""
+decay, and how each run ended. Part of forget's StudyParts (read by name: forget does not import
+it); imports no torch."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from ..protocol import CheckFn, CheckResult, FigureFn
 from ..store import RunDir
+from .forget import first_stage2_collapse, summarize
 
 
 def fig_forget(ctx, step: str) -> list[Path]:
-    from .forget import summarize
     from ..plots import plot_forget
     out = []
     for run in ctx.runs(step):
@@ -33,7 +33,6 @@ def check_stage2_collapse(ctx, step: str, group: str | None = None, recover: flo
     fraction of its runs whose first stage-2 collapse is the motivating kind (first_stage2_collapse),
     with a Wilson 95% interval; judged (at least `at_least` of the runs) only where a setting has
     `min_runs` runs or more, reported below that."""
-    from .forget import first_stage2_collapse
     from ..measures.memorization import wilson
     settings: dict[str, list] = {}
     for run in ctx.runs(step):
@@ -69,7 +68,6 @@ def check_stage2_collapse(ctx, step: str, group: str | None = None, recover: flo
 def collapse_period(run: RunDir) -> dict:
     """The stage-2 collapses of the train part: their epochs and the median gap between consecutive
     ones (None with fewer than two), with the run's lr x weight decay in stage 2."""
-    from .forget import summarize
     s = summarize(run)
     cfg = run.read_config()
     end = s["stage1_end"] or 0
@@ -93,7 +91,6 @@ def check_collapse_period(ctx, step: str, source: str = "rotelab threshold"):
 
 
 def report_collapses(ctx, step: str):
-    from .forget import summarize
     parts, numbers = [], {}
     for run in ctx.runs(step):
         s = summarize(run)

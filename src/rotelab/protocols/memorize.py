@@ -34,7 +34,6 @@ from ..plan import Plan, PlannedRun, folder_record, make
 from ..protocol import Folder, Protocol, StudyParts, register
 from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json
 from ..training import build_fit_loop
-from . import memorize_study
 
 
 @dataclass
@@ -492,4 +491,4 @@ PROTOCOL = register(Protocol(
                 "(Feldman & Zhang 2020; Jiang et al. 2021); OUT/memorization.json says how well memorization "
                 "finds the corrupted labels.",
     folder=Folder(figures=group_figures, summary_lines=summary_lines, per_example=folder_table),
-    study=StudyParts(figures=memorize_study.FIGURES, checks=memorize_study.CHECKS)))
+    study=StudyParts(module="rotelab.protocols.memorize_study")))

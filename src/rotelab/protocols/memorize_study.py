@@ -2,7 +2,7 @@
 memorization-length study's question, which per-example signal finds the corrupted labels, read at
 several training lengths from one training, over several corruption draws, with paired comparisons
 and the subset-model estimates also at the compute of the cheaper signals. Part of memorize's
-StudyParts; imports no torch.
+StudyParts (read by name: memorize does not import it); imports no torch.
 
 A folder's signals at epoch e read the records its runs kept every --eval-every epochs: the subset
 models' correctness and label probability (mem, the C-score, and cleanlab's self-confidence from
@@ -18,6 +18,7 @@ import numpy as np
 
 from ..protocol import CheckFn, CheckResult, FigureFn
 from ..store import RunDir, read_json
+from .memorize import MemorizeConfig, group_figures, model_dir
 
 LENGTHS = (10, 20, 30, 60, 100)
 CHEAP_MODELS = 6   # "few models": at r = 0.7 they cost about what cleanlab's 5 folds on 80% cost (4.2 vs 4 runs)
@@ -28,7 +29,6 @@ def _summaries(ctx, step: str) -> list[tuple[Path, dict]]:
 
 
 def fig_memorization(ctx, step: str) -> list[Path]:
-    from .memorize import group_figures
     return [ctx.copy(png, ctx.figures / f"{png.stem}_{step}_{png.parent.parent.name}.png")
             for png in group_figures(ctx.groups(step))]
 
@@ -116,7 +116,6 @@ def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MO
     (every score high for the suspect examples)."""
     from ..measures.memorization import cscore, memorization
     from ..runs import Run
-    from .memorize import MemorizeConfig, model_dir
     folder = Path(folder)
     cfg = MemorizeConfig.from_dict(read_json(folder / "plan.json")["config"])
     r = cfg.fractions[0]

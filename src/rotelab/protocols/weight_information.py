@@ -229,7 +229,9 @@ def check_runs_settled(ctx, step: str):
 def fig_weight_information(ctx, step: str) -> list[Path]:
     from ..plots import plot_weight_information
     rows = final_rows(ctx.runs(step))
-    return [plot_weight_information(rows, ctx.figures / "weight_information.png")] if rows else []
+    differences = {n: [(b, d["mean"], d["lo"], d["hi"], d["n"]) for b in sorted({r["beta"] for r in rows})
+                       if (d := _difference(rows, n, b)) is not None] for n in sorted({r["N"] for r in rows})}
+    return [plot_weight_information(rows, differences, ctx.figures / "weight_information.png")] if rows else []
 
 
 FIGURES: dict[str, FigureFn] = {"weight_information": fig_weight_information}
