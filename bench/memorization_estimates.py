@@ -3,7 +3,9 @@
 K models' subsets and correctness bits (random here: the estimates' cost does not depend on what the
 models learned) for N = 60,000 train and M = 10,000 test examples: the time and peak memory of
 mem and C-score (with their intervals) and of influence kept as the top 100 train examples per test
-example, against the definitions written out example by example (measured on a slice, per example).
+example, against the definitions written out example by example (measured on a slice, per example);
+and `detection`'s bootstrap (AUROC and AP of a score over 500 resamples of N examples, all resamples at
+once from their counts) against scikit-learn called once per resample, on the same resamples.
 
     python bench/memorization_estimates.py [--models 64] [--train 60000] [--test 10000] [--quick]
 
@@ -23,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import print_figures  # noqa: E402
 
-from rotelab.measures.memorization import cscore, influence, memorization, subset_masks  # noqa: E402
+from rotelab.measures.memorization import (bootstrap_counts, cscore, influence, memorization, subset_masks,  # noqa: E402
+                                           weighted_aurocs, weighted_average_precisions)
 
 
 def written_out(trained, correct, correct_test, examples: int):
@@ -33,6 +36,16 @@ def written_out(trained, correct, correct_test, examples: int):
         correct[ins, i].mean() - correct[outs, i].mean()
         for j in range(correct_test.shape[1]):
             correct_test[ins, j].mean() - correct_test[outs, j].mean()
+
+
+def bootstrap_per_resample(score, positive, counts):
+    """AUROC and AP of each resample by scikit-learn, one call each (what `detection` did before)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    out = []
+    for r in counts:
+        i = np.repeat(np.arange(len(score)), r)
+        out.append((roc_auc_score(positive[i], score[i]), average_precision_score(positive[i], score[i])))
+    return np.array(out)
 
 
 def measured(fn):
@@ -67,13 +80,27 @@ def main(argv=None):
     t = time.perf_counter()
     written_out(trained, correct, correct_test, slice_n)
     t_loop = (time.perf_counter() - t) / slice_n * args.train
+    n_boot, n_det = (50, 2_000) if args.quick else (500, 10_000)
+    score, positive = rng.normal(size=n_det), rng.random(n_det) < 0.2
+    score += positive   # a signal that ranks the positives first, somewhat
+    counts = bootstrap_counts(n_det, n_boot, rng)
+    t = time.perf_counter()
+    fast = np.stack([weighted_aurocs(score, positive, counts), weighted_average_precisions(score, positive, counts)], 1)
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    slow = bootstrap_per_resample(score, positive, counts)
+    t_slow = time.perf_counter() - t
     figures = {"models": args.models, "train": args.train, "test": args.test, "top": args.top,
                "mem_and_cscore_s": round(t_mem, 3), "mem_and_cscore_peak_gib": round(peak_mem, 3),
                "influence_top_s": round(t_infl, 2), "influence_top_peak_gib": round(peak_infl, 3),
                "influence_top_kept_mib": round((idx.nbytes + val.nbytes) / 2**20, 2),
                "influence_dense_float16_gib": round(args.train * args.test * 2 / 2**30, 2),
                "written_out_s_extrapolated": round(t_loop, 1),
-               "written_out_over_influence": round(t_loop / t_infl, 1)}
+               "written_out_over_influence": round(t_loop / t_infl, 1),
+               "detection_resamples": n_boot, "detection_examples": n_det,
+               "detection_bootstrap_s": round(t_fast, 3), "detection_per_resample_sklearn_s": round(t_slow, 2),
+               "detection_speedup": round(t_slow / t_fast, 1),
+               "detection_largest_difference": float(np.abs(fast - slow).max())}
     print_figures(figures)
     return figures
 

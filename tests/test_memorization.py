@@ -161,14 +161,17 @@ def test_pair_pvalues_by_hand():
 
 
 def test_weighted_aurocs_are_the_resamples_aurocs():
-    """AUROC under bootstrap counts equals scikit-learn's AUROC of the resample itself (ties included)."""
+    """AUROC and AP under bootstrap counts equal scikit-learn's of the resample itself (ties included)."""
     from sklearn.metrics import roc_auc_score
-    from rotelab.measures.memorization import auroc, bootstrap_counts, weighted_aurocs
+    from sklearn.metrics import average_precision_score
+    from rotelab.measures.memorization import auroc, bootstrap_counts, weighted_aurocs, weighted_average_precisions
     rng = np.random.default_rng(1)
     s, y = np.round(rng.normal(size=300), 1), rng.random(300) < 0.3
     w = bootstrap_counts(300, 40, rng)
     want = [roc_auc_score(np.repeat(y, r), np.repeat(s, r)) for r in w]
     assert np.allclose(weighted_aurocs(s, y, w), want, atol=1e-12)
+    want = [average_precision_score(np.repeat(y, r), np.repeat(s, r)) for r in w]
+    assert np.allclose(weighted_average_precisions(s, y, w), want, atol=1e-12)
     assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 

@@ -187,14 +187,10 @@ def detection(score, corrupted, n_boot: int = 1000, level: float = 0.95, seed: i
     s, y = s[keep], y[keep]
     if y.all() or not y.any():
         raise ValueError("detection needs both corrupted and clean examples")
-    rng = np.random.default_rng(seed)
-    boots = {"auroc": [], "ap": []}
-    for _ in range(n_boot):
-        i = rng.integers(0, len(s), len(s))
-        if y[i].all() or not y[i].any():
-            continue
-        boots["auroc"].append(roc_auc_score(y[i], s[i]))
-        boots["ap"].append(average_precision_score(y[i], s[i]))
+    w = bootstrap_counts(len(s), n_boot, np.random.default_rng(seed))
+    with np.errstate(invalid="ignore", divide="ignore"):   # a resample of one class only: NaN, left out
+        boots = {"auroc": weighted_aurocs(s, y, w), "ap": weighted_average_precisions(s, y, w)}
+    boots = {k: v[~np.isnan(v)] for k, v in boots.items()}
     a = (1 - level) / 2
     out = {"n": int(len(s)), "corrupted": int(y.sum()), "interval": f"percentile bootstrap {level:.0%} over examples"}
     for name, fn in (("auroc", roc_auc_score), ("ap", average_precision_score)):
@@ -275,6 +271,20 @@ def weighted_aurocs(score, positive, weights) -> np.ndarray:
     neg = np.add.reduceat(w * ~y, starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg
     return (pos * (below + 0.5 * neg)).sum(1) / (pos.sum(1) * neg.sum(1))
+
+
+def weighted_average_precisions(score, positive, weights) -> np.ndarray:
+    """Average precision (scikit-learn's: precision at each distinct score, weighted by the recall it
+    adds) of `score` under each row of example weights (B, N) at once, as weighted_aurocs."""
+    s, y = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
+    order = np.argsort(-s, kind="stable")
+    s, y, w = s[order], y[order], np.asarray(weights, dtype=np.float64)[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    tp = np.add.reduceat(w * y, starts, axis=1)
+    fp = np.add.reduceat(w * ~y, starts, axis=1)
+    ctp, cfp = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
+    precision = np.where(ctp + cfp > 0, ctp / np.where(ctp + cfp > 0, ctp + cfp, 1), 0.0)
+    return (tp * precision).sum(1) / tp.sum(1)
 
 
 def bootstrap_counts(n: int, n_boot: int, rng) -> np.ndarray:
