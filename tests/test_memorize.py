@@ -258,3 +258,15 @@ def test_the_gallery_orders_ties_by_how_sure_mem_is(folder):
     for row in index:
         keys = [(-mem[i], -lo[i]) for i in row]
         assert keys == sorted(keys)
+
+
+def test_a_published_folder_reads_its_gzipped_per_example_table(tmp_path):
+    """A record keeps per_example.csv gzipped: the folder's table and figures read it as the csv."""
+    import gzip
+    import pandas as pd
+    from rotelab.protocols.memorize import folder_table, per_example_file
+    table = pd.DataFrame({"example": [0, 1], "corrupted": [True, False], "mem": [0.9, 0.1]})
+    (tmp_path / "per_example.csv.gz").write_bytes(gzip.compress(table.to_csv(index=False).encode()))
+    assert per_example_file(tmp_path) == tmp_path / "per_example.csv.gz"
+    pd.testing.assert_frame_equal(folder_table(tmp_path), table)
+    assert per_example_file(tmp_path / "elsewhere") is None

@@ -427,12 +427,17 @@ def read_estimates(out):
                          "corrupted": mats["train_corrupted"].astype(bool), **est})
 
 
+def per_example_file(out) -> Path | None:
+    """A folder's per_example.csv, or its gzipped copy in a published record; None where it has neither."""
+    return next((p for p in (Path(out) / "per_example.csv", Path(out) / "per_example.csv.gz") if p.is_file()), None)
+
+
 def folder_table(out):
     """A finished folder's per-example table: per_example.csv (every signal), else the estimates."""
     import pandas as pd
     out = Path(out)
-    if (out / "per_example.csv").is_file():
-        return pd.read_csv(out / "per_example.csv")
+    if (path := per_example_file(out)) is not None:
+        return pd.read_csv(path)
     if (out / "memorization.npz").is_file():
         return read_estimates(out)
     raise ConfigError("runs", f"{out}: its models are not all done yet; run it again with --resume {out}")
@@ -468,8 +473,8 @@ def group_figures(paths) -> list[Path]:
             with np.load(p / "gallery.npz") as z:
                 g = {k: z[k] for k in z.files}
             out += [plot_memorized_by_class(p, g), plot_influence_pairs(p, g)]
-        if (p / "per_example.csv").is_file():
-            table = pd.read_csv(p / "per_example.csv")
+        if (path := per_example_file(p)) is not None:
+            table = pd.read_csv(path)
             cfg = MemorizeConfig.from_dict(read_json(p / "plan.json")["config"])
             if table["corrupted"].any():
                 out.append(plot_signal_rocs(p, table["corrupted"].to_numpy(), signal_scores(cfg, table)))
