@@ -308,7 +308,7 @@ def test_half_alpha_interpolates_in_log_alpha_between_levels():
 
 def test_random_breaks_first_is_judged_between_grid_levels(tmp_path):
     import rotelab.reproduce as rp
-    from rotelab.protocols.noise import check_random_breaks_first
+    from rotelab.protocols.noise_study import check_random_breaks_first
     from rotelab.store import RunDir
     study = rp.Study("t", tmp_path / "t.toml", {"steps": [{"name": "ramp", "protocol": "noise"}]})
     ctx = rp.Context(study, "cpu", tmp_path, study.steps("cpu"))

@@ -10,8 +10,8 @@ import pytest
 
 from rotelab import reproduce as rp
 from rotelab.protocols import fit_study as fitp
-from rotelab.protocols import infoplane as ipp
-from rotelab.protocols import noise as noisep
+from rotelab.protocols import infoplane_study as ipp
+from rotelab.protocols import noise_study as noisep
 from rotelab.cli import main
 from rotelab.errors import ConfigError
 from rotelab.store import RunDir
