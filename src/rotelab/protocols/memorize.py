@@ -47,6 +47,7 @@ class MemorizeConfig(FitConfig):
     influence_perms: int = opt(100, "influence: permutations of the null (which model trained on which subset shuffled); a pair is shown only where its influence beats its test example's null maximum (p <= 0.05)", ge=1)
     signals: bool = opt(True, "also train one model on the whole training set (AUM, data map, forgetting events) and --folds models for cleanlab's out-of-fold probabilities, and score every signal against the corruption")
     folds: int = opt(5, "cross-validation folds of the cleanlab baseline", ge=2)
+    full_runs: int = opt(1, "runs on every example (seeds 0, 1, ...): the single-run signals are the first's; a study can average them over all, to compare at equal compute", ge=1)
     eval_every: int = opt(0, "subset and fold models: evaluate every N epochs and at the last (0: the last only, all their estimates need); the run on every example evaluates every epoch (its signals are per epoch)", ge=0)
     role: str = opt("folder", "(set by the plan) what a run is: the folder's config, a subset model, the whole-set run or a fold run",
                     ("folder", "model", "full", "fold"))
@@ -92,9 +93,12 @@ def model_dir(fraction: float, k: int) -> str:
 
 def signal_configs(cfg: MemorizeConfig) -> dict[str, MemorizeConfig]:
     """The runs behind the single-run signals and the cleanlab baseline: `full` trains on every
-    example (margins and probabilities recorded), `fold-F` on all but fold F."""
+    example (margins and probabilities recorded; `full-K`, K >= 1, the same from seed K), `fold-F` on
+    all but fold F."""
     base = dataclasses.replace(cfg, data_seed=data_seed(cfg), train_fraction=None, seed=0)
     out = {"full": dataclasses.replace(base, example_margins=True, eval_every=1, role="full")}
+    for k in range(1, cfg.full_runs):
+        out[f"full-{k}"] = dataclasses.replace(out["full"], seed=k)
     for f in range(cfg.folds):
         out[f"fold-{f}"] = dataclasses.replace(base, seed=f, heldout_fold=f"{f}/{cfg.folds}", role="fold")
     return out

@@ -96,13 +96,16 @@ def folder_signals(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MODELS) -> d
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             scores = {int(e): {sig: z[f"{e}/{sig}"].astype(np.float64) for sig in meta["signals"]} for e in meta["epochs"]}
-            return {"corrupted": z["corrupted"].astype(bool), "noise": meta["noise"], "compute": meta["compute"],
-                    "scores": scores}
+            cached = {"corrupted": z["corrupted"].astype(bool), "noise": meta["noise"], "compute": meta["compute"],
+                      "scores": scores}
+        runs = len(list(Path(folder).glob("full-*"))) + 1
+        if meta.get("full_runs", 1) >= runs:   # read from as many runs on every example as the folder has
+            return cached
     fs = folder_signals_from_runs(folder, epochs, cheap)
     import io
     buf = io.BytesIO()
     meta = {"noise": fs["noise"], "compute": fs["compute"], "epochs": list(fs["scores"]),
-            "signals": list(next(iter(fs["scores"].values())))}
+            "signals": list(next(iter(fs["scores"].values()))), "full_runs": fs["full_runs"]}
     np.savez_compressed(buf, meta=json.dumps(meta), corrupted=fs["corrupted"],
                         **{f"{e}/{sig}": v.astype(np.float32) for e, s in fs["scores"].items() for sig, v in s.items()})
     atomic_write_bytes(path, buf.getvalue())
@@ -124,6 +127,8 @@ def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MO
     n = int(models[0]["n_train"])
     seen = np.array([m["train_seen"] for m in models], dtype=bool)
     held = np.array([~f["train_seen"].astype(bool) for f in folds])
+    # the runs on every example: averaged, the single-run signals at the compute of several runs
+    full = ["full"] + [f"full-{k}" for k in range(1, cfg.full_runs)]
     evaluated = [int(e) for e in models[0]["epochs"]]
     epochs = [e for e in epochs if e in evaluated] or evaluated
     fold_r = float(np.mean(~held))
@@ -131,8 +136,9 @@ def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MO
     compute = {"mem": cfg.models * r, "C-score": cfg.models * r, "cleanlab (subset models)": cfg.models * r,
                "mem (few models)": cheap * r, "C-score (few models)": cheap * r,
                "cleanlab (few subset models)": cheap * r, "cleanlab (folds)": cfg.folds * fold_r,
-               **{f"{s} (one run)": 1.0 for s in ("AUM", "confidence", "final probability", "forgetting events",
-                                                  "learned at")}}
+               **{f"{s} ({tag})": float(n) for s in ("AUM", "confidence", "final probability", "forgetting events",
+                                                     "learned at")
+                  for tag, n in [("one run", 1)] + ([("averaged runs", len(full))] if len(full) > 1 else [])}}
     scores: dict = {}
     for e in epochs:
         correct = np.array([_at(m, "train_correct", e, n) for m in models])
@@ -149,14 +155,18 @@ def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MO
         for f, h in zip(folds, held):
             oof[h] = _at(f, "train_prob", e, n)[h]
         s["cleanlab (folds)"] = _neutral(-oof)   # self-confidence: cleanlab's default label quality
-        t = Run(folder / "full").per_example("train", until=e)
-        s.update({"AUM (one run)": -t["aum"].to_numpy(), "confidence (one run)": -t["confidence"].to_numpy(),
-                  "final probability (one run)": -t["prob_final"].to_numpy(),
-                  "forgetting events (one run)": t["forgetting_events"].to_numpy(dtype=float),
-                  "learned at (one run)": t["learned_at"].to_numpy(dtype=float)})
+        tables = [Run(folder / name).per_example("train", until=e) for name in full]
+        for tag, ts in (("one run", tables[:1]), ("averaged runs", tables if len(full) > 1 else [])):
+            if not ts:
+                continue
+            mean = lambda col: np.mean([t[col].to_numpy(dtype=float) for t in ts], axis=0)  # noqa: E731
+            s.update({f"AUM ({tag})": -mean("aum"), f"confidence ({tag})": -mean("confidence"),
+                      f"final probability ({tag})": -mean("prob_final"),
+                      f"forgetting events ({tag})": mean("forgetting_events"),
+                      f"learned at ({tag})": mean("learned_at")})
         scores[e] = s
     return {"corrupted": models[0]["train_corrupted"].astype(bool), "noise": cfg.label_noise_mode,
-            "compute": compute, "scores": scores}
+            "compute": compute, "scores": scores, "full_runs": len(full)}
 
 
 def length_table(ctx, step: str) -> dict:
