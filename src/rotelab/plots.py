@@ -631,8 +631,8 @@ def plot_removal(rows: dict, path) -> Path:
 def plot_signals_against_length(scores: dict, compute: dict, draws: dict, path) -> Path:
     """Every per-example signal's AUROC (top) and average precision (bottom) at ranking the corrupted
     labels first, against the epochs trained, one column per label noise mode: the mean over the
-    corruption draws with its t 95% band. Colour and line say the compute: solid the subset models
-    (many and few), dashed cleanlab's folds, dotted one run. `scores`: memorize_study.scores_against_length;
+    corruption draws with its t 95% band. A colour a signal; the line says the compute: solid the
+    subset models (many and few), dashed cleanlab's folds, dotted one run, dash-dotted runs averaged. `scores`: memorize_study.scores_against_length;
     `compute`: signal -> runs' worth of training; `draws`: mode -> n."""
     modes = list(scores)
     fig, axes = plt.subplots(2, len(modes), figsize=(7.5 * len(modes), 10), squeeze=False)
@@ -641,13 +641,14 @@ def plot_signals_against_length(scores: dict, compute: dict, draws: dict, path) 
         for k, sig in enumerate(signals):
             by_e = scores[mode][sig]
             es = sorted(by_e)
-            style = ":" if compute[sig] <= 1 else ("--" if "folds" in sig else "-")
+            style = ":" if compute[sig] <= 1 else "--" if "folds" in sig else "-." if "averaged" in sig else "-"
+            color = plt.cm.tab20(k % 20)   # one colour a signal
             for i, key in enumerate(("auroc", "ap")):
                 iv = [by_e[e][key] for e in es]
                 ax = axes[i][j]
-                ax.plot(es, [x.mean for x in iv], style, marker="o", ms=3, color=f"C{k % 10}",
-                        lw=2.2 if k >= 10 else 1.4, label=f"{sig}: {compute[sig]:.1f} runs")
-                ax.fill_between(es, [x.lo for x in iv], [x.hi for x in iv], color=f"C{k % 10}", alpha=0.08)
+                ax.plot(es, [x.mean for x in iv], style, marker="o", ms=3, color=color, lw=1.5,
+                        label=f"{sig}: {compute[sig]:.1f} runs")
+                ax.fill_between(es, [x.lo for x in iv], [x.hi for x in iv], color=color, alpha=0.08)
         for i, key in enumerate(("AUROC", "average precision")):
             axes[i][j].set(xlabel="epochs trained", ylabel=key, xscale="log",
                            title=f"{mode} label noise: {key} (mean of {draws[mode]} draws, t 95%)")
