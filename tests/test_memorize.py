@@ -264,9 +264,10 @@ def test_a_published_folder_reads_its_gzipped_per_example_table(tmp_path):
     """A record keeps per_example.csv gzipped: the folder's table and figures read it as the csv."""
     import gzip
     import pandas as pd
-    from rotelab.protocols.memorize import folder_table, per_example_file
+    from rotelab.protocols.memorize import folder_table
+    from rotelab.store import stored_file
     table = pd.DataFrame({"example": [0, 1], "corrupted": [True, False], "mem": [0.9, 0.1]})
     (tmp_path / "per_example.csv.gz").write_bytes(gzip.compress(table.to_csv(index=False).encode()))
-    assert per_example_file(tmp_path) == tmp_path / "per_example.csv.gz"
+    assert stored_file(tmp_path / "per_example.csv") == tmp_path / "per_example.csv.gz"
     pd.testing.assert_frame_equal(folder_table(tmp_path), table)
-    assert per_example_file(tmp_path / "elsewhere") is None
+    assert stored_file(tmp_path / "elsewhere" / "per_example.csv") is None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import base64
 from .protocol import load_protocols, protocol_of
-from .store import RunDir, StoreError, find_runs, runs_in, stored_jsonl
+from .store import RunDir, StoreError, find_runs, runs_in, stored_file
 
 # -- HTML pages (`rotelab report`, `rotelab reproduce`): one style, figures embedded -----------------
 
@@ -74,7 +74,7 @@ def run_figures(path, strict: bool = False) -> list[Path]:
     run, proto = RunDir(path), protocol_of(path)
     if not proto.trains:
         return []
-    if stored_jsonl(run.metrics_file) is None:   # a published record holds metrics.jsonl.gz
+    if stored_file(run.metrics_file) is None:   # a published record holds metrics.jsonl.gz
         if strict:
             raise StoreError(run.path, f"{run.path} has no metrics.jsonl yet")
         return []

@@ -208,9 +208,9 @@ def environment(device, model=None, spec=None) -> dict:
     return env
 
 
-def stored_jsonl(path: Path) -> Path | None:
-    """Where a JSONL file's lines are: the file, else its gzipped copy FILE.gz (a published record,
-    docs/records, is gzipped); None where neither is."""
+def stored_file(path: Path) -> Path | None:
+    """Where a run's or folder's file is: the file, else its gzipped copy FILE.gz (a published record,
+    docs/records, gzips its JSONL rows and per-example tables); None where neither is."""
     path = Path(path)
     packed = path.with_name(path.name + ".gz")
     return path if path.is_file() else packed if packed.is_file() else None
@@ -220,7 +220,7 @@ def read_jsonl(path: Path) -> list[dict]:
     """Every JSON line of a file (or of its gzipped copy, FILE.gz, where only that exists); [] if it is
     missing. A last line cut by a kill (no newline after it) is left out; a bad line anywhere else
     means the file is damaged (StoreError)."""
-    found = stored_jsonl(path)
+    found = stored_file(path)
     if found is None:
         return []
     raw = found.read_bytes()
@@ -608,7 +608,7 @@ def read_info(paths) -> list[dict]:
     """info.jsonl records of runs or of folders of runs, each tagged with the folder (`group`) it came from."""
     rows = []
     for p in map(Path, paths):
-        dirs = [d for d in runs_in(p) if stored_jsonl(d / "info.jsonl")]
+        dirs = [d for d in runs_in(p) if stored_file(d / "info.jsonl")]
         if not dirs:
             raise StoreError(p, f"{p} has no info.jsonl and no runs with one; give an infoplane run or folder")
         for d in dirs:

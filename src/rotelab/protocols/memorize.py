@@ -32,7 +32,7 @@ from ..config import ConfigError, FitConfig, opt
 from ..measures.examples import unpack
 from ..plan import Plan, PlannedRun, folder_record, make
 from ..protocol import Folder, Protocol, StudyParts, register
-from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json
+from ..store import RunDir, atomic_write_bytes, atomic_write_json, read_json, stored_file
 from ..training import build_fit_loop
 
 
@@ -431,16 +431,11 @@ def read_estimates(out):
                          "corrupted": mats["train_corrupted"].astype(bool), **est})
 
 
-def per_example_file(out) -> Path | None:
-    """A folder's per_example.csv, or its gzipped copy in a published record; None where it has neither."""
-    return next((p for p in (Path(out) / "per_example.csv", Path(out) / "per_example.csv.gz") if p.is_file()), None)
-
-
 def folder_table(out):
     """A finished folder's per-example table: per_example.csv (every signal), else the estimates."""
     import pandas as pd
     out = Path(out)
-    if (path := per_example_file(out)) is not None:
+    if (path := stored_file(out / "per_example.csv")) is not None:
         return pd.read_csv(path)
     if (out / "memorization.npz").is_file():
         return read_estimates(out)
@@ -477,7 +472,7 @@ def group_figures(paths) -> list[Path]:
             with np.load(p / "gallery.npz") as z:
                 g = {k: z[k] for k in z.files}
             out += [plot_memorized_by_class(p, g), plot_influence_pairs(p, g)]
-        if (path := per_example_file(p)) is not None:
+        if (path := stored_file(p / "per_example.csv")) is not None:
             table = pd.read_csv(path)
             cfg = MemorizeConfig.from_dict(read_json(p / "plan.json")["config"])
             if table["corrupted"].any():
