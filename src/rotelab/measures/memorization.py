@@ -250,38 +250,35 @@ def pair_pvalues(values, null_max) -> np.ndarray:
     return (1 + counts) / (1 + null.shape[0])
 
 
-def auroc(score, positive) -> float:
-    """The area under the ROC curve of `score` ranking the positives first, as the Mann-Whitney U
-    statistic over average ranks (ties count a half; equal to scikit-learn's roc_auc_score)."""
-    from scipy.stats import rankdata
+def _weighted_ties(score, positive, weights, descending: bool):
+    """Per group of equal scores, in score order: the weighted positives and negatives (B, groups),
+    each row of `weights` (B, N) counting example i weights[b, i] times."""
     s, y = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    return float((rankdata(s)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    order = np.argsort(-s if descending else s, kind="stable")
+    s, y, w = s[order], y[order], np.asarray(weights, dtype=np.float64)[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return np.add.reduceat(w * y, starts, axis=1), np.add.reduceat(w * ~y, starts, axis=1)
 
 
 def weighted_aurocs(score, positive, weights) -> np.ndarray:
     """AUROC of `score` under each row of example weights (B, N) at once: row b counts example i
-    weights[b, i] times (a bootstrap resample's counts give that resample's AUROC; ties count a half).
-    One sort, then per tie group the weighted positives times the weighted negatives below it."""
-    s, y = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
-    order = np.argsort(s, kind="stable")
-    s, y, w = s[order], y[order], np.asarray(weights, dtype=np.float64)[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    pos = np.add.reduceat(w * y, starts, axis=1)
-    neg = np.add.reduceat(w * ~y, starts, axis=1)
+    weights[b, i] times (a bootstrap resample's counts give that resample's AUROC; ties count a half):
+    per tie group the weighted positives times the weighted negatives below it."""
+    pos, neg = _weighted_ties(score, positive, weights, descending=False)
     below = np.cumsum(neg, axis=1) - neg
     return (pos * (below + 0.5 * neg)).sum(1) / (pos.sum(1) * neg.sum(1))
+
+
+def auroc(score, positive) -> float:
+    """The area under the ROC curve of `score` ranking the positives first (ties count a half; equal to
+    scikit-learn's roc_auc_score)."""
+    return float(weighted_aurocs(score, positive, np.ones((1, len(np.asarray(score)))))[0])
 
 
 def weighted_average_precisions(score, positive, weights) -> np.ndarray:
     """Average precision (scikit-learn's: precision at each distinct score, weighted by the recall it
     adds) of `score` under each row of example weights (B, N) at once, as weighted_aurocs."""
-    s, y = np.asarray(score, dtype=np.float64), np.asarray(positive, dtype=bool)
-    order = np.argsort(-s, kind="stable")
-    s, y, w = s[order], y[order], np.asarray(weights, dtype=np.float64)[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    tp = np.add.reduceat(w * y, starts, axis=1)
-    fp = np.add.reduceat(w * ~y, starts, axis=1)
+    tp, fp = _weighted_ties(score, positive, weights, descending=True)
     ctp, cfp = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
     precision = np.where(ctp + cfp > 0, ctp / np.where(ctp + cfp > 0, ctp + cfp, 1), 0.0)
     return (tp * precision).sum(1) / tp.sum(1)
