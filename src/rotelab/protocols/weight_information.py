@@ -144,18 +144,18 @@ def check_transition_near_one(ctx, step: str, within: float = 3.0, fit_at_least:
 def _difference(rows, n: int, beta: float):
     """Random-minus-true information per example (nats): the mean difference and Welch's t 95%
     interval over the runs (n a side)."""
-    from scipy import stats
+    from scipy.stats import ttest_ind
     t, r = [x["nats"] for x in _by(rows, N=n, beta=beta, p=0.0)], [x["nats"] for x in _by(rows, N=n, beta=beta, p=1.0)]
     if not t or not r:
         return None
     d = float(np.mean(r) - np.mean(t))
     if len(t) < 2 or len(r) < 2:
         return {"mean": d, "lo": d, "hi": d, "n": min(len(t), len(r)), "kind": "one run a side"}
-    vt, vr = np.var(t, ddof=1) / len(t), np.var(r, ddof=1) / len(r)
-    se = math.sqrt(vt + vr)
-    dof = (vt + vr) ** 2 / ((vt ** 2 / (len(t) - 1)) + (vr ** 2 / (len(r) - 1))) if se > 0 else 1.0
-    q = float(stats.t.ppf(0.975, dof)) if se > 0 else 0.0
-    return {"mean": d, "lo": d - q * se, "hi": d + q * se, "n": min(len(t), len(r)), "kind": "Welch t 95%"}
+    if np.ptp(t) == 0 and np.ptp(r) == 0:   # no spread on either side: no t interval, the difference is exact
+        lo = hi = d
+    else:
+        lo, hi = (float(v) for v in ttest_ind(r, t, equal_var=False).confidence_interval(0.95))
+    return {"mean": d, "lo": lo, "hi": hi, "n": min(len(t), len(r)), "kind": "Welch t 95%"}
 
 
 def check_nats_per_example(ctx, step: str, paper_nats: float = 3.0, within: float = 3.0, fit_at_least: float = 0.5,
