@@ -41,6 +41,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from .version import __version__
 from .config import ConfigError, load_config_file
@@ -132,7 +133,7 @@ class Context:
         self.study, self.scale, self.out, self.steps = study, scale, out, {s["name"]: s for s in steps}
         self.figures = out / "figures"
         self._points: dict[str, list[str]] = {}   # step -> its points' folder names (planned once)
-        self.cache: dict = {}   # what several checks and figures read from the same runs, read once
+        self._read: dict = {}   # once(): what several checks and figures read from the same runs
 
     def step_dir(self, step: str) -> Path:
         if step not in self.steps:
@@ -156,6 +157,13 @@ class Context:
                                       "axes": spec["axes"]})
             self._points[step] = [pt.name for pt in points]
         return sorted(p for p in (d / name for name in self._points[step]) if p.is_dir() and runs_in(p))
+
+    def once(self, key: tuple, read: Callable[[], Any]):
+        """read(), once per drawing for a key: what several checks and figures of a study read from the
+        same runs (the key names the runs, so that runs added since are read anew)."""
+        if key not in self._read:
+            self._read[key] = read()
+        return self._read[key]
 
     def runs(self, step: str) -> list[RunDir]:
         return [RunDir(r) for g in self.groups(step) for r in runs_in(g)]

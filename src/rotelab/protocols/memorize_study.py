@@ -172,16 +172,15 @@ def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MO
 def length_table(ctx, step: str) -> dict:
     """Every folder's signals, grouped by label noise mode: {mode: [folder_signals, ...]} (one per
     corruption draw); read once per study drawing."""
-    key = ("length_table", step)
-    cache = ctx.cache
-    if key not in cache:
+    folders = [g for g in ctx.groups(step) if (g / "memorization.json").is_file()]
+
+    def read() -> dict:
         table: dict = {}
-        for g in ctx.groups(step):
-            if (g / "memorization.json").is_file():
-                fs = folder_signals(g)
-                table.setdefault(fs["noise"], []).append(fs)
-        cache[key] = table
-    return cache[key]
+        for g in folders:
+            fs = folder_signals(g)
+            table.setdefault(fs["noise"], []).append(fs)
+        return table
+    return ctx.once(("memorize signals by length", *map(str, folders)), read)
 
 
 def scores_against_length(table: dict) -> dict:

@@ -59,6 +59,12 @@ def final_rows(runs) -> list[dict]:
     return rows
 
 
+def study_rows(ctx, step: str) -> list[dict]:
+    """final_rows of a step's runs, read once for all of a drawing's checks and its figure."""
+    runs = ctx.runs(step)
+    return ctx.once(("learned-noise rows", *(str(r.path) for r in runs)), lambda: final_rows(runs))
+
+
 def _by(rows, **where) -> list[dict]:
     return [r for r in rows if all(r[k] == v for k, v in where.items())]
 
@@ -79,7 +85,7 @@ def check_information_bounds_the_fit(ctx, step: str, source: str = "Fano's inequ
     information its fit under noise needs, N times Fano's bound at its noisy train accuracy (the KL to
     a fixed prior bounds I(w; D) in expectation over training sets, and I(w; D) >= I(w; labels | x)).
     Judged on every random-label run; the least ratio of held to needed is the value."""
-    rows = _by(final_rows(ctx.runs(step)), p=1.0)
+    rows = _by(study_rows(ctx, step), p=1.0)
     numbers, parts, ok = [], [], bool(rows)
     for r in sorted(rows, key=lambda r: (r["N"], r["beta"], r["seed"])):
         need = r["N"] * fano_nats(r["train_acc_noisy"], r["classes"])
@@ -122,7 +128,7 @@ def check_transition_near_one(ctx, step: str, within: float = 3.0, fit_at_least:
     above, whatever N. Per N, the beta where the random-label runs' mean noisy train accuracy falls
     halfway from its value at the smallest beta to chance (log-interpolated); judged: within a
     factor `within` of 1 at every N, where the smallest beta fits (noisy train accuracy >= fit_at_least)."""
-    rows = _by(final_rows(ctx.runs(step)), p=1.0)
+    rows = _by(study_rows(ctx, step), p=1.0)
     parts, numbers, ok = [], {}, bool(rows)
     for n in sorted({r["N"] for r in rows}):
         g = _by(rows, N=n)
@@ -165,7 +171,7 @@ def check_nats_per_example(ctx, step: str, paper_nats: float = 3.0, within: floa
     Judged at each N's largest beta where the random labels are still fit under noise (mean noisy
     train accuracy >= fit_at_least): within a factor `within` of the paper's figure. Below it a
     small beta leaves the weights more than the labels need; above it nothing is memorized."""
-    rows = final_rows(ctx.runs(step))
+    rows = study_rows(ctx, step)
     parts, numbers, judged, ok = [], {}, 0, True
     for n in sorted({r["N"] for r in rows}):
         g = _by(rows, N=n)
@@ -198,7 +204,7 @@ def report_information_falls_with_beta(ctx, step: str):
     """At each N and p, Spearman's rank correlation of the information with -beta over the runs:
     reported, not judged (it follows from the objective at its minimizers)."""
     from ..measures.stats import rank_trend
-    rows = final_rows(ctx.runs(step))
+    rows = study_rows(ctx, step)
     parts, numbers = [], {}
     for n in sorted({r["N"] for r in rows}):
         for p in sorted({r["p"] for r in _by(rows, N=n)}):
@@ -216,7 +222,7 @@ def report_information_falls_with_beta(ctx, step: str):
 
 def check_runs_settled(ctx, step: str):
     """Every run met the plateau criterion (`settled`) at its last epoch."""
-    rows = final_rows(ctx.runs(step))
+    rows = study_rows(ctx, step)
     not_settled = [r["run"] for r in rows if not r["settled"]]
     said = (f"{len(rows) - len(not_settled)} of {len(rows)} runs settled"
             + (f"; not: {', '.join(not_settled[:5])}" + (f" and {len(not_settled) - 5} more" if len(not_settled) > 5 else "")
@@ -228,7 +234,7 @@ def check_runs_settled(ctx, step: str):
 
 def fig_weight_information(ctx, step: str) -> list[Path]:
     from ..plots import plot_weight_information
-    rows = final_rows(ctx.runs(step))
+    rows = study_rows(ctx, step)
     differences = {n: [(b, d["mean"], d["lo"], d["hi"], d["n"]) for b in sorted({r["beta"] for r in rows})
                        if (d := _difference(rows, n, b)) is not None] for n in sorted({r["N"] for r in rows})}
     return [plot_weight_information(rows, differences, ctx.figures / "weight_information.png")] if rows else []
