@@ -596,7 +596,7 @@ def plot_weight_information(rows: list[dict], differences: dict, path, paper_nat
         a.axvline(1.0, color="gray", lw=0.6)
     axes[0].set(xscale="log", yscale="log", xlabel="beta", ylabel="information per training example (nats)",
                 title="(a) information in the weights")
-    axes[1].set(xscale="log", yscale="symlog", xlabel="beta", ylabel="random minus true labels (nats per example)",
+    axes[1].set(xscale="log", xlabel="beta", ylabel="random minus true labels (nats per example)",
                 title="(b) what random labels cost (Welch t 95%)")
     axes[1].set_yscale("symlog", linthresh=1.0)
     axes[2].set(xscale="log", xlabel="beta", ylabel="train accuracy on the labels trained", ylim=(0, 1.02),

@@ -495,8 +495,7 @@ def publish_records(out: Path, dst: Path, examples: bool = True) -> dict:
     where its protocol's figures need them (none with `examples` off: a study's `record_examples =
     false` when nothing it reports is per example), and the files a folder of runs writes (plan, sweep,
     summaries, memorize's matrices, estimates without influence, gallery, per-example table and signals
-    by training length). No
-    checkpoints, no TensorBoard files.
+    by training length). No checkpoints, no TensorBoard files.
     Returns the file count and size."""
     import gzip
     if dst.is_dir():

@@ -19,7 +19,9 @@ def measurement_hooks(cfg: FitConfig, data, run: RunDir | None = None) -> list:
     if cfg.batch_scalars and run is not None:
         hooks.append(BatchScalars(run))
     if cfg.weight_noise != "none":
-        hooks.append(WeightNoiseStats(cfg.alpha_ref, *((data.train, data.num_classes) if cfg.info_prior == "init" else ())))
+        # under the proper prior also the noisy fit, and the N and K a bound on it reads
+        proper = cfg.info_prior == "init"
+        hooks.append(WeightNoiseStats(cfg.alpha_ref, data.train if proper else None, data.num_classes if proper else None))
     if cfg.fisher_every:
         n = min(cfg.fisher_samples, len(data.train))
         idx = balanced_subset(data.train.y.cpu(), n, data.num_classes, seed=derive_seed(cfg.seed, "fisher-sample"))

@@ -11,9 +11,8 @@ data, into one clear error.
 
 from __future__ import annotations
 
-import math
-
 import inspect
+import math
 
 import torch
 

@@ -136,9 +136,9 @@ def folder_signals_from_runs(folder: Path, epochs=LENGTHS, cheap: int = CHEAP_MO
     compute = {"mem": cfg.models * r, "C-score": cfg.models * r, "cleanlab (subset models)": cfg.models * r,
                "mem (few models)": cheap * r, "C-score (few models)": cheap * r,
                "cleanlab (few subset models)": cheap * r, "cleanlab (folds)": cfg.folds * fold_r,
-               **{f"{s} ({tag})": float(n) for s in ("AUM", "confidence", "final probability", "forgetting events",
-                                                     "learned at")
-                  for tag, n in [("one run", 1)] + ([("averaged runs", len(full))] if len(full) > 1 else [])}}
+               **{f"{s} ({tag})": float(runs) for s in ("AUM", "confidence", "final probability", "forgetting events",
+                                                        "learned at")
+                  for tag, runs in [("one run", 1)] + ([("averaged runs", len(full))] if len(full) > 1 else [])}}
     scores: dict = {}
     for e in epochs:
         correct = np.array([_at(m, "train_correct", e, n) for m in models])
